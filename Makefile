@@ -1,0 +1,40 @@
+# `make demo` and `make test` each set up everything on a fresh Debian machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test chaos bench zookeeper venv clean
+
+$(BIN)/jobboard: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/jobboard
+
+# ZooKeeper from the Debian package when none is installed.
+zookeeper:
+	@if [ -e /usr/share/java/zookeeper.jar ] || [ -n "$$ZOOKEEPER_HOME" ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper; \
+	elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper; \
+	else \
+		echo "ZooKeeper is not installed and cannot be installed here:"; \
+		echo "install the Debian package 'zookeeper', or set ZOOKEEPER_HOME to an unpacked release."; \
+		exit 1; \
+	fi
+
+demo: venv zookeeper
+	$(BIN)/jobboard demo
+
+test: venv zookeeper
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+
+bench: venv zookeeper
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

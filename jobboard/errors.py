@@ -1,0 +1,196 @@
+"""The one error tree of jobboard.
+
+Every error the public API raises is a :class:`JobBoardError`. Errors from
+kazoo, SQLAlchemy and msgpack are translated where they cross into jobboard
+(``raise BoardUnavailable(...) from exc``), so callers never need to import
+those libraries to handle a failure. Extra data rides on attributes
+(``job_id``, ``owner``, ...), never only in the message.
+
+::
+
+    JobBoardError
+     ├── ConfigError                    bad setting or flag
+     ├── MalformedData (ValueError)     bytes that do not decode to what was expected
+     ├── BoardError
+     │    ├── JobNotFound               no such job id on the board
+     │    ├── AlreadyClaimed            somebody else holds the claim
+     │    ├── NotOwner                  the caller does not hold the claim
+     │    ├── NotClaimed                the job has no claim to act on
+     │    ├── ClaimLost                 a claim vanished under its holder
+     │    ├── OwnerNotFound             transfer to a conductor that is not alive
+     │    ├── PayloadTooLarge           the encoded job exceeds the znode limit
+     │    ├── WaitTimeout (TimeoutError) the job did not finish in time
+     │    └── BoardUnavailable          ZooKeeper cannot be reached / session lost
+     ├── LogbookError
+     │    ├── StaleOwner                a write fenced off by a newer token
+     │    ├── LogbookNotFound           no logbook for that job
+     │    └── LogbookUnavailable        the database stays unreachable
+     ├── EngineError
+     │    ├── FlowInvalid               cycles, missing inputs, duplicate names
+     │    ├── FactoryNotAllowed         factory outside the allowed prefixes
+     │    ├── FactoryNotFound           factory cannot be imported
+     │    └── Cancelled                 the run was asked to stop
+     └── LockTimeout (TimeoutError)     a distributed lock was not acquired in time
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class JobBoardError(Exception):
+    """Base of every error raised by jobboard."""
+
+
+class ConfigError(JobBoardError):
+    """A setting, flag or environment variable has an unusable value."""
+
+
+class MalformedData(JobBoardError, ValueError):
+    """Stored bytes do not decode to the expected structure."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+# -- board -------------------------------------------------------------------
+
+
+class BoardError(JobBoardError):
+    """A job board operation failed."""
+
+
+class JobNotFound(BoardError, LookupError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id} on the board")
+        self.job_id = job_id
+
+
+class AlreadyClaimed(BoardError):
+    def __init__(self, job_id: str, owner: str | None = None) -> None:
+        who = f" by {owner}" if owner else ""
+        super().__init__(f"job {job_id} is already claimed{who}")
+        self.job_id = job_id
+        self.owner = owner
+
+
+class NotOwner(BoardError):
+    def __init__(self, job_id: str, owner: str, actual: str | None) -> None:
+        super().__init__(
+            f"job {job_id} is not claimed by {owner}"
+            + (f" (held by {actual})" if actual else "")
+        )
+        self.job_id = job_id
+        self.owner = owner
+        self.actual = actual
+
+
+class NotClaimed(BoardError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} is not claimed")
+        self.job_id = job_id
+
+
+class ClaimLost(BoardError):
+    def __init__(self, job_id: str, owner: str | None = None) -> None:
+        super().__init__(f"the claim on job {job_id} was lost")
+        self.job_id = job_id
+        self.owner = owner
+
+
+class OwnerNotFound(BoardError):
+    def __init__(self, owner: str) -> None:
+        super().__init__(f"no live conductor named {owner!r}")
+        self.owner = owner
+
+
+class PayloadTooLarge(BoardError, ValueError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"encoded job is {size} bytes, over the board's limit of {limit} bytes; "
+            "keep large data elsewhere and pass a reference"
+        )
+        self.size = size
+        self.limit = limit
+
+
+class WaitTimeout(BoardError, TimeoutError):
+    def __init__(self, job_id: str, timeout: float, state: Any = None) -> None:
+        super().__init__(f"job {job_id} did not finish within {timeout:g}s (state {state})")
+        self.job_id = job_id
+        self.timeout = timeout
+        self.state = state
+
+
+class BoardUnavailable(BoardError):
+    """ZooKeeper could not be reached, or the session was lost mid-operation."""
+
+
+# -- logbook -----------------------------------------------------------------
+
+
+class LogbookError(JobBoardError):
+    """A logbook operation failed."""
+
+
+class StaleOwner(LogbookError):
+    def __init__(self, job_id: str, token: int, current: int | None) -> None:
+        super().__init__(
+            f"write to job {job_id} refused: token {token} is fenced off by {current}"
+        )
+        self.job_id = job_id
+        self.token = token
+        self.current = current
+
+
+class LogbookNotFound(LogbookError, LookupError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no logbook for job {job_id}")
+        self.job_id = job_id
+
+
+class LogbookUnavailable(LogbookError):
+    """The database could not be reached after bounded retries."""
+
+
+# -- engine ------------------------------------------------------------------
+
+
+class EngineError(JobBoardError):
+    """The workflow engine could not build or run a flow."""
+
+
+class FlowInvalid(EngineError, ValueError):
+    """The flow cannot run: a cycle, a missing input, a duplicate task name."""
+
+
+class FactoryNotAllowed(EngineError):
+    def __init__(self, factory: str, allowed: tuple[str, ...] | list[str]) -> None:
+        super().__init__(
+            f"flow factory {factory!r} is outside the allowed module prefixes "
+            f"{list(allowed)}; add its prefix with --allow"
+        )
+        self.factory = factory
+        self.allowed = tuple(allowed)
+
+
+class FactoryNotFound(EngineError, LookupError):
+    def __init__(self, factory: str, reason: str) -> None:
+        super().__init__(f"flow factory {factory!r} cannot be loaded: {reason}")
+        self.factory = factory
+        self.reason = reason
+
+
+class Cancelled(EngineError):
+    """The engine was asked to stop (claim lost, shutdown, admin cancel)."""
+
+
+# -- locks -------------------------------------------------------------------
+
+
+class LockTimeout(JobBoardError, TimeoutError):
+    def __init__(self, name: str, timeout: float | None) -> None:
+        super().__init__(f"lock {name!r} not acquired within {timeout}s")
+        self.name = name
+        self.timeout = timeout

@@ -1,0 +1,29 @@
+"""Named retry policies, in one place.
+
+Only transient errors are retried. ZooKeeper connection loss is retried by
+kazoo's own ``KazooRetry`` inside the board (see ``jobboard.board``); these
+tenacity policies cover the database and task retries, and are never stacked
+on top of kazoo's retry for the same call.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import tenacity
+from tenacity import (retry_if_exception, stop_after_attempt, stop_after_delay,
+                      wait_exponential_jitter)
+
+
+def database_retry(is_transient: Callable[[BaseException], bool], *,
+                   attempts: int = 6, max_delay: float = 20.0,
+                   sleep: Callable[[float], None] = tenacity.nap.sleep) -> tenacity.Retrying:
+    """Policy for database calls: dropped connections, deadlocks, serialization
+    failures. Bounded by attempts and total time; re-raises the last error."""
+    return tenacity.Retrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_attempt(attempts) | stop_after_delay(max_delay),
+        wait=wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.1),
+        sleep=sleep,
+        reraise=True,
+    )
