@@ -18,6 +18,7 @@ those libraries to handle a failure. Extra data rides on attributes
      │    ├── NotClaimed                the job has no claim to act on
      │    ├── ClaimLost                 a claim vanished under its holder
      │    ├── OwnerNotFound             transfer to a conductor that is not alive
+     │    ├── NotReady                  a delayed job claimed before its time
      │    ├── PayloadTooLarge           the encoded job exceeds the znode limit
      │    ├── WaitTimeout (TimeoutError) the job did not finish in time
      │    └── BoardUnavailable          ZooKeeper cannot be reached / session lost
@@ -103,6 +104,13 @@ class OwnerNotFound(BoardError):
     def __init__(self, owner: str) -> None:
         super().__init__(f"no live conductor named {owner!r}")
         self.owner = owner
+
+
+class NotReady(BoardError):
+    def __init__(self, job_id: str, not_before: float) -> None:
+        super().__init__(f"job {job_id} is delayed until {not_before:.3f} (epoch seconds)")
+        self.job_id = job_id
+        self.not_before = not_before
 
 
 class PayloadTooLarge(BoardError, ValueError):

@@ -1,0 +1,73 @@
+"""Connecting to ZooKeeper and translating kazoo's errors at the boundary.
+
+kazoo's own ``KazooRetry`` retries connection loss for idempotent calls
+(``client.retry``); writes that are not idempotent (claims) check what
+happened themselves instead of being blindly retried. Anything kazoo raises
+that escapes is turned into a :mod:`jobboard.errors` exception here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import (ConnectionClosedError, ConnectionLoss, KazooException,
+                              NoAuthError, OperationTimeoutError, SessionExpiredError,
+                              ZookeeperError)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.retry import RetryFailedError
+from kazoo.security import make_digest_acl
+
+from jobboard.errors import BoardError, BoardUnavailable
+
+COMMAND_RETRY = dict(max_tries=8, delay=0.05, backoff=2, max_delay=2.0, ignore_expire=False)
+CONNECTION_RETRY = dict(max_tries=-1, delay=0.1, backoff=2, max_delay=2.0)
+
+
+def make_client(hosts: str, *, auth: tuple[str, str] | None = None,
+                session_timeout: float = 10.0) -> KazooClient:
+    """A KazooClient (not started); with ``auth`` every znode it creates is
+    readable and writable only with the same digest credentials."""
+    options: dict = dict(hosts=hosts, timeout=session_timeout,
+                         command_retry=COMMAND_RETRY, connection_retry=CONNECTION_RETRY)
+    if auth:
+        user, password = auth
+        options["auth_data"] = [("digest", f"{user}:{password}")]
+        options["default_acl"] = [make_digest_acl(user, password, all=True)]
+    return KazooClient(**options)
+
+
+def start(client: KazooClient, hosts: str, timeout: float) -> None:
+    try:
+        client.start(timeout=timeout)
+    except (KazooTimeoutError, KazooException) as exc:
+        client.close()
+        raise BoardUnavailable(
+            f"cannot reach ZooKeeper at {hosts} within {timeout:g}s: check --zk / JOBBOARD_ZK and that the servers are up"
+        ) from exc
+
+
+@contextlib.contextmanager
+def translated(action: str) -> Iterator[None]:
+    """Turn kazoo errors raised inside the block into jobboard errors."""
+    try:
+        yield
+    except NoAuthError as exc:
+        raise BoardError(f"{action}: not authorized; pass the board's credentials (--auth)") from exc
+    except (ConnectionLoss, ConnectionClosedError, SessionExpiredError,
+            OperationTimeoutError, RetryFailedError, KazooTimeoutError) as exc:
+        raise BoardUnavailable(f"{action}: ZooKeeper unavailable ({type(exc).__name__})") from exc
+    except ZookeeperError as exc:
+        raise BoardError(f"{action}: ZooKeeper refused ({type(exc).__name__})") from exc
+
+
+def first_error(results: list) -> Exception | None:
+    """The error that failed a multi-op transaction (not the rolled-back ones)."""
+    from kazoo.exceptions import RolledBackError, RuntimeInconsistency
+
+    for result in results:
+        if isinstance(result, Exception) and not isinstance(
+                result, (RolledBackError, RuntimeInconsistency)):
+            return result
+    return None

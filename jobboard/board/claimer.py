@@ -1,0 +1,377 @@
+"""The claimer: picks and claims the best waiting job for one owner.
+
+Claim order is priority first, then age. The claimer lists one queue bucket
+at a time (never the whole backlog) and works through a cached copy of it, so
+a claim costs a constant number of ZooKeeper operations whatever the backlog:
+one read of the job record and one transaction. Live conductors split each
+bucket between them by entry sequence number (each takes its own share first,
+then steals from the far end of the others'), so claimers spread instead of
+herding onto the same head entry.
+
+Watches, not polling, say when to look again: a child watch on the bucket
+list and on the empty buckets of higher priority than the one being worked
+(a post there re-plans the next claim), on the claim set (a claim that
+vanished while its running marker stayed is an orphan, put back on the
+board) and on the delayed index (a timer for the next due job).
+
+How it fails: ZooKeeper errors surface as :class:`BoardUnavailable` from
+:meth:`Claimer.claim_next`; a malformed job record is reported once and its
+entry skipped; an entry whose job is gone or no longer waiting is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from kazoo.exceptions import NoNodeError, NotEmptyError
+from kazoo.recipe.watchers import ChildrenWatch
+
+from jobboard.board import _zk
+from jobboard.board.board import Board
+from jobboard.board.job import Job
+from jobboard.board.layout import (RESTORE_BUCKET, Bucket, DelayedBucket,
+                                   DelayedEntry, Entry)
+from jobboard.errors import JobNotFound, MalformedData
+from jobboard.states import JobState
+
+log = logging.getLogger(__name__)
+
+ORPHAN_SWEEP_SECONDS = 30.0
+MAX_ATTEMPTS_PER_CALL = 64
+# Job records of the next few candidates are read ahead, pipelined, so that a
+# claim usually costs a single round trip (the transaction); a stale read is
+# caught by the transaction's version check and read again.
+READ_AHEAD = 8
+
+
+class Claimer:
+    """Claims jobs for ``owner``; one per conductor (not thread-safe: call
+    :meth:`claim_next` from one thread).
+
+    Args:
+        board: the board to claim from.
+        owner: the claim owner (the conductor's name).
+        members: optional callable returning the live claimers' names, for
+            splitting buckets; by default the board's registered conductors.
+    """
+
+    def __init__(self, board: Board, owner: str, *,
+                 members: Callable[[], list[str]] | None = None) -> None:
+        self.board = board
+        self.owner = owner
+        self.conflicts = 0
+        self._members_fn = members
+        self._members: list[str] = [owner]
+        self._wake = threading.Event()
+        self._replan = True
+        self._candidates: list[str] = []
+        self._read_ahead: dict[str, object] = {}
+        self._skip: set[str] = set()
+        self._suspects: set[str] = set()
+        self._claims_seen: set[str] | None = None
+        self._delayed_dirty = True
+        self._next_due: float | None = None
+        self._last_sweep = 0.0
+        self._watches: list[ChildrenWatch] = []
+        self._started = False
+        self._stopped = False
+
+    def start(self) -> "Claimer":
+        """Set the watches. Idempotent."""
+        if self._started:
+            return self
+        paths = self.board.paths
+        with _zk.translated("watching the board"):
+            if self._members_fn is None:
+                self._watches.append(ChildrenWatch(self.board.client, paths.conductors,
+                                                   self._on_members))
+            self._watches.append(ChildrenWatch(self.board.client, paths.claims,
+                                               self._on_claims))
+            self._watches.append(ChildrenWatch(self.board.client, paths.delayed,
+                                               self._on_delayed))
+        self._started = True
+        self._wake.set()
+        return self
+
+    def stop(self) -> None:
+        self._stopped = True  # the watch callbacks return False: kazoo drops them
+        self._watches.clear()
+        self._wake.set()
+
+    # -- watch callbacks (kazoo's event thread) ----------------------------------
+
+    def _on_members(self, children: list[str]) -> bool:
+        self._members = sorted(children) or [self.owner]
+        return not self._stopped
+
+    def _on_claims(self, children: list[str]) -> bool:
+        current = set(children)
+        if self._claims_seen is None:
+            self._suspects.update(self.board._children(self.board.paths.running))
+        else:
+            gone = self._claims_seen - current
+            if gone:
+                self._suspects.update(gone)
+                self._wake.set()
+        self._claims_seen = current
+        return not self._stopped
+
+    def _on_delayed(self, children: list[str]) -> bool:
+        self._delayed_dirty = True
+        self._wake.set()
+        return not self._stopped
+
+    def _on_queue_change(self, _event: object) -> None:
+        self._replan = True
+        self._wake.set()
+
+    # -- public -----------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Make :meth:`wait_for_work` return now (shutdown, capacity freed)."""
+        self._wake.set()
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block until something claimable may have appeared (a watch fired, a
+        delayed job fell due) or ``timeout`` passed. True when woken."""
+        if self._next_due is not None:
+            timeout = max(0.0, min(timeout, self._next_due - time.time()))
+        woken = self._wake.wait(timeout)
+        self._wake.clear()
+        return woken
+
+    def claim_next(self) -> Job | None:
+        """Claim the best job available now, or return None when there is none.
+
+        Raises:
+            BoardUnavailable: ZooKeeper cannot be reached.
+        """
+        if not self._started:
+            self.start()
+        with _zk.translated("claiming"):
+            self._refresh_members()
+            job = self._handle_orphans()
+            if job is not None:
+                return job
+            self._promote_due()
+            for _ in range(MAX_ATTEMPTS_PER_CALL):
+                entry = self._next_entry()
+                if entry is None:
+                    return None
+                job = self._try(entry)
+                if job is not None:
+                    return job
+        return None
+
+    # -- orphans and delayed jobs ------------------------------------------------
+
+    def _refresh_members(self) -> None:
+        if self._members_fn is not None:
+            self._members = sorted(self._members_fn()) or [self.owner]
+
+    def _handle_orphans(self) -> Job | None:
+        now = time.monotonic()
+        if now - self._last_sweep > ORPHAN_SWEEP_SECONDS:
+            self._last_sweep = now
+            self._suspects.update(self.board.orphans())
+        if not self._suspects:
+            return None
+        suspects = self._suspects - self.board.released_recently()
+        self._suspects = set()
+        client = self.board.client
+        markers = [(job_id, client.exists_async(self.board.paths.running_marker(job_id)))
+                   for job_id in suspects]
+        orphans = [job_id for job_id, result in markers if result.get(timeout=30)]
+        for n, job_id in enumerate(orphans):
+            job = self.board.restore_orphan(job_id, me=self.owner)
+            if job is not None:
+                self._suspects.update(orphans[n + 1:])
+                return job
+        return None
+
+    def _promote_due(self) -> None:
+        if not self._delayed_dirty and (self._next_due is None or self._next_due > time.time()):
+            return
+        self._delayed_dirty = False
+        paths = self.board.paths
+        now = time.time()
+        next_due = None
+        for name in sorted(self.board._children(paths.delayed)):
+            bucket = DelayedBucket.parse(name)
+            if bucket is None:
+                self.board.report_malformed(f"{paths.delayed}/{name}", "not a delayed bucket name")
+                continue
+            if bucket.due_second > now:
+                next_due = bucket.due_second if next_due is None else min(next_due, bucket.due_second)
+                break
+            bucket_path = paths.delayed_bucket(bucket)
+            remaining = False
+            for child in sorted(self.board._children(bucket_path)):
+                entry = DelayedEntry.parse(child)
+                if entry is None:
+                    self.board.report_malformed(f"{bucket_path}/{child}", "not a delayed entry name")
+                    remaining = True
+                    continue
+                if entry.due_ms > now * 1000:
+                    next_due = entry.due_ms / 1000 if next_due is None else min(next_due, entry.due_ms / 1000)
+                    remaining = True
+                    continue
+                self._promote(f"{bucket_path}/{child}", entry.job_id)
+            if not remaining:
+                try:
+                    self.board.client.delete(bucket_path)
+                except (NoNodeError, NotEmptyError):
+                    pass
+        self._next_due = next_due
+        self._replan = True
+
+    def _promote(self, entry_path: str, job_id: str) -> None:
+        """Move a due job from the delayed index into the queue."""
+        try:
+            job, _ = self.board._read(job_id)
+        except MalformedData as exc:
+            self.board.report_malformed(self.board.paths.job(job_id), str(exc))
+            return
+        except JobNotFound:
+            self._delete_entry(entry_path)
+            return
+        if job.state is not JobState.UNCLAIMED:
+            self._delete_entry(entry_path)
+            return
+        while True:
+            bucket = Bucket(job.priority, self.board._current_bucket(job.priority))
+            prefix = self.board.paths.entry_prefix(bucket, job_id)
+            txn = self.board.client.transaction()
+            txn.delete(entry_path)
+            txn.create(prefix, b"", sequence=True)
+            results = txn.commit()
+            error = _zk.first_error(results)
+            if error is None:
+                self.board._note_entry(("queue", prefix, job.priority), results[1])
+                return
+            if isinstance(error, NoNodeError) and results.index(error) == 1:
+                self.board._repair_post_target(("queue", prefix, job.priority))
+                continue
+            return  # another claimer promoted it
+
+    # -- the queue ----------------------------------------------------------------
+
+    def _next_entry(self) -> str | None:
+        while True:
+            if self._replan or not self._candidates:
+                self._plan()
+            if not self._candidates:
+                return None
+            for path in self._candidates[:READ_AHEAD]:
+                if path not in self._read_ahead:
+                    job_id = path.rsplit("/", 1)[1][:36]
+                    self._read_ahead[path] = self.board.client.get_async(
+                        self.board.paths.job(job_id))
+            entry = self._candidates.pop(0)
+            if entry not in self._skip:
+                return entry
+
+    def _plan(self) -> None:
+        """Find the first non-empty bucket and order its entries for us."""
+        self._replan = False
+        self._candidates = []
+        self._read_ahead = {}
+        client = self.board.client
+        paths = self.board.paths
+        try:
+            names = client.get_children(paths.queue, watch=self._on_queue_change)
+        except NoNodeError:
+            return
+        buckets = []
+        for name in names:
+            bucket = Bucket.parse(name)
+            if bucket is None:
+                self.board.report_malformed(f"{paths.queue}/{name}", "not a queue bucket name")
+            else:
+                buckets.append(bucket)
+        for bucket in sorted(buckets, key=lambda b: b.name):
+            path = paths.bucket(bucket)
+            try:
+                children, stat = client.get_children(path, include_data=True)
+            except NoNodeError:
+                continue
+            entries = []
+            for child in children:
+                entry = Entry.parse(child)
+                if entry is None:
+                    self.board.report_malformed(f"{path}/{child}", "not a queue entry name")
+                elif f"{path}/{child}" not in self._skip:
+                    entries.append(entry)
+            if entries:
+                self._candidates = self._order(path, entries)
+                return
+            if children:
+                continue  # only garbage here
+            if bucket.number == RESTORE_BUCKET or stat.cversion >= self.board.bucket_size:
+                try:
+                    client.delete(path)  # drained for good: posters moved on
+                    continue
+                except (NoNodeError, NotEmptyError):
+                    pass
+            # Empty but current: a post here must re-plan us (it may outrank
+            # the bucket we are about to work on).
+            try:
+                if client.get_children(path, watch=self._on_queue_change):
+                    self._replan = True
+            except NoNodeError:
+                pass
+
+    def _order(self, path: str, entries: list[Entry]) -> list[str]:
+        entries.sort(key=lambda e: e.seq)
+        members = self._members
+        count = len(members)
+        index = members.index(self.owner) if self.owner in members else hash(self.owner) % count
+        mine = [e for e in entries if e.seq % count == index]
+        others = [e for e in entries if e.seq % count != index]
+        ordered = mine + others[::-1]
+        return [f"{path}/{e.job_id}-{e.seq:010d}" for e in ordered]
+
+    def _try(self, entry_path: str) -> Job | None:
+        job_id = entry_path.rsplit("/", 1)[1][:36]
+        early = self._read_ahead.pop(entry_path, None)
+        if early is not None:
+            try:
+                data, stat = early.get(timeout=30)
+                job = Job.decode(data, path=self.board.paths.job(job_id))
+            except Exception:  # noqa: BLE001 - anything odd: read it again below
+                pass
+            else:
+                if job.state is JobState.UNCLAIMED and job.claims < self.board.max_claims:
+                    claimed = self.board.take(job, stat.version, self.owner, entry=entry_path)
+                    if claimed is not None:
+                        return claimed
+        try:
+            job, stat = self.board._read(job_id)
+        except MalformedData as exc:
+            self.board.report_malformed(self.board.paths.job(job_id), str(exc))
+            self._skip.add(entry_path)
+            return None
+        except JobNotFound:  # trashed: the entry is stale
+            self._delete_entry(entry_path)
+            return None
+        if job.state is not JobState.UNCLAIMED:
+            self._delete_entry(entry_path)
+            return None
+        if job.claims >= self.board.max_claims:
+            self.board.dead_letter(job, stat.version, entry_path,
+                                   f"claimed {job.claims} times without finishing "
+                                   f"(limit {self.board.max_claims})")
+            return None
+        claimed = self.board.take(job, stat.version, self.owner, entry=entry_path)
+        if claimed is None:
+            self.conflicts += 1
+        return claimed
+
+    def _delete_entry(self, path: str) -> None:
+        try:
+            self.board.client.delete(path)
+        except NoNodeError:
+            pass
