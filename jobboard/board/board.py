@@ -491,6 +491,10 @@ class Board:
         return replace(job, claim=Claim(owner, record_stat.mzxid, record_stat.version,
                                         job.claimed_at or time.time()))
 
+    def claim_owner(self, job_id: str) -> str | None:
+        """Who holds the claim on a job now (None when nobody)."""
+        return self._claim_owner(job_id)
+
     def _claim_owner(self, job_id: str) -> str | None:
         try:
             data, _ = self.client.get(self.paths.claim(job_id))
