@@ -23,7 +23,7 @@ def database_retry(is_transient: Callable[[BaseException], bool], *,
     return tenacity.Retrying(
         retry=retry_if_exception(is_transient),
         stop=stop_after_attempt(attempts) | stop_after_delay(max_delay),
-        wait=wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.1),
+        wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
         sleep=sleep,
         reraise=True,
     )

@@ -44,3 +44,33 @@ def zk_client(zk_hosts):
 def zk_ensemble():
     with ZooKeeperEnsemble(3) as ensemble:
         yield ensemble
+
+
+# ---- logbook databases -------------------------------------------------------
+
+import os  # noqa: E402
+
+from jobboard.testing.databases import DatabaseUnavailable, isolated_database  # noqa: E402
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def logbook_url(request) -> str:
+    """A fresh, empty database per test on each backend. A missing PostgreSQL
+    skips locally and fails under CI=true; a missing MySQL always skips."""
+    try:
+        manager = isolated_database(request.param)
+        url = manager.__enter__()
+    except DatabaseUnavailable as exc:
+        if request.param == "postgresql" and os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL is required under CI=true: {exc}")
+        pytest.skip(str(exc))
+    request.addfinalizer(lambda: manager.__exit__(None, None, None))
+    return url
+
+
+@pytest.fixture
+def logbook(logbook_url):
+    from jobboard.logbook import Logbook
+
+    with Logbook(logbook_url, auto_upgrade=True, retry_max_delay=5.0) as book:
+        yield book

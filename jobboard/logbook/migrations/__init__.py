@@ -1,0 +1,1 @@
+"""Alembic migrations of the logbook schema, run from code by ``Logbook.upgrade()``."""

@@ -1,0 +1,447 @@
+"""The :class:`Logbook`: fenced, retried reads and writes of the SQL logbook.
+
+Fencing: ``take_over`` records the (token, owner) of a new claim holder with
+a conditional UPDATE (``WHERE token IS NULL OR token <= :t``). Every write
+(``save_flow``, ``save_atom``) first runs ``UPDATE logbooks ... WHERE
+job_id=:j AND token=:t`` in the same transaction as the write itself: a zero
+row count means a newer holder has taken over and the write is refused with
+:class:`~jobboard.errors.StaleOwner`; otherwise the UPDATE holds the
+logbook's row lock until commit, so a concurrent take-over waits for the
+write and no write of an old token lands after a take-over returned.
+
+How it fails: each public call is one transaction in a session of its own
+(thread-safe), retried on transient errors (``_db.is_transient``) with
+``jobboard.retry.database_retry``; a database that stays down raises
+``LogbookUnavailable``, any other database error ``LogbookError``. A call
+that returned has committed; the writes are idempotent upserts, so a retry
+after an ambiguous commit is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, TypeVar
+
+from sqlalchemy import delete, exc as sa_exc, insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobboard import serialization
+from jobboard.errors import JobBoardError, LogbookError, LogbookNotFound, StaleOwner
+from jobboard.logbook import _db
+from jobboard.logbook.models import AtomDetailRow, FlowDetailRow, LogBookRow
+from jobboard.logbook.records import AtomDetail, Failure, FlowDetail, LogBookInfo
+from jobboard.retry import database_retry
+from jobboard.states import AtomState, FlowState
+
+__all__ = ["Logbook"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WriteHook = Callable[[str, float, bool], None]
+
+_DELETE_BATCH = 500
+
+# Core tables rather than ORM entities in the statements: the hot path (two
+# UPDATEs per save_atom) skips the ORM's bulk-persistence machinery.
+LOGBOOKS = LogBookRow.__table__
+FLOWS = FlowDetailRow.__table__
+ATOMS = AtomDetailRow.__table__
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Stored timestamps are UTC; SQLite and MySQL return them without a zone."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _pack_failure(failure: Failure | None) -> bytes | None:
+    return None if failure is None else serialization.dumps(failure.to_dict())
+
+
+def _unpack_failure(data: bytes | None) -> Failure | None:
+    return None if data is None else Failure.from_dict(serialization.loads(data))
+
+
+class Logbook:
+    """The shared SQL logbook of every job's flow and atoms.
+
+    Args:
+        url: SQLAlchemy URL (``sqlite:///path.db``, ``postgresql+psycopg://...``,
+            ``mysql+pymysql://...``).
+        auto_upgrade: migrate the schema to the newest revision on open. ``None``
+            means yes for SQLite files and no for database servers (run
+            ``jobboard logbook upgrade`` there).
+        retry_attempts: attempts per call on transient database errors.
+        retry_max_delay: seconds after which a call stops retrying.
+        engine_options: extra keyword arguments for ``sqlalchemy.create_engine``.
+
+    Raises:
+        LogbookUnavailable: the database cannot be reached (auto upgrade only).
+        LogbookError: a bad URL or a failed migration.
+    """
+
+    def __init__(self, url: str = "sqlite:///jobboard.db", *, auto_upgrade: bool | None = None,
+                 retry_attempts: int = 6, retry_max_delay: float = 20.0,
+                 engine_options: dict | None = None) -> None:
+        self.url = url
+        self.retry_attempts = retry_attempts
+        self.retry_max_delay = retry_max_delay
+        #: Writes refused because a newer token had taken over.
+        self.fenced_writes = 0
+        #: Called after each write as ``on_write(op, seconds, ok)``.
+        self.on_write: WriteHook | None = None
+        self._lock = threading.Lock()
+        try:
+            self._engine = _db.make_engine(url, engine_options)
+        except (sa_exc.SQLAlchemyError, ImportError, ValueError) as exc:
+            raise LogbookError(f"cannot use logbook URL {_db.safe_url(url)}: {exc}") from exc
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        if auto_upgrade is None:
+            auto_upgrade = _db.is_sqlite_file(url)
+        if auto_upgrade:
+            try:
+                self.upgrade()
+            except BaseException:
+                self._engine.dispose()
+                raise
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self._engine.dispose()
+
+    def __enter__(self) -> "Logbook":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Logbook({_db.safe_url(self.url)!r})"
+
+    def upgrade(self) -> None:
+        """Migrate the schema to the newest alembic revision.
+
+        Raises:
+            LogbookUnavailable: the database stayed unreachable.
+            LogbookError: the migration failed.
+        """
+        self._retrying("upgrade", lambda: _db.upgrade(self._engine))
+
+    # -- writes --------------------------------------------------------------
+
+    def take_over(self, job_id: str, token: int, owner: str, *, name: str = "") -> None:
+        """Become the logbook's writer: create it if absent and record
+        ``(token, owner)`` unless a newer token already holds it.
+
+        Raises:
+            StaleOwner: the logbook's token is newer than ``token``.
+        """
+        self._write("take_over", job_id, token, lambda s: self._take_over(s, job_id, token,
+                                                                           owner, name))
+
+    def save_flow(self, job_id: str, name: str, state: FlowState, *, token: int,
+                  meta: dict | None = None) -> FlowDetail:
+        """Create or update the job's flow detail (its atoms are not touched).
+
+        Returns:
+            The flow as stored, without its atoms.
+
+        Raises:
+            StaleOwner: ``token`` is not the logbook's current token.
+            LogbookNotFound: no ``take_over`` created the logbook.
+            MalformedData: ``meta`` is not msgpack-native.
+        """
+        packed = serialization.dumps(meta or {})
+        state = FlowState(state)
+        return self._write("save_flow", job_id, token,
+                           lambda s: self._save_flow(s, job_id, name, state, token, packed,
+                                                     meta or {}))
+
+    def save_atom(self, job_id: str, atom: AtomDetail, *, token: int) -> None:
+        """Insert or update the atom (by name) in the job's flow; sets
+        ``atom.updated_at`` (and ``created_at`` when it was new).
+
+        Raises:
+            StaleOwner: ``token`` is not the logbook's current token.
+            LogbookNotFound: no ``take_over`` created the logbook.
+            LogbookError: the job has no flow yet (call ``save_flow`` first).
+            MalformedData: the result or meta is not msgpack-native.
+        """
+        values = {
+            "kind": atom.kind,
+            "state": AtomState(atom.state).value,
+            "result": serialization.dumps(atom.result),
+            "failure": _pack_failure(atom.failure),
+            "revert_failure": _pack_failure(atom.revert_failure),
+            "attempts": int(atom.attempts),
+            "meta": serialization.dumps(atom.meta or {}),
+            "started_at": atom.started_at,
+            "finished_at": atom.finished_at,
+        }
+        self._write("save_atom", job_id, token,
+                    lambda s: self._save_atom(s, job_id, atom, token, values))
+
+    def delete(self, job_id: str) -> bool:
+        """Remove a job's logbook, flow and atoms. Returns whether it existed."""
+        return self._retrying("delete", lambda: self._in_session(
+            lambda s: self._delete_jobs(s, [job_id]) > 0))
+
+    def delete_older_than(self, age: timedelta) -> int:
+        """Retention: remove the logbooks not updated for ``age``.
+
+        Returns:
+            How many logbooks were removed.
+        """
+        cutoff = _now() - age
+
+        def batch(session: Session) -> int:
+            ids = session.execute(
+                select(LogBookRow.job_id).where(LogBookRow.updated_at < cutoff)
+                .order_by(LogBookRow.updated_at).limit(_DELETE_BATCH).with_for_update()
+            ).scalars().all()
+            return self._delete_jobs(session, list(ids), older_than=cutoff) if ids else 0
+
+        total = 0
+        while True:
+            removed = self._retrying("delete_older_than", lambda: self._in_session(batch))
+            total += removed
+            if removed < _DELETE_BATCH:
+                return total
+
+    # -- reads ---------------------------------------------------------------
+
+    def load_flow(self, job_id: str) -> FlowDetail | None:
+        """The job's flow with all of its atoms (one query), or None."""
+        flow, atom = FlowDetailRow, AtomDetailRow
+        query = (select(flow.name, flow.state, flow.meta, flow.created_at, flow.updated_at,
+                        atom.name, atom.kind, atom.state, atom.result, atom.failure,
+                        atom.revert_failure, atom.attempts, atom.meta, atom.created_at,
+                        atom.updated_at, atom.started_at, atom.finished_at)
+                 .select_from(flow).outerjoin(atom, atom.flow_id == flow.id)
+                 .where(flow.job_id == job_id).order_by(atom.id))
+        rows = self._retrying("load_flow", lambda: self._in_session(
+            lambda s: s.execute(query).all()))
+        if not rows:
+            return None
+        first = rows[0]
+        detail = FlowDetail(job_id=job_id, name=first[0], state=FlowState(first[1]),
+                            meta=serialization.loads(first[2]), created_at=_utc(first[3]),
+                            updated_at=_utc(first[4]))
+        for row in rows:
+            if row[5] is None:      # the outer join found no atom
+                continue
+            detail.atoms[row[5]] = AtomDetail(
+                name=row[5], kind=row[6], state=AtomState(row[7]),
+                result=None if row[8] is None else serialization.loads(row[8]),
+                failure=_unpack_failure(row[9]), revert_failure=_unpack_failure(row[10]),
+                attempts=row[11], meta=serialization.loads(row[12]),
+                created_at=_utc(row[13]), updated_at=_utc(row[14]),
+                started_at=_utc(row[15]), finished_at=_utc(row[16]))
+        return detail
+
+    def get_logbook(self, job_id: str) -> LogBookInfo:
+        """The logbook's summary.
+
+        Raises:
+            LogbookNotFound: no logbook for ``job_id``.
+        """
+        query = self._info_query().where(LogBookRow.job_id == job_id)
+        rows = self._retrying("get_logbook", lambda: self._in_session(
+            lambda s: s.execute(query).all()))
+        if not rows:
+            raise LogbookNotFound(job_id)
+        return self._info(rows[0])
+
+    def list_logbooks(self, *, limit: int = 100, offset: int = 0) -> list[LogBookInfo]:
+        """Logbook summaries, newest first."""
+        query = (self._info_query()
+                 .order_by(LogBookRow.created_at.desc(), LogBookRow.job_id)
+                 .limit(limit).offset(offset))
+        rows = self._retrying("list_logbooks", lambda: self._in_session(
+            lambda s: s.execute(query).all()))
+        return [self._info(row) for row in rows]
+
+    def current_token(self, job_id: str) -> int | None:
+        """The token of the logbook's current holder (None: no logbook or holder)."""
+        query = select(LogBookRow.token).where(LogBookRow.job_id == job_id)
+        return self._retrying("current_token", lambda: self._in_session(
+            lambda s: s.execute(query).scalar()))
+
+    # -- steps (each runs inside one transaction) ----------------------------
+
+    def _take_over(self, session: Session, job_id: str, token: int, owner: str,
+                   name: str) -> None:
+        now = _now()
+        values: dict[str, Any] = {"token": token, "owner": owner, "updated_at": now}
+        if name:
+            values["name"] = name
+        taken = session.execute(
+            update(LOGBOOKS)
+            .where(LOGBOOKS.c.job_id == job_id,
+                   LOGBOOKS.c.token.is_(None) | (LOGBOOKS.c.token <= token))
+            .values(**values)).rowcount
+        if taken:
+            return
+        current = session.execute(
+            select(LOGBOOKS.c.token).where(LOGBOOKS.c.job_id == job_id)).first()
+        if current is not None:
+            raise StaleOwner(job_id, token, current[0])
+        # Absent: create it. A racing creator makes this insert fail with a
+        # unique violation (an IntegrityError); the retry loop runs the
+        # conditional UPDATE again, which then decides.
+        session.execute(insert(LOGBOOKS).values(
+            job_id=job_id, name=name, owner=owner, token=token, created_at=now,
+            updated_at=now))
+
+    def _fence(self, session: Session, job_id: str, token: int, now: datetime) -> None:
+        """Check ``token`` is current and lock the logbook row until commit."""
+        fenced = session.execute(
+            update(LOGBOOKS).where(LOGBOOKS.c.job_id == job_id, LOGBOOKS.c.token == token)
+            .values(updated_at=now)).rowcount
+        if fenced:
+            return
+        current = session.execute(
+            select(LOGBOOKS.c.token).where(LOGBOOKS.c.job_id == job_id)).first()
+        if current is None:
+            raise LogbookNotFound(job_id)
+        raise StaleOwner(job_id, token, current[0])
+
+    def _save_flow(self, session: Session, job_id: str, name: str, state: FlowState,
+                   token: int, packed_meta: bytes, meta: dict) -> FlowDetail:
+        now = _now()
+        self._fence(session, job_id, token, now)
+        row = session.execute(select(FLOWS.c.id, FLOWS.c.created_at)
+                              .where(FLOWS.c.job_id == job_id)).first()
+        if row is None:
+            created = now
+            session.execute(insert(FLOWS).values(
+                job_id=job_id, name=name, state=state.value, meta=packed_meta,
+                created_at=now, updated_at=now))
+        else:
+            created = _utc(row[1])
+            session.execute(update(FLOWS).where(FLOWS.c.id == row[0]).values(
+                name=name, state=state.value, meta=packed_meta, updated_at=now))
+        return FlowDetail(job_id=job_id, name=name, state=state, meta=dict(meta),
+                          created_at=created, updated_at=now)
+
+    def _save_atom(self, session: Session, job_id: str, atom: AtomDetail, token: int,
+                   values: dict[str, Any]) -> None:
+        now = _now()
+        self._fence(session, job_id, token, now)
+        flow_id = select(FLOWS.c.id).where(FLOWS.c.job_id == job_id).scalar_subquery()
+        updated = session.execute(
+            update(ATOMS).where(ATOMS.c.flow_id == flow_id, ATOMS.c.name == atom.name)
+            .values(updated_at=now, **values)).rowcount
+        if updated:
+            if atom.created_at is None:
+                atom.created_at = _utc(session.execute(
+                    select(ATOMS.c.created_at).where(ATOMS.c.flow_id == flow_id,
+                                                     ATOMS.c.name == atom.name)).scalar())
+        else:
+            # The logbook row lock taken by _fence serializes writers of this
+            # job, so nobody can insert the same atom in between.
+            found = session.execute(select(FLOWS.c.id).where(FLOWS.c.job_id == job_id)).scalar()
+            if found is None:
+                raise LogbookError(f"job {job_id} has no flow detail; call save_flow first")
+            session.execute(insert(ATOMS).values(
+                flow_id=found, name=atom.name, created_at=now, updated_at=now, **values))
+            atom.created_at = now
+        atom.updated_at = now
+
+    @staticmethod
+    def _delete_jobs(session: Session, job_ids: list[str],
+                     older_than: datetime | None = None) -> int:
+        # MySQL refuses a subquery on the table being deleted from, so fetch ids.
+        flow_ids = session.execute(
+            select(FLOWS.c.id).where(FLOWS.c.job_id.in_(job_ids))).scalars().all()
+        if flow_ids:
+            session.execute(delete(ATOMS).where(ATOMS.c.flow_id.in_(flow_ids)))
+            session.execute(delete(FLOWS).where(FLOWS.c.id.in_(flow_ids)))
+        query = delete(LOGBOOKS).where(LOGBOOKS.c.job_id.in_(job_ids))
+        if older_than is not None:
+            query = query.where(LOGBOOKS.c.updated_at < older_than)
+        return session.execute(query).rowcount
+
+    @staticmethod
+    def _info_query() -> Any:
+        return (select(LogBookRow.job_id, LogBookRow.name, LogBookRow.owner, LogBookRow.token,
+                       FlowDetailRow.state, LogBookRow.created_at, LogBookRow.updated_at)
+                .select_from(LogBookRow)
+                .outerjoin(FlowDetailRow, FlowDetailRow.job_id == LogBookRow.job_id))
+
+    @staticmethod
+    def _info(row: Any) -> LogBookInfo:
+        return LogBookInfo(job_id=row[0], name=row[1], owner=row[2], token=row[3],
+                           flow_state=None if row[4] is None else FlowState(row[4]),
+                           created_at=_utc(row[5]), updated_at=_utc(row[6]))
+
+    # -- transactions, retries, translation -----------------------------------
+
+    def _in_session(self, step: Callable[[Session], T]) -> T:
+        """Run ``step`` in a transaction of a session of its own; commit on return."""
+        with self._sessions.begin() as session:
+            return step(session)
+
+    def _retrying(self, op: str, call: Callable[[], T]) -> T:
+        policy = database_retry(self._is_retryable, attempts=self.retry_attempts,
+                                max_delay=self.retry_max_delay)
+        try:
+            return policy(call)
+        except JobBoardError:
+            raise
+        except (sa_exc.SQLAlchemyError, OSError) as exc:
+            raise _db.translate(exc, op, self.url) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith(("alembic", "psycopg", "pymysql", "sqlite3")):
+                raise LogbookError(f"logbook {op} failed: {exc}") from exc
+            raise
+
+    @staticmethod
+    def _is_retryable(exc: BaseException) -> bool:
+        # A unique violation in take_over means a racing creator won: run the
+        # conditional UPDATE again. Other integrity errors are not transient.
+        if isinstance(exc, sa_exc.IntegrityError) and getattr(exc, "_jobboard_take_over", False):
+            return True
+        return _db.is_transient(exc)
+
+    def _write(self, op: str, job_id: str, token: int, step: Callable[[Session], T]) -> T:
+        started = time.perf_counter()
+        ok = False
+
+        def call() -> T:
+            try:
+                return self._in_session(step)
+            except sa_exc.IntegrityError as exc:
+                if op == "take_over":
+                    exc._jobboard_take_over = True  # type: ignore[attr-defined]
+                raise
+
+        try:
+            result = self._retrying(op, call)
+            ok = True
+            return result
+        except StaleOwner:
+            with self._lock:
+                self.fenced_writes += 1
+            log.warning("fenced %s on job %s: token %s is stale", op, job_id, token)
+            raise
+        finally:
+            hook = self.on_write
+            if hook is not None:
+                try:
+                    hook(op, time.perf_counter() - started, ok)
+                except Exception:  # noqa: BLE001 - metrics must never break a write
+                    log.exception("logbook on_write hook failed")

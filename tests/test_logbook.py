@@ -1,0 +1,289 @@
+"""Contract tests of the SQL logbook, run against SQLite, PostgreSQL and MySQL."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import text, update
+
+import jobboard.logbook as logbook_pkg
+from jobboard.errors import (LogbookError, LogbookNotFound, LogbookUnavailable,
+                             MalformedData, StaleOwner)
+from jobboard.logbook import AtomDetail, Failure, FlowDetail, Logbook, LogBookInfo
+from jobboard.logbook._db import VERSION_TABLE, is_transient
+from jobboard.logbook.models import Base, LogBookRow
+from jobboard.states import AtomState, FlowState
+
+pytestmark = pytest.mark.timeout(60)
+
+T0 = datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=timezone.utc)
+
+
+def _failure(message: str) -> Failure:
+    try:
+        raise KeyError(message)
+    except KeyError as exc:
+        return Failure.from_exception(exc)
+
+
+def _started(book: Logbook, job_id: str = "job-1", token: int = 10) -> None:
+    book.take_over(job_id, token, "conductor-a", name="provision")
+    book.save_flow(job_id, "provision", FlowState.RUNNING, token=token)
+
+
+def test_public_api_is_pinned():
+    assert sorted(logbook_pkg.__all__) == sorted(
+        ["Logbook", "FlowDetail", "AtomDetail", "Failure", "LogBookInfo"])
+
+
+def test_failure_captures_type_message_traceback():
+    failure = _failure("volume-7")
+    assert failure.exc_type == "builtins.KeyError"
+    assert failure.message == "'volume-7'"
+    assert "Traceback (most recent call last)" in failure.traceback
+    assert "_failure" in failure.traceback
+    assert Failure.from_dict(failure.to_dict()) == failure
+    with pytest.raises(MalformedData):
+        Failure.from_dict({"message": "no type"})
+
+
+RESULTS = {
+    "none": None, "true": True, "zero": 0, "big": 2**64 - 1, "negative": -2**63,
+    "float": 1.5, "text": "ünïcode ✓", "bytes": b"\x00\xff" * 8, "list": [1, "a", None],
+    "map": {"nested": {"list": [1, 2.5], "flag": False}},
+    "large": b"x" * 300_000,   # beyond MySQL's 64 KiB BLOB
+}
+
+
+def test_round_trip_of_every_field(logbook):
+    _started(logbook)
+    flow = logbook.save_flow("job-1", "provision", FlowState.REVERTING, token=10,
+                             meta={"region": "eu", "n": 3})
+    assert flow.state is FlowState.REVERTING and flow.meta == {"region": "eu", "n": 3}
+    saved = {}
+    for index, (name, value) in enumerate(RESULTS.items()):
+        atom = AtomDetail(name=name, kind="retry" if index % 2 else "task",
+                          state=AtomState.REVERT_FAILURE, result=value,
+                          failure=_failure(f"exec {name}"),
+                          revert_failure=_failure(f"revert {name}") if index % 2 else None,
+                          attempts=index + 1, meta={"i": index, "tags": ["a", "b"]},
+                          started_at=T0, finished_at=T0 + timedelta(seconds=index, microseconds=7))
+        logbook.save_atom("job-1", atom, token=10)
+        assert atom.updated_at is not None and atom.created_at is not None
+        saved[name] = atom
+
+    loaded = logbook.load_flow("job-1")
+    assert isinstance(loaded, FlowDetail)
+    assert (loaded.job_id, loaded.name, loaded.state) == ("job-1", "provision",
+                                                          FlowState.REVERTING)
+    assert loaded.meta == {"region": "eu", "n": 3}
+    assert loaded.created_at == flow.created_at and loaded.updated_at == flow.updated_at
+    assert list(loaded.atoms) == list(RESULTS)
+    for name, atom in loaded.atoms.items():
+        assert atom == saved[name], name
+        assert atom.result == RESULTS[name]
+        assert atom.started_at.tzinfo is not None and atom.started_at == T0
+        assert isinstance(atom.state, AtomState)
+    assert loaded.atoms["bytes"].failure.traceback.startswith("Traceback")
+    assert loaded.atoms["map"].revert_failure.message == "'revert map'"
+
+
+def test_save_atom_upserts_by_name(logbook):
+    _started(logbook)
+    atom = AtomDetail(name="attach", state=AtomState.RUNNING, attempts=1)
+    logbook.save_atom("job-1", atom, token=10)
+    created, first_update = atom.created_at, atom.updated_at
+    again = AtomDetail(name="attach", state=AtomState.SUCCESS, result="att-1", attempts=1)
+    logbook.save_atom("job-1", again, token=10)
+    assert again.created_at == created and again.updated_at >= first_update
+    atoms = logbook.load_flow("job-1").atoms
+    assert list(atoms) == ["attach"]
+    assert atoms["attach"].state is AtomState.SUCCESS and atoms["attach"].result == "att-1"
+    assert atoms["attach"].created_at == created
+
+
+def test_save_flow_updates_in_place(logbook):
+    _started(logbook)
+    logbook.save_atom("job-1", AtomDetail(name="a"), token=10)
+    first = logbook.load_flow("job-1")
+    logbook.save_flow("job-1", "provision", FlowState.SUCCESS, token=10, meta={"done": True})
+    second = logbook.load_flow("job-1")
+    assert second.state is FlowState.SUCCESS and second.meta == {"done": True}
+    assert second.created_at == first.created_at
+    assert list(second.atoms) == ["a"]
+
+
+def test_load_flow_absent_and_flow_without_atoms(logbook):
+    assert logbook.load_flow("nope") is None
+    _started(logbook)
+    flow = logbook.load_flow("job-1")
+    assert flow.atoms == {} and flow.state is FlowState.RUNNING
+
+
+def test_writes_need_a_logbook_and_a_flow(logbook):
+    with pytest.raises(LogbookNotFound):
+        logbook.save_flow("ghost", "f", FlowState.RUNNING, token=1)
+    logbook.take_over("job-2", 3, "a")
+    with pytest.raises(LogbookError, match="save_flow first"):
+        logbook.save_atom("job-2", AtomDetail(name="a"), token=3)
+    assert logbook.load_flow("job-2") is None
+
+
+def test_unencodable_values_are_refused_before_writing(logbook):
+    _started(logbook)
+    with pytest.raises(MalformedData):
+        logbook.save_atom("job-1", AtomDetail(name="a", result=object()), token=10)
+    with pytest.raises(MalformedData):
+        logbook.save_flow("job-1", "provision", FlowState.SUCCESS, token=10,
+                          meta={"when": object()})
+    flow = logbook.load_flow("job-1")
+    assert flow.atoms == {} and flow.state is FlowState.RUNNING
+
+
+def test_get_and_list_logbooks(logbook):
+    with pytest.raises(LogbookNotFound):
+        logbook.get_logbook("nope")
+    logbook.take_over("old", 1, "a", name="first")
+    _started(logbook, "new", token=2)
+    info = logbook.get_logbook("new")
+    assert isinstance(info, LogBookInfo)
+    assert (info.job_id, info.name, info.owner, info.token, info.flow_state) == \
+        ("new", "provision", "conductor-a", 2, FlowState.RUNNING)
+    assert info.created_at.tzinfo is not None and info.updated_at >= info.created_at
+    assert logbook.get_logbook("old").flow_state is None
+    assert [i.job_id for i in logbook.list_logbooks()] == ["new", "old"]
+    assert [i.job_id for i in logbook.list_logbooks(limit=1)] == ["new"]
+    assert [i.job_id for i in logbook.list_logbooks(limit=5, offset=1)] == ["old"]
+    assert logbook.current_token("new") == 2 and logbook.current_token("nope") is None
+
+
+def test_delete(logbook):
+    _started(logbook)
+    logbook.save_atom("job-1", AtomDetail(name="a"), token=10)
+    _started(logbook, "job-2", token=4)
+    assert logbook.delete("job-1") is True
+    assert logbook.delete("job-1") is False
+    assert logbook.load_flow("job-1") is None
+    with pytest.raises(LogbookNotFound):
+        logbook.get_logbook("job-1")
+    assert logbook.load_flow("job-2") is not None
+
+
+def test_delete_older_than_keeps_recent(logbook):
+    for n in range(4):
+        _started(logbook, f"job-{n}", token=n + 1)
+        logbook.save_atom(f"job-{n}", AtomDetail(name="a"), token=n + 1)
+    old = datetime.now(timezone.utc) - timedelta(days=10)
+    with logbook._engine.begin() as conn:
+        conn.execute(update(LogBookRow).where(LogBookRow.job_id.in_(["job-0", "job-2"]))
+                     .values(updated_at=old))
+    assert logbook.delete_older_than(timedelta(days=7)) == 2
+    assert sorted(i.job_id for i in logbook.list_logbooks()) == ["job-1", "job-3"]
+    assert logbook.load_flow("job-0") is None
+    assert list(logbook.load_flow("job-1").atoms) == ["a"]
+    assert logbook.delete_older_than(timedelta(days=7)) == 0
+
+
+def test_on_write_hook_sees_every_write(logbook):
+    calls = []
+    logbook.on_write = lambda op, seconds, ok: calls.append((op, ok, seconds >= 0))
+    _started(logbook)
+    logbook.save_atom("job-1", AtomDetail(name="a"), token=10)
+    with pytest.raises(StaleOwner):
+        logbook.save_atom("job-1", AtomDetail(name="a"), token=9)
+    assert calls == [("take_over", True, True), ("save_flow", True, True),
+                     ("save_atom", True, True), ("save_atom", False, True)]
+    logbook.on_write = lambda *_: 1 / 0     # a broken hook never breaks a write
+    logbook.save_atom("job-1", AtomDetail(name="b"), token=10)
+    assert "b" in logbook.load_flow("job-1").atoms
+
+
+# -- migrations --------------------------------------------------------------
+
+
+def test_upgrade_reaches_the_models(logbook):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    logbook.upgrade()           # idempotent at head
+    with logbook._engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE, "compare_type": True})
+        assert context.get_current_revision() == "0001"
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_server_databases_are_not_migrated_implicitly(logbook_url):
+    if logbook_url.startswith("sqlite"):
+        with Logbook(logbook_url) as book:      # SQLite files migrate themselves
+            book.take_over("j", 1, "a")
+            assert book.current_token("j") == 1
+        return
+    with Logbook(logbook_url, retry_attempts=1) as book:
+        with pytest.raises(LogbookError, match="jobboard logbook upgrade"):
+            book.take_over("j", 1, "a")
+        book.upgrade()
+        book.take_over("j", 1, "a")
+        assert book.current_token("j") == 1
+
+
+# -- failures of the database --------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql+psycopg://postgres@127.0.0.1:1/test",
+    "mysql+pymysql://root@127.0.0.1:1/test",
+])
+def test_database_down_raises_unavailable_quickly(url):
+    options = {"connect_args": {"connect_timeout": 2}}
+    with Logbook(url, retry_attempts=3, retry_max_delay=2.0, engine_options=options) as book:
+        started = time.monotonic()
+        with pytest.raises(LogbookUnavailable, match="127.0.0.1") as caught:
+            book.take_over("j", 1, "a")
+        assert time.monotonic() - started < 10
+        assert caught.value.__cause__ is not None
+        assert "sqlalchemy" not in type(caught.value).__module__
+        with pytest.raises(LogbookUnavailable):
+            book.load_flow("j")
+
+
+def test_unusable_sqlite_path_is_a_logbook_error(tmp_path):
+    with pytest.raises(LogbookError):
+        Logbook(f"sqlite:///{tmp_path}/missing/dir/x.db", retry_attempts=2)
+
+
+def _connection_id(book: Logbook) -> tuple[str, int]:
+    dialect = book._engine.dialect.name
+    query = "SELECT pg_backend_pid()" if dialect == "postgresql" else "SELECT CONNECTION_ID()"
+    with book._engine.connect() as conn:
+        return dialect, conn.execute(text(query)).scalar()
+
+
+@pytest.mark.parametrize("pre_ping", [True, False], ids=["pre-ping", "retry"])
+def test_dropped_connection_is_retried(logbook_url, pre_ping):
+    if logbook_url.startswith("sqlite"):
+        pytest.skip("SQLite has no server connection to drop")
+    options = {"pool_size": 1, "max_overflow": 0, "pool_pre_ping": pre_ping}
+    with Logbook(logbook_url, auto_upgrade=True, engine_options=options) as book:
+        _started(book)
+        dialect, backend = _connection_id(book)
+        with Logbook(logbook_url, auto_upgrade=False) as admin, \
+                admin._engine.connect() as conn:
+            kill = ("SELECT pg_terminate_backend(:b)" if dialect == "postgresql"
+                    else f"KILL {int(backend)}")
+            conn.execute(text(kill), {"b": backend})
+            conn.commit()
+        book.save_atom("job-1", AtomDetail(name="after-drop", result=1), token=10)
+        assert _connection_id(book)[1] != backend
+        assert book.load_flow("job-1").atoms["after-drop"].result == 1
+
+
+def test_is_transient_classifies():
+    from sqlalchemy import exc as sa_exc
+
+    locked = sa_exc.OperationalError("UPDATE", {}, Exception("database is locked"))
+    missing = sa_exc.OperationalError("SELECT", {}, Exception("no such table: logbooks"))
+    assert is_transient(locked) and not is_transient(missing)
+    assert not is_transient(ValueError("x"))

@@ -1,0 +1,114 @@
+"""Fencing: a writer whose token was superseded cannot change the logbook,
+including while it races the take-over from another thread."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from jobboard.errors import StaleOwner
+from jobboard.logbook import AtomDetail, Logbook
+from jobboard.states import AtomState, FlowState
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_stale_token_is_refused(logbook):
+    logbook.take_over("job", 5, "old", name="n")
+    logbook.save_flow("job", "f", FlowState.RUNNING, token=5)
+    logbook.save_atom("job", AtomDetail(name="a", result="old"), token=5)
+    logbook.take_over("job", 7, "new")
+    assert logbook.get_logbook("job").owner == "new"
+
+    with pytest.raises(StaleOwner) as caught:
+        logbook.save_atom("job", AtomDetail(name="a", result="stale"), token=5)
+    assert (caught.value.job_id, caught.value.token, caught.value.current) == ("job", 5, 7)
+    with pytest.raises(StaleOwner):
+        logbook.save_flow("job", "f", FlowState.SUCCESS, token=5)
+    with pytest.raises(StaleOwner):      # a token that never took over is refused too
+        logbook.save_atom("job", AtomDetail(name="a", result="future"), token=8)
+    with pytest.raises(StaleOwner) as older:
+        logbook.take_over("job", 6, "older")
+    assert older.value.current == 7
+    assert logbook.fenced_writes == 4
+
+    flow = logbook.load_flow("job")
+    assert flow.state is FlowState.RUNNING and flow.atoms["a"].result == "old"
+    info = logbook.get_logbook("job")
+    assert (info.owner, info.token, info.name) == ("new", 7, "n")
+
+    logbook.take_over("job", 7, "new")      # the same holder re-entering
+    logbook.save_atom("job", AtomDetail(name="a", result="new"), token=7)
+    assert logbook.load_flow("job").atoms["a"].result == "new"
+
+
+def test_no_old_write_lands_after_a_take_over(logbook_url, logbook):
+    """Several threads of the old owner write in a loop (so some writes are in
+    flight at any moment) while another Logbook takes over with a newer token."""
+    logbook.take_over("job", 1, "old")
+    logbook.save_flow("job", "f", FlowState.RUNNING, token=1)
+    writers = 4
+    acked: list[str] = []
+    refused: list[StaleOwner] = []
+    errors: list[BaseException] = []
+    warmed_up = threading.Barrier(writers + 1)
+
+    def old_owner(w: int) -> None:
+        try:
+            for n in range(100_000):
+                name = f"w{w}-{n}"
+                logbook.save_atom("job", AtomDetail(name=name, state=AtomState.SUCCESS,
+                                                    result=n), token=1)
+                acked.append(name)
+                if n == 5:
+                    warmed_up.wait(30)
+        except StaleOwner as exc:
+            refused.append(exc)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+            warmed_up.abort()
+
+    threads = [threading.Thread(target=old_owner, args=(w,), daemon=True)
+               for w in range(writers)]
+    for thread in threads:
+        thread.start()
+    warmed_up.wait(30)
+    with Logbook(logbook_url, auto_upgrade=False) as other:   # the new owner, elsewhere
+        other.take_over("job", 2, "new")
+        after_take_over = set(other.load_flow("job").atoms)
+    for thread in threads:
+        thread.join(30)
+    assert not any(t.is_alive() for t in threads) and not errors, errors
+    assert len(refused) == writers and all(r.current == 2 for r in refused)
+
+    stored = set(logbook.load_flow("job").atoms)
+    assert stored == after_take_over          # nothing of token 1 landed after the take-over
+    assert set(acked) == stored               # and nothing acknowledged was lost
+    assert len(acked) >= writers * 6
+
+
+def test_concurrent_take_overs_keep_the_highest_token(logbook):
+    tokens = list(range(1, 9))
+    barrier = threading.Barrier(len(tokens))
+    outcomes: dict[int, object] = {}
+
+    def claim(token: int) -> None:
+        barrier.wait(10)
+        try:
+            logbook.take_over("fresh", token, f"owner-{token}")
+            outcomes[token] = "ok"
+        except StaleOwner as exc:
+            outcomes[token] = exc
+        except BaseException as exc:  # noqa: BLE001
+            outcomes[token] = repr(exc)
+
+    threads = [threading.Thread(target=claim, args=(t,)) for t in tokens]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert all(o == "ok" or isinstance(o, StaleOwner) for o in outcomes.values()), outcomes
+    assert outcomes[max(tokens)] == "ok"
+    info = logbook.get_logbook("fresh")
+    assert (info.token, info.owner) == (max(tokens), f"owner-{max(tokens)}")
