@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -341,6 +342,46 @@ def conductors(as_json: bool, zk: str, root: str, logbook: str, auth: str | None
                 [[c["name"], c.get("host"), c.get("pid"), _age(c.get("started_at")),
                   c.get("version"), len(c.get("jobs") or [])] for c in live])
 
+
+@main.command()
+@click.option("--port", default=9465, show_default=True, type=click.IntRange(0, 65535),
+              help="Port of the /metrics endpoint (0 picks a free one).")
+@click.option("--addr", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@common_options
+def exporter(port: int, addr: str, zk: str, root: str, logbook: str,
+             auth: str | None) -> None:
+    """Serve the board's gauges (depth by priority, oldest waiting age, live
+    conductors) to Prometheus, one exporter per fleet. Stops on SIGTERM or
+    SIGINT."""
+    import signal
+    import threading
+
+    from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
+
+    from jobboard.metrics import BoardCollector, serve
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    disable_created_metrics()
+    with _open_board(zk, root, auth) as board:
+        registry = CollectorRegistry()
+        registry.register(BoardCollector(board))
+        ProcessCollector(registry=registry)
+        try:
+            server = serve(port, registry, addr=addr)
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {addr}:{port}: {exc}") from None
+        click.echo(f"serving board metrics on http://{addr}:{server.server_port}/metrics",
+                   err=True)
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            server.shutdown()
+            server.server_close()
+    click.echo("exporter stopped", err=True)
+
 # ---- end board commands ------------------------------------------------------
 
 # ---- logbook commands --------------------------------------------------------
@@ -471,4 +512,84 @@ def logbook_prune(days: float, zk: str, root: str, logbook: str, auth: str | Non
 
 # ---- conductor commands ------------------------------------------------------
 
+@main.command()
+@click.option("--name", default=None, help="Unique conductor name (default host-pid).")
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1),
+              help="Jobs run at once.")
+@click.option("--metrics-port", default=None, type=click.IntRange(0, 65535),
+              help="Serve Prometheus metrics on this port.")
+@click.option("--allow", "allow", multiple=True, metavar="PREFIX",
+              help="Module prefix flow factories may come from (repeatable).")
+@click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a graceful stop lets running jobs finish.")
+@click.option("--session-timeout", default=10.0, show_default=True,
+              type=click.FloatRange(min=0.2),
+              help="ZooKeeper session timeout: a dead conductor's jobs are reclaimed after it.")
+@click.option("--max-claims", default=5, show_default=True, type=click.IntRange(1),
+              help="Dead-letter a job claimed this many times without finishing.")
+@common_options
+def conductor(name: str | None, concurrency: int, metrics_port: int | None,
+              allow: tuple[str, ...], grace: float, session_timeout: float, max_claims: int,
+              zk: str, root: str, logbook: str, auth: str | None) -> None:
+    """Run a conductor: claim jobs and run their flows until SIGTERM.
+
+    The first SIGTERM/SIGINT stops claiming and lets running jobs finish for
+    --grace seconds, then abandons the rest; a second one exits at once.
+    """
+    import logging
+    import os
+    import signal
+
+    from jobboard.conductor import Conductor
+
+    if not allow:
+        raise click.UsageError("no --allow PREFIX given: the conductor would refuse every "
+                               "flow factory (for example --allow myapp.flows)")
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("jobboard").setLevel(logging.INFO)
+    metrics = None
+    if metrics_port is not None:
+        from jobboard.metrics import Metrics, serve
+
+        metrics = Metrics()
+        serve(metrics_port, metrics.registry)
+    board = _open_board(zk, root, auth, session_timeout=session_timeout,
+                        max_claims=max_claims)
+    store = _open_logbook(logbook)
+    worker = Conductor(board, store, name=name, concurrency=concurrency, allow=allow,
+                       grace=grace, metrics=metrics)
+    signals = {"count": 0}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        signals["count"] += 1
+        graceful = signals["count"] == 1
+        click.echo(f"{signal.Signals(signum).name}: "
+                   + ("stopping gracefully (again to exit now)" if graceful else "exiting now"),
+                   err=True)
+        worker.stop(graceful=graceful)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    click.echo(f"conductor {worker.name} running (concurrency {concurrency})", err=True)
+    runner = threading.Thread(target=worker.run, name="conductor", daemon=True)
+    runner.start()
+    while runner.is_alive():
+        runner.join(0.5)
+    hard = signals["count"] > 1
+    store.close()
+    board.close()
+    if hard:
+        os._exit(1)   # task threads may still be running: do not wait for them
+
 # ---- end conductor commands --------------------------------------------------
+
+
+@main.command()
+@click.option("--jobs", default=6, show_default=True, type=click.IntRange(1, 50),
+              help="How many jobs the producer posts.")
+def demo(jobs: int) -> None:
+    """Run a local fleet: ZooKeeper, two conductors, a producer; kill one
+    conductor mid-flight and watch its jobs resume elsewhere."""
+    from jobboard.demo import run_demo
+
+    sys.exit(run_demo(jobs))

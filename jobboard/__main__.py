@@ -1,0 +1,5 @@
+"""``python -m jobboard`` is the ``jobboard`` command."""
+
+from jobboard.cli import main
+
+main()

@@ -1,0 +1,263 @@
+"""The conductor daemon: claim jobs, run them, consume them.
+
+Shaped as initialize / loop / shutdown. The loop claims while it has capacity
+(``concurrency`` jobs at once), best job first, and otherwise sleeps until a
+watch says claimable work may have appeared. Each job runs in its own thread
+(:class:`~jobboard.conductor.run.JobRun`).
+
+How it fails and recovers:
+
+* ZooKeeper connection SUSPENDED: no job is claimed and no new task starts
+  (the engines' gate blocks) until the connection is back;
+* session LOST: every claim and lock is gone; every running engine is
+  cancelled at its next task boundary, their late logbook writes are fenced
+  off, and the conductor goes on claiming with a new session (kazoo opens it),
+  registering itself again;
+* ``stop(graceful=True)`` (first SIGTERM/SIGINT): stop claiming, let running
+  jobs finish for up to ``grace`` seconds, then stop the rest at a task
+  boundary and abandon them so others resume them at once;
+  ``stop(graceful=False)`` (second signal): abandon everything now.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Iterator, Sequence
+
+from jobboard import __version__
+from jobboard.board import Board, Claimer, Job
+from jobboard.conductor.run import JobRun
+from jobboard.conductor.session import SessionWatch
+from jobboard.errors import BoardError, BoardUnavailable, Cancelled
+from jobboard.locks import Locks
+from jobboard.logbook import Logbook
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT = 5.0
+REGISTRATION_INTERVAL = 2.0
+
+
+def default_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Conductor:
+    """Claims and runs jobs from a board.
+
+    Args:
+        board: the board (its client is the conductor's ZooKeeper session).
+        logbook: the shared logbook.
+        name: unique among live conductors; claims carry it.
+        concurrency: jobs run at once.
+        allow: module prefixes flow factories may be imported from.
+        grace: seconds a graceful stop lets running jobs finish.
+        task_width: threads per job for tasks that may run in parallel.
+        lock_timeout: seconds to wait for the locks a flow or task declares.
+        metrics: a :class:`jobboard.metrics.Metrics` to feed, or None.
+    """
+
+    def __init__(self, board: Board, logbook: Logbook, *, name: str | None = None,
+                 concurrency: int = 4, allow: Sequence[str] = (), grace: float = 30.0,
+                 task_width: int = 4, lock_timeout: float = 60.0,
+                 metrics: Any | None = None) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.board = board
+        self.logbook = logbook
+        self.name = name or default_name()
+        self.concurrency = concurrency
+        self.allow = tuple(allow)
+        self.grace = grace
+        self.task_width = task_width
+        self.lock_timeout = lock_timeout
+        self.metrics = metrics
+        self.locks = Locks(board.client, root=board.paths.locks, identifier=self.name)
+        self.runs: dict[str, JobRun] = {}
+        self._runs_lock = threading.Lock()
+        self._capacity = threading.Event()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._hard_stop = threading.Event()
+        self._started_at = time.time()
+        self._registered_generation = -1
+        self._registration_due = 0.0
+        self.claimer = Claimer(board, self.name)
+        self.session = SessionWatch(board.client, on_lost=self._on_session_lost,
+                                    on_state=self._on_state)
+        if metrics is not None:
+            board.notifier.subscribe(metrics.listener)
+            logbook.on_write = metrics.logbook_write
+
+    # -- the daemon ---------------------------------------------------------------
+
+    def run(self) -> None:
+        """Claim and run jobs until :meth:`stop` is called."""
+        log.info("conductor %s starting (concurrency %d, allowed factories %s)",
+                 self.name, self.concurrency, list(self.allow) or "none")
+        try:
+            self._register()
+            self.claimer.start()
+            self._loop()
+        finally:
+            self._shutdown()
+
+    def stop(self, graceful: bool = True) -> None:
+        """Ask the conductor to stop; returns at once (see :meth:`wait`)."""
+        if not graceful:
+            self._hard_stop.set()
+        self._stopping.set()
+        self.claimer.wake()
+        self._capacity.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until :meth:`run` has returned; False on timeout."""
+        return self._stopped.wait(timeout)
+
+    @property
+    def in_flight(self) -> int:
+        with self._runs_lock:
+            return len(self.runs)
+
+    def _loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            if not self.session.connected:
+                self.session.wait_connected(1.0)
+                continue
+            try:
+                self._keep_registered()
+                if self.in_flight >= self.concurrency:
+                    self._capacity.wait(1.0)
+                    self._capacity.clear()
+                    continue
+                job = self.claimer.claim_next()
+                failures = 0
+            except BoardUnavailable as exc:
+                failures += 1
+                log.warning("board unavailable (%s); retrying", exc)
+                self._stopping.wait(min(5.0, 0.1 * 2 ** failures))
+                continue
+            if self.metrics is not None and self.claimer.conflicts:
+                self.metrics.claim_conflicts(self.claimer.conflicts)
+                self.claimer.conflicts = 0
+            if job is None:
+                self.claimer.wait_for_work(IDLE_WAIT)
+                continue
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        run = JobRun(self, job)
+        with self._runs_lock:
+            self.runs[job.uuid] = run
+        self._in_flight_changed()
+        thread = threading.Thread(target=self._run_job, args=(run,),
+                                  name=f"job-{job.uuid[:8]}", daemon=True)
+        thread.start()
+
+    def _run_job(self, run: JobRun) -> None:
+        try:
+            run.run()
+        finally:
+            with self._runs_lock:
+                self.runs.pop(run.job.uuid, None)
+            self._in_flight_changed()
+            self._capacity.set()
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + (0 if self._hard_stop.is_set() else self.grace)
+        if self.runs:
+            log.info("conductor %s stopping: waiting up to %.0fs for %d running job(s)",
+                     self.name, max(0.0, deadline - time.monotonic()), self.in_flight)
+        while self.in_flight and time.monotonic() < deadline and not self._hard_stop.is_set():
+            self._capacity.wait(0.2)
+            self._capacity.clear()
+        with self._runs_lock:
+            left = list(self.runs.values())
+        for run in left:
+            run.interrupt()
+        if self._hard_stop.is_set():
+            for run in left:   # do not wait for tasks: hand the jobs on now
+                run._abandon()
+        else:
+            for run in left:
+                run.finished.wait(max(5.0, self.lock_timeout))
+        self.claimer.stop()
+        self.session.close()
+        try:
+            self.board.client.delete(self.board.paths.conductor(self.name))
+        except Exception:  # noqa: BLE001 - gone with the session anyway
+            pass
+        log.info("conductor %s stopped", self.name)
+        self._stopped.set()
+
+    # -- session ------------------------------------------------------------------
+
+    def _on_session_lost(self) -> None:
+        with self._runs_lock:
+            runs = list(self.runs.values())
+        for run in runs:
+            run.lose_claim()
+        if self.metrics is not None:
+            self.metrics.session_lost()
+
+    def _on_state(self, state: str) -> None:
+        if self.metrics is not None:
+            self.metrics.zookeeper_state(self.name, state)
+        self.claimer.wake()
+
+    def gate(self) -> None:
+        """Called by engines before each task: wait while the connection is
+        suspended; after a LOST the engine is cancelled and starts nothing."""
+        while not self.session.connected and not self._hard_stop.is_set():
+            self.session.wait_connected(0.5)
+
+    # -- registration ---------------------------------------------------------------
+
+    def _info(self) -> dict[str, Any]:
+        with self._runs_lock:
+            jobs = sorted(self.runs)
+        return {"host": socket.gethostname(), "pid": os.getpid(),
+                "started_at": self._started_at, "version": __version__,
+                "concurrency": self.concurrency, "jobs": jobs}
+
+    def _register(self) -> None:
+        self.board.register_conductor(self.name, self._info())
+        self._registered_generation = self.session.generation
+
+    def _keep_registered(self) -> None:
+        """Register again after a session loss; refresh the jobs in flight now
+        and then (not on every job: that would be a write per job)."""
+        if self._registered_generation != self.session.generation:
+            self._register()
+            return
+        now = time.monotonic()
+        if now >= self._registration_due:
+            self._registration_due = now + REGISTRATION_INTERVAL
+            try:
+                self.board.update_conductor(self.name, self._info())
+            except BoardError:
+                self._register()
+
+    def _in_flight_changed(self) -> None:
+        if self.metrics is not None:
+            self.metrics.set_in_flight(self.name, self.in_flight)
+
+    # -- locks for flows and tasks ------------------------------------------------
+
+    def locker(self, names: Sequence[str]) -> AbstractContextManager[Any]:
+        return self._hold(list(names))
+
+    @contextmanager
+    def _hold(self, names: list[str]) -> Iterator[Any]:
+        if not self.session.connected:
+            raise Cancelled("ZooKeeper connection suspended; not taking locks")
+        with self.locks.acquire_all(names, timeout=self.lock_timeout) as group:
+            if self.metrics is not None:
+                self.metrics.observe_lock_wait("mutex", group.waited)
+            yield group

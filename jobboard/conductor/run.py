@@ -1,0 +1,189 @@
+"""Running one claimed job: take over its logbook, rebuild its flow, run the
+engine, and consume the job with its outcome.
+
+How it ends, case by case:
+
+* the flow succeeds -> consumed COMPLETE with its results;
+* a task fails and the flow is reverted -> consumed FAILED with the failure;
+* the factory cannot be loaded or the flow is invalid -> consumed FAILED with
+  the reason, recorded in the logbook too: never retried forever;
+* an admin cancels it -> the engine stops at the next task boundary, reverts,
+  and the job is consumed CANCELLED;
+* the claim is lost (session expired, transferred) -> the engine stops at the
+  next task boundary; nothing is consumed; a late logbook write is refused by
+  fencing (``StaleOwner``), so the new owner's work is never overwritten;
+* the conductor shuts down past its grace period -> the engine stops at a task
+  boundary and the job is abandoned, so another conductor resumes it at once;
+* the logbook database is down -> the job is abandoned (nothing acknowledged
+  is lost; the next owner resumes from what the logbook holds).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from jobboard.board import Job
+from jobboard.engine import Engine, ThreadExecutor, build_flow
+from jobboard.errors import (BoardError, EngineError, LogbookError, LogbookUnavailable,
+                             StaleOwner)
+from jobboard.logbook import Failure
+from jobboard.states import FlowState, JobState
+
+if TYPE_CHECKING:
+    from jobboard.conductor.conductor import Conductor
+
+log = logging.getLogger(__name__)
+
+
+class JobRun:
+    """One job in flight on a conductor."""
+
+    def __init__(self, conductor: "Conductor", job: Job) -> None:
+        self.conductor = conductor
+        self.job = job
+        self.started = time.time()
+        self.engine: Engine | None = None
+        self.claim_lost = threading.Event()
+        self.cancel_requested = threading.Event()
+        self.shutting_down = threading.Event()
+        self.finished = threading.Event()
+
+    # -- signals from outside (watch threads, shutdown) ---------------------------
+
+    def lose_claim(self) -> None:
+        """The claim vanished: stop at the next task boundary, keep the logbook
+        as it is for the next owner."""
+        if not self.finished.is_set():
+            self.claim_lost.set()
+            if self.engine is not None:
+                self.engine.cancel()
+
+    def request_cancel(self) -> None:
+        self.cancel_requested.set()
+        if self.engine is not None:
+            self.engine.cancel(revert=True)
+
+    def interrupt(self) -> None:
+        """Shutdown past the grace period: stop, then abandon the job."""
+        self.shutting_down.set()
+        if self.engine is not None:
+            self.engine.cancel()
+
+    # -- the run ------------------------------------------------------------------
+
+    def run(self) -> None:
+        board = self.conductor.board
+        name = self.conductor.name
+        job = self.job
+        try:
+            self._watch_claim()
+            outcome = self._run_flow()
+            if outcome is None:
+                return
+            state, document = outcome
+            board.consume(job, name, document, state=state)
+            log.info("job %s (%s) %s", job.uuid, job.name, state.value)
+        except LogbookUnavailable as exc:
+            log.error("job %s: logbook unavailable (%s); abandoning it for another "
+                      "conductor", job.uuid, exc)
+            self._abandon()
+        except BoardError as exc:
+            log.warning("job %s: could not finish on the board: %s", job.uuid, exc)
+        except Exception:  # noqa: BLE001 - a bug must not kill the conductor
+            log.exception("job %s: unexpected error; abandoning it", job.uuid)
+            self._abandon()
+        finally:
+            self.finished.set()
+
+    def _run_flow(self) -> tuple[JobState, dict[str, Any]] | None:
+        """Returns (state, outcome document) to consume with, or None when the
+        job must not be consumed by us."""
+        conductor = self.conductor
+        job = self.job
+        token = job.claim.token
+        executor = ThreadExecutor(conductor.task_width)
+        try:
+            try:
+                flow = build_flow(job.factory, job.args, conductor.allow)
+                self.engine = Engine(
+                    flow, logbook=conductor.logbook, job_id=job.uuid, token=token,
+                    store=job.store, executor=executor, notifier=conductor.board.notifier,
+                    locker=conductor.locker, owner=conductor.name, gate=conductor.gate)
+            except EngineError as exc:
+                return self._broken(exc)
+            if self.claim_lost.is_set() or self.shutting_down.is_set():
+                self.engine.cancel()
+            if self.cancel_requested.is_set() or conductor.board.cancel_requested(job.uuid):
+                self.engine.cancel(revert=True)
+            outcome = self.engine.run()
+        finally:
+            executor.shutdown(wait=False)
+        if outcome.fenced or self.claim_lost.is_set():
+            log.warning("job %s: claim lost; left to its new owner", job.uuid)
+            return None
+        if outcome.state is FlowState.CANCELLED and not outcome.reverted:
+            self._abandon()
+            return None
+        document: dict[str, Any] = {"flow_state": outcome.state.value,
+                                    "results": outcome.results}
+        if outcome.failure is not None:
+            document["failure"] = outcome.failure.to_dict()
+        if outcome.state is FlowState.SUCCESS:
+            return JobState.COMPLETE, document
+        if outcome.state is FlowState.CANCELLED:
+            document["reason"] = "cancelled by an admin; reverted"
+            return JobState.CANCELLED, document
+        return JobState.FAILED, document
+
+    def _broken(self, exc: EngineError) -> tuple[JobState, dict[str, Any]] | None:
+        """The flow cannot even be built: fail the job for good, with the reason
+        in the logbook and on the board."""
+        job = self.job
+        reason = str(exc)
+        log.error("job %s: %s; marking it failed", job.uuid, reason)
+        failure = Failure.from_exception(exc)
+        try:
+            logbook = self.conductor.logbook
+            logbook.take_over(job.uuid, job.claim.token, self.conductor.name, name=job.name)
+            logbook.save_flow(job.uuid, job.name, FlowState.FAILURE, token=job.claim.token,
+                              meta={"error": reason, "failure": failure.to_dict()})
+        except StaleOwner:
+            return None
+        except LogbookError as err:
+            log.warning("job %s: could not record the failure in the logbook: %s",
+                        job.uuid, err)
+        return JobState.FAILED, {"flow_state": FlowState.FAILURE.value, "reason": reason,
+                                 "failure": failure.to_dict()}
+
+    def _abandon(self) -> None:
+        if self.claim_lost.is_set():
+            return
+        try:
+            self.conductor.board.abandon(self.job, self.conductor.name)
+            log.info("job %s abandoned for another conductor", self.job.uuid)
+        except BoardError as exc:
+            log.warning("job %s: could not abandon: %s", self.job.uuid, exc)
+
+    def _watch_claim(self) -> None:
+        """Watch the claim and the cancel request; both fire on kazoo's thread."""
+        board = self.conductor.board
+        job_id = self.job.uuid
+
+        def on_claim(event: Any) -> None:
+            if event is not None and event.type == "DELETED" and not self.finished.is_set():
+                log.warning("job %s: claim vanished", job_id)
+                self.lose_claim()
+
+        def on_cancel(event: Any) -> None:
+            if event is not None and event.type == "CREATED":
+                self.request_cancel()
+            elif not self.finished.is_set():
+                board.cancel_requested(job_id, watch=on_cancel)
+
+        if board.client.exists(board.paths.claim(job_id), watch=on_claim) is None:
+            self.lose_claim()
+        if board.cancel_requested(job_id, watch=on_cancel):
+            self.request_cancel()

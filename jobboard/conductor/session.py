@@ -1,0 +1,67 @@
+"""What the conductor knows about its ZooKeeper session.
+
+kazoo reports SUSPENDED (connection lost, session perhaps still alive), LOST
+(session expired: every ephemeral claim and lock is gone) and CONNECTED. The
+lessons of Curator's and kazoo's docs: on SUSPENDED stop starting work, on
+LOST treat every claim as gone. The listener runs on kazoo's event thread,
+so it only flips flags and calls non-blocking callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from kazoo.client import KazooClient, KazooState
+
+log = logging.getLogger(__name__)
+
+
+class SessionWatch:
+    """Tracks the connection of one client.
+
+    Args:
+        client: the conductor's client.
+        on_lost: called (on kazoo's thread) when the session expired.
+        on_state: called with "CONNECTED", "SUSPENDED" or "LOST" on every change.
+    """
+
+    def __init__(self, client: KazooClient, *, on_lost: Callable[[], None],
+                 on_state: Callable[[str], None] = lambda state: None) -> None:
+        self.client = client
+        self._on_lost = on_lost
+        self._on_state = on_state
+        self._connected = threading.Event()
+        self.generation = 0     # bumped on every LOST: a new session follows
+        self.losses = 0
+        if client.connected:
+            self._connected.set()
+        client.add_listener(self._listener)
+
+    def close(self) -> None:
+        self.client.remove_listener(self._listener)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def _listener(self, state: KazooState) -> None:
+        if state == KazooState.CONNECTED:
+            self._connected.set()
+        else:
+            self._connected.clear()
+        if state == KazooState.LOST:
+            self.generation += 1
+            self.losses += 1
+            log.warning("ZooKeeper session lost: every claim and lock of this "
+                        "conductor is gone")
+            self._on_lost()
+        elif state == KazooState.SUSPENDED:
+            log.warning("ZooKeeper connection suspended: no new work until it is back")
+        else:
+            log.info("ZooKeeper connected")
+        self._on_state(str(state))
