@@ -172,13 +172,16 @@ class Conductor:
     def _shutdown(self) -> None:
         deadline = time.monotonic() + (0 if self._hard_stop.is_set() else self.grace)
         if self.runs:
-            log.info("conductor %s stopping: waiting up to %.0fs for %d running job(s)",
+            log.info("conductor %s stopping: waiting up to %.1fs for %d running job(s)",
                      self.name, max(0.0, deadline - time.monotonic()), self.in_flight)
         while self.in_flight and time.monotonic() < deadline and not self._hard_stop.is_set():
             self._capacity.wait(0.2)
             self._capacity.clear()
         with self._runs_lock:
             left = list(self.runs.values())
+        if left:
+            log.info("grace period over: stopping %d job(s) at their next task boundary "
+                     "and handing them back", len(left))
         for run in left:
             run.interrupt()
         if self._hard_stop.is_set():

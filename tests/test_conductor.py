@@ -1,0 +1,273 @@
+"""Conductors on a real ZooKeeper and a real SQLite logbook: running, failing,
+cancelling and transferring jobs, in-process and as killed/stopped processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from jobboard.board import Board
+from jobboard.conductor import Conductor
+from jobboard.logbook import Logbook
+from jobboard.states import AtomState, FlowState, JobState
+from jobboard.testing.flows import read_journal
+
+FIVE = "jobboard.testing.flows:five_steps"
+ALLOW = ("jobboard.testing",)
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
+    """Poll a cross-process condition (a file, a znode) with a deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def logbook_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/logbook.db"
+
+
+@pytest.fixture
+def board(zk_hosts):
+    with Board.connect(zk_hosts, root="/fleet") as board:
+        yield board
+
+
+class Fleet:
+    """In-process conductors, each with its own ZooKeeper session."""
+
+    def __init__(self, zk_hosts: str, logbook_url: str) -> None:
+        self.zk_hosts = zk_hosts
+        self.logbook_url = logbook_url
+        self.members: list[tuple[Conductor, threading.Thread, Board, Logbook]] = []
+
+    def start(self, name: str, **options) -> Conductor:
+        board = Board.connect(self.zk_hosts, root="/fleet", session_timeout=2.0)
+        logbook = Logbook(self.logbook_url)
+        options.setdefault("allow", ALLOW)
+        conductor = Conductor(board, logbook, name=name, **options)
+        thread = threading.Thread(target=conductor.run, daemon=True)
+        thread.start()
+        self.members.append((conductor, thread, board, logbook))
+        return conductor
+
+    def stop_all(self) -> None:
+        for conductor, thread, board, logbook in self.members:
+            conductor.stop(graceful=False)
+        for conductor, thread, board, logbook in self.members:
+            assert conductor.wait(30), f"{conductor.name} did not stop"
+            board.close()
+            logbook.close()
+
+
+@pytest.fixture
+def fleet(zk_hosts, logbook_url):
+    fleet = Fleet(zk_hosts, logbook_url)
+    yield fleet
+    fleet.stop_all()
+
+
+def conductor_process(zk_hosts: str, logbook_url: str, name: str, *extra: str,
+                      session_timeout: str = "1") -> subprocess.Popen:
+    """A conductor process; its output goes to ``proc.log_path``."""
+    env = {**os.environ, "JOBBOARD_ZK": zk_hosts, "JOBBOARD_ROOT": "/fleet",
+           "JOBBOARD_LOGBOOK": logbook_url}
+    log_path = Path(logbook_url.rsplit("/", 1)[0].removeprefix("sqlite:///")) / f"{name}.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jobboard", "conductor", "--name", name, "--allow",
+             "jobboard.testing", "--session-timeout", session_timeout, *extra],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
+    proc.log_path = log_path
+    return proc
+
+
+def output_of(proc: subprocess.Popen) -> str:
+    return proc.log_path.read_text()
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+
+
+def test_runs_jobs_to_completion(board, fleet, tmp_path):
+    journal = str(tmp_path / "journal")
+    jobs = [board.post(FIVE, args={"journal": journal}) for _ in range(3)]
+    fleet.start("c1", concurrency=2)
+    for job in jobs:
+        outcome = board.wait(job.uuid, timeout=60)
+        assert outcome.ok, outcome
+        assert outcome.results["step5_done"].startswith("step5 by")
+    assert sorted(read_journal(journal)) == sorted(f"step{n}" for n in range(1, 6) for _ in jobs)
+    assert board.claims() == []
+
+
+def test_broken_jobs_fail_once_with_the_reason(board, fleet, tmp_path, logbook_url):
+    journal = str(tmp_path / "journal")
+    not_allowed = board.post("os:system", args={"command": "true"})
+    missing = board.post("jobboard.testing.nowhere:flow")
+    raising = board.post("jobboard.testing.flows:broken")
+    bad_args = board.post("jobboard.testing.flows:needs_args", args={"wrong": 1})
+    good = board.post(FIVE, args={"journal": journal})
+    fleet.start("c1")
+    reasons = {}
+    for job in (not_allowed, missing, raising, bad_args):
+        outcome = board.wait(job.uuid, timeout=60)
+        assert outcome.state is JobState.FAILED
+        reasons[job.uuid] = outcome.reason
+        assert board.get(job.uuid).claims == 1          # not retried
+    assert "outside the allowed module prefixes" in reasons[not_allowed.uuid]
+    assert "cannot be loaded" in reasons[missing.uuid]
+    assert "this factory is broken" in reasons[raising.uuid]
+    assert board.wait(good.uuid, timeout=60).ok          # the conductor went on
+    with Logbook(logbook_url) as logbook:
+        detail = logbook.load_flow(raising.uuid)
+        assert detail.state is FlowState.FAILURE
+        assert "this factory is broken" in detail.meta["error"]
+
+
+def test_failed_task_reverts_and_fails_the_job(board, fleet, tmp_path):
+    journal = str(tmp_path / "journal")
+    job = board.post(FIVE, args={"journal": journal, "fail_at": "step3"})
+    fleet.start("c1")
+    outcome = board.wait(job.uuid, timeout=60)
+    assert outcome.state is JobState.FAILED
+    assert outcome.failure["message"] == "step3 failed on purpose"
+    assert read_journal(journal) == ["step1", "step2", "step3", "step3-reverted",
+                                     "step2-reverted", "step1-reverted"]
+
+
+def test_kill_9_mid_flow_resumes_elsewhere_without_rerunning(board, tmp_path, zk_hosts,
+                                                             logbook_url, fleet):
+    journal, gate = str(tmp_path / "journal"), str(tmp_path / "gate")
+    job = board.post(FIVE, args={"journal": journal, "hold_at": "step3", "gate": gate})
+    victim = conductor_process(zk_hosts, logbook_url, "victim")
+    try:
+        wait_until(lambda: "step3-holding" in read_journal(journal), what="step3 to start")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        Path(gate).touch()
+        fleet.start("rescuer")
+        outcome = board.wait(job.uuid, timeout=60)
+    finally:
+        stop_process(victim)
+    assert outcome.ok
+    ran = read_journal(journal)
+    for step in ("step1", "step2", "step4", "step5"):
+        assert ran.count(step) == 1, ran       # finished before the kill: not re-run
+    assert ran.count("step3") == 2             # interrupted while running: run again
+    record = board.get(job.uuid)
+    assert record.claims == 2 and [h["event"] for h in record.history].count("reclaimed") == 1
+    with Logbook(logbook_url) as logbook:
+        atoms = logbook.load_flow(job.uuid).atoms
+        assert {a.state for a in atoms.values()} == {AtomState.SUCCESS}
+        assert atoms["step3"].attempts == 2 and atoms["step1"].attempts == 1
+
+
+def test_sigterm_drains_then_abandons(board, tmp_path, zk_hosts, logbook_url):
+    journal, gate = str(tmp_path / "journal"), str(tmp_path / "gate")
+    held = board.post(FIVE, args={"journal": journal, "hold_at": "step2", "gate": gate})
+    proc = conductor_process(zk_hosts, logbook_url, "draining", "--grace", "0.5",
+                             session_timeout="30")
+    try:
+        wait_until(lambda: "step2-holding" in read_journal(journal), what="step2 to start")
+        proc.send_signal(signal.SIGTERM)
+        # The grace period ends while step2 holds; once step2 returns the job
+        # is abandoned, long before the 30 s session timeout would free it.
+        wait_until(lambda: "grace period over" in output_of(proc), what="the grace to end")
+        Path(gate).touch()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        stop_process(proc)
+    output = output_of(proc)
+    record = board.get(held.uuid)
+    assert record.state is JobState.UNCLAIMED, output
+    assert record.history[-1]["event"] == "abandoned"
+    assert read_journal(journal) == ["step1", "step2", "step2-holding"]
+    assert "stopping gracefully" in output
+    assert board.conductors() == []
+
+
+def test_stopped_holder_is_fenced_after_its_session_expires(board, tmp_path, zk_hosts,
+                                                            logbook_url, fleet):
+    journal, gate = str(tmp_path / "journal"), str(tmp_path / "gate")
+    job = board.post(FIVE, args={"journal": journal, "hold_at": "step2", "gate": gate})
+    paused = conductor_process(zk_hosts, logbook_url, "paused")
+    try:
+        wait_until(lambda: "step2-holding" in read_journal(journal), what="step2 to start")
+        first_token = board.claims()[0]["token"]
+        paused.send_signal(signal.SIGSTOP)
+        Path(gate).touch()
+        fleet.start("successor")
+        outcome = board.wait(job.uuid, timeout=60)
+        assert outcome.ok
+        with Logbook(logbook_url) as logbook:
+            before = logbook.load_flow(job.uuid)
+            token_after = logbook.current_token(job.uuid)
+        paused.send_signal(signal.SIGCONT)
+        # The paused holder wakes up inside step2 and tries to record it: the
+        # logbook refuses the write (its token is older) and the engine stops.
+        wait_until(lambda: "claim lost" in output_of(paused), what="the old holder to stop")
+        paused.send_signal(signal.SIGTERM)
+        paused.wait(timeout=30)
+    finally:
+        stop_process(paused)
+    output = output_of(paused)
+    assert token_after > first_token
+    assert "StaleOwner" in output or "fenced" in output or "claim lost" in output, output
+    with Logbook(logbook_url) as logbook:
+        after = logbook.load_flow(job.uuid)
+        assert logbook.current_token(job.uuid) == token_after
+    assert {n: (a.state, a.attempts, a.result) for n, a in after.atoms.items()} == \
+        {n: (a.state, a.attempts, a.result) for n, a in before.atoms.items()}
+    ran = read_journal(journal)
+    assert ran.count("step3") == 1 and ran.count("step1") == 1
+    assert board.get(job.uuid).state is JobState.COMPLETE
+
+
+def test_transfer_to_another_conductor_resumes_there(board, fleet, tmp_path, logbook_url):
+    journal, gate = str(tmp_path / "journal"), str(tmp_path / "gate")
+    job = board.post(FIVE, args={"journal": journal, "hold_at": "step2", "gate": gate})
+    first = fleet.start("first")
+    wait_until(lambda: "step2-holding" in read_journal(journal), what="step2 to start")
+    fleet.start("second")
+    wait_until(lambda: any(c["name"] == "second" for c in board.conductors()),
+               what="second to register")
+    board.transfer(job.uuid, "first", "second")
+    Path(gate).touch()
+    outcome = board.wait(job.uuid, timeout=60)
+    assert outcome.ok
+    record = board.get(job.uuid)
+    assert record.owner == "second" and "transferred" in [h["event"] for h in record.history]
+    ran = read_journal(journal)
+    assert ran.count("step1") == 1 and ran.count("step5") == 1
+    assert first.in_flight == 0
+
+
+def test_cancel_stops_and_reverts_a_running_job(board, fleet, tmp_path):
+    journal, gate = str(tmp_path / "journal"), str(tmp_path / "gate")
+    job = board.post(FIVE, args={"journal": journal, "hold_at": "step2", "gate": gate})
+    fleet.start("c1")
+    wait_until(lambda: "step2-holding" in read_journal(journal), what="step2 to start")
+    assert board.cancel(job.uuid) is JobState.CLAIMED
+    Path(gate).touch()
+    outcome = board.wait(job.uuid, timeout=60)
+    assert outcome.state is JobState.CANCELLED
+    ran = read_journal(journal)
+    assert "step3" not in ran
+    assert ran[-2:] == ["step2-reverted", "step1-reverted"]
+    assert not board.cancel_requested(job.uuid)
