@@ -38,3 +38,9 @@ bench: venv zookeeper
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# deploy/: promtool on the Prometheus config and alert rules, the dashboard's
+# metric names, and a real Prometheus scraping a live exporter.
+.PHONY: check-deploy
+check-deploy: venv zookeeper
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests/test_deploy.py

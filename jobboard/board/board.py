@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (BadVersionError, NodeExistsError, NoNodeError,
@@ -200,10 +200,10 @@ class Board:
                     if _zk.first_error(results) is None:
                         self._note_entry(target, results[-1])
                         posted.append(job)
+                        self.notifier.emit(EventKind.JOB_POSTED, job_id=job.uuid,
+                                           details={"name": job.name})
                     else:  # a bucket was missing or rolled: redo it the careful way
                         posted.append(self.client.retry(self._post_once, job, data))
-        for job in posted:
-            self.notifier.emit(EventKind.JOB_POSTED, job_id=job.uuid, details={"name": job.name})
         return posted
 
     def _prepare(self, factory: str, args: dict | None, store: dict | None,
@@ -274,6 +274,8 @@ class Board:
         if number is None:
             numbers = [b.number for b in self._queue_buckets() if b.priority == priority]
             number = max(numbers, default=1) or 1
+            if not numbers:
+                self._ensure(self.paths.bucket(Bucket(priority, number)))
             self._post_buckets[priority] = number
         return number
 
@@ -284,10 +286,14 @@ class Board:
         if seq < self.bucket_size:
             return
         buckets = self._post_buckets if kind == "queue" else self._delayed_buckets
-        current = int(target[1].rsplit("/", 2)[-2].rpartition("-")[2])
+        bucket_path = target[1].rsplit("/", 1)[0]
+        current = int(bucket_path.rpartition("-")[2])
         with self._lock:
-            if buckets.get(group, 1) <= current:
-                buckets[group] = current + 1
+            if buckets.get(group, 1) > current:
+                return
+            buckets[group] = current + 1
+        if kind == "queue":   # open the next bucket before anyone posts to it
+            self._ensure(self.paths.bucket(Bucket(group, current + 1)))
 
     def _repair_post_target(self, target: tuple[str, str, int]) -> None:
         """The bucket (or shard) for a post is missing: create it."""
@@ -456,6 +462,13 @@ class Board:
         """One claim transaction. ``entry`` is the queue entry to remove with it;
         ``running_exists`` when taking over an orphan. None when somebody else
         won the race (the record's version moved, or the entry is gone)."""
+        return self.take_async(job, version, owner, entry=entry,
+                               running_exists=running_exists)()
+
+    def take_async(self, job: Job, version: int, owner: str, *, entry: str | None = None,
+                   running_exists: bool = False) -> Callable[[], Job | None]:
+        """Send the claim transaction of :meth:`take` now; the returned call
+        waits for its answer. Claims sent together share ZooKeeper's commits."""
         now = time.time()
         claimed = job.with_event("claimed", state=JobState.CLAIMED, owner=owner,
                                  claims=job.claims + 1, claimed_at=now, transfer_to=None)
@@ -468,18 +481,24 @@ class Board:
         else:
             txn.create(self.paths.running_marker(job.uuid), owner.encode())
         txn.set_data(self.paths.job(job.uuid), claimed.encode(), version=version)
-        try:
-            results = txn.commit()
-        except _zk.ConnectionLoss:
-            return self._claim_after_connection_loss(job.uuid, owner)
-        if _zk.first_error(results) is not None:
-            return None
-        stat = results[-1]
-        kind = EventKind.JOB_RECLAIMED if job.claims else EventKind.JOB_CLAIMED
-        self.notifier.emit(kind, job_id=job.uuid, owner=owner,
-                           details={"posted_at": job.created_at, "priority": job.priority,
-                                    "claims": claimed.claims})
-        return replace(claimed, claim=Claim(owner, stat.mzxid, stat.version, now))
+        pending = txn.commit_async()
+
+        def answer() -> Job | None:
+            try:
+                results = pending.get(timeout=30)
+            except (_zk.ConnectionLoss, _zk.KazooTimeoutError):
+                return self._claim_after_connection_loss(job.uuid, owner)
+            if _zk.first_error(results) is not None:
+                return None
+            stat = results[-1]
+            kind = EventKind.JOB_RECLAIMED if job.claims else EventKind.JOB_CLAIMED
+            self.notifier.emit(kind, job_id=job.uuid, owner=owner,
+                               details={"posted_at": max(job.created_at, job.not_before or 0),
+                                        "priority": job.priority,
+                                        "claims": claimed.claims})
+            return replace(claimed, claim=Claim(owner, stat.mzxid, stat.version, now))
+
+        return answer
 
     def _claim_after_connection_loss(self, job_id: str, owner: str) -> Job | None:
         """The claim may or may not have committed: our session's ephemeral
@@ -730,9 +749,9 @@ class Board:
             if _zk.first_error(results) is not None:
                 # The key node may be gone already: delete the record alone.
                 self.client.delete(self.paths.job(job_id), version=stat.version)
-        # Index entries pointing at a missing record are dropped by claimers;
-        # remove the obvious ones now.
+        # Index entries pointing at a missing record are dropped by claimers.
         self._drop_cancel_request(job_id)
+        self._delete_quietly(self.paths.dead_marker(job_id))
 
     def retry(self, job: Job | str) -> Job:
         """Put a dead-lettered or failed job back on the board with a fresh
@@ -753,6 +772,7 @@ class Board:
                 results = txn.commit()
                 error = _zk.first_error(results)
                 if error is None:
+                    self._delete_quietly(self.paths.dead_marker(job_id))
                     return revived
                 if isinstance(error, NoNodeError) and results.index(error) == 1:
                     self._ensure(parent)
@@ -767,6 +787,7 @@ class Board:
         if entry is not None:
             txn.delete(entry)
         txn.set_data(self.paths.job(job.uuid), dead.encode(), version=version)
+        txn.create(self.paths.dead_marker(job.uuid))
         if _zk.first_error(txn.commit()) is None:
             log.warning("job %s dead-lettered: %s", job.uuid, reason)
             self.notifier.emit(EventKind.JOB_DEAD, job_id=job.uuid, details={"reason": reason})
@@ -838,6 +859,49 @@ class Board:
                 raise WaitTimeout(job_id, timeout or 0.0, job.state)
             # Re-check now and then in case the session (and its watch) was lost.
             changed.wait(min(remaining, 5.0) if remaining is not None else 5.0)
+
+    # -- depth (for metrics) ----------------------------------------------------
+
+    def depth(self) -> dict[str, Any]:
+        """Board gauges from znode stats, without listing the waiting jobs:
+        one stat per bucket, one read for the oldest entry per priority.
+
+        Returns:
+            ``{"waiting": {priority: count}, "delayed": n, "claimed": n,
+            "dead": n, "oldest_waiting_age": seconds or None}``
+        """
+        waiting: dict[int, int] = {}
+        oldest: float | None = None
+        with _zk.translated("measuring the board"):
+            buckets = self._queue_buckets()
+            stats = [(b, self.client.exists_async(self.paths.bucket(b))) for b in buckets]
+            first_of_priority: dict[int, Bucket] = {}
+            for bucket, result in stats:
+                stat = result.get(timeout=30)
+                if stat is None or stat.numChildren == 0:
+                    continue
+                waiting[bucket.priority] = waiting.get(bucket.priority, 0) + stat.numChildren
+                first_of_priority.setdefault(bucket.priority, bucket)
+            for bucket in first_of_priority.values():
+                entries = [e for e in map(Entry.parse, self._children(self.paths.bucket(bucket))) if e]
+                if not entries:
+                    continue
+                head = min(entries, key=lambda e: e.seq)
+                try:
+                    job, _ = self._read(head.job_id)
+                except (JobNotFound, MalformedData):
+                    continue
+                oldest = job.created_at if oldest is None else min(oldest, job.created_at)
+            delayed = 0
+            for name in self._children(self.paths.delayed):
+                stat = self.client.exists(f"{self.paths.delayed}/{name}")
+                delayed += stat.numChildren if stat else 0
+            counts = {}
+            for label, path in (("claimed", self.paths.claims), ("dead", self.paths.dead)):
+                stat = self.client.exists(path)
+                counts[label] = stat.numChildren if stat else 0
+        return {"waiting": waiting, "delayed": delayed, **counts,
+                "oldest_waiting_age": None if oldest is None else max(0.0, time.time() - oldest)}
 
     # -- conductors -------------------------------------------------------------
 

@@ -149,22 +149,38 @@ class Claimer:
         Raises:
             BoardUnavailable: ZooKeeper cannot be reached.
         """
+        claimed = self.claim_batch(1)
+        return claimed[0] if claimed else None
+
+    def claim_batch(self, limit: int) -> list[Job]:
+        """Claim up to ``limit`` of the best jobs available now. The claim
+        transactions are sent together, so ZooKeeper commits them in one go.
+
+        Raises:
+            BoardUnavailable: ZooKeeper cannot be reached.
+        """
         if not self._started:
             self.start()
         with _zk.translated("claiming"):
             self._refresh_members()
-            job = self._handle_orphans()
-            if job is not None:
-                return job
+            orphan = self._handle_orphans()
+            if orphan is not None:
+                return [orphan]
             self._promote_due()
             for _ in range(MAX_ATTEMPTS_PER_CALL):
-                entry = self._next_entry()
-                if entry is None:
-                    return None
-                job = self._try(entry)
-                if job is not None:
-                    return job
-        return None
+                answers = []
+                while len(answers) < limit:
+                    entry = self._next_entry(read_ahead=max(READ_AHEAD, limit))
+                    if entry is None:
+                        break
+                    answer = self._send(entry)
+                    if answer is not None:
+                        answers.append(answer)
+                claimed = [job for job in (answer() for answer in answers) if job is not None]
+                self.conflicts += len(answers) - len(claimed)
+                if claimed or not answers:
+                    return claimed
+        return []
 
     # -- orphans and delayed jobs ------------------------------------------------
 
@@ -259,13 +275,13 @@ class Claimer:
 
     # -- the queue ----------------------------------------------------------------
 
-    def _next_entry(self) -> str | None:
+    def _next_entry(self, read_ahead: int = READ_AHEAD) -> str | None:
         while True:
             if self._replan or not self._candidates:
                 self._plan()
             if not self._candidates:
                 return None
-            for path in self._candidates[:READ_AHEAD]:
+            for path in self._candidates[:read_ahead]:
                 if path not in self._read_ahead:
                     job_id = path.rsplit("/", 1)[1][:36]
                     self._read_ahead[path] = self.board.client.get_async(
@@ -325,37 +341,33 @@ class Claimer:
                 pass
 
     def _order(self, path: str, entries: list[Entry]) -> list[str]:
+        """Our share of the bucket, oldest first; only when it is empty (in a
+        fresh listing) the others' shares, from the far end."""
         entries.sort(key=lambda e: e.seq)
         members = self._members
         count = len(members)
         index = members.index(self.owner) if self.owner in members else hash(self.owner) % count
-        mine = [e for e in entries if e.seq % count == index]
-        others = [e for e in entries if e.seq % count != index]
-        ordered = mine + others[::-1]
+        ordered = [e for e in entries if e.seq % count == index]
+        if not ordered:
+            ordered = entries[::-1]
         return [f"{path}/{e.job_id}-{e.seq:010d}" for e in ordered]
 
-    def _try(self, entry_path: str) -> Job | None:
+    def _send(self, entry_path: str) -> Callable[[], Job | None] | None:
+        """Send the claim for one entry (its record read ahead); None when the
+        entry turned out stale, malformed or dead-lettered."""
         job_id = entry_path.rsplit("/", 1)[1][:36]
-        early = self._read_ahead.pop(entry_path, None)
-        if early is not None:
-            try:
-                data, stat = early.get(timeout=30)
-                job = Job.decode(data, path=self.board.paths.job(job_id))
-            except Exception:  # noqa: BLE001 - anything odd: read it again below
-                pass
-            else:
-                if job.state is JobState.UNCLAIMED and job.claims < self.board.max_claims:
-                    claimed = self.board.take(job, stat.version, self.owner, entry=entry_path)
-                    if claimed is not None:
-                        return claimed
+        path = self.board.paths.job(job_id)
+        pending = self._read_ahead.pop(entry_path, None)
         try:
-            job, stat = self.board._read(job_id)
-        except MalformedData as exc:
-            self.board.report_malformed(self.board.paths.job(job_id), str(exc))
-            self._skip.add(entry_path)
-            return None
-        except JobNotFound:  # trashed: the entry is stale
+            data, stat = (pending.get(timeout=30) if pending is not None
+                          else self.board.client.get(path))
+            job = Job.decode(data, path=path)
+        except NoNodeError:   # trashed: the entry is stale
             self._delete_entry(entry_path)
+            return None
+        except MalformedData as exc:
+            self.board.report_malformed(path, str(exc))
+            self._skip.add(entry_path)
             return None
         if job.state is not JobState.UNCLAIMED:
             self._delete_entry(entry_path)
@@ -365,10 +377,7 @@ class Claimer:
                                    f"claimed {job.claims} times without finishing "
                                    f"(limit {self.board.max_claims})")
             return None
-        claimed = self.board.take(job, stat.version, self.owner, entry=entry_path)
-        if claimed is None:
-            self.conflicts += 1
-        return claimed
+        return self.board.take_async(job, stat.version, self.owner, entry=entry_path)
 
     def _delete_entry(self, path: str) -> None:
         try:

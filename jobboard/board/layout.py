@@ -13,6 +13,7 @@
                                        session, so a vanished claim is noticed (reclaim)
     {root}/keys/{sha256(key)}          idempotency keys: data = job uuid
     {root}/cancel/{uuid}               an admin's request to stop a claimed job
+    {root}/dead/{uuid}                 index of dead-lettered jobs (for counts and listing)
     {root}/conductors/{name}           ephemeral registration of a live conductor
     {root}/locks/...                   named distributed locks (jobboard.locks)
 
@@ -135,12 +136,13 @@ class Paths:
         self.running = f"{root}/running"
         self.keys = f"{root}/keys"
         self.cancel_requests = f"{root}/cancel"
+        self.dead = f"{root}/dead"
         self.conductors = f"{root}/conductors"
         self.locks = f"{root}/locks"
 
     def containers(self) -> list[str]:
         return [self.jobs, self.queue, self.delayed, self.claims, self.running,
-                self.keys, self.cancel_requests, self.conductors, self.locks]
+                self.keys, self.cancel_requests, self.dead, self.conductors, self.locks]
 
     def shards(self) -> list[str]:
         return [f"{self.jobs}/{n:02x}" for n in range(256)]
@@ -168,6 +170,9 @@ class Paths:
 
     def cancel_request(self, job_id: str) -> str:
         return f"{self.cancel_requests}/{job_id}"
+
+    def dead_marker(self, job_id: str) -> str:
+        return f"{self.dead}/{job_id}"
 
     def conductor(self, name: str) -> str:
         return f"{self.conductors}/{name}"

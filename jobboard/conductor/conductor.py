@@ -92,7 +92,8 @@ class Conductor:
                                     on_state=self._on_state)
         if metrics is not None:
             board.notifier.subscribe(metrics.listener)
-            logbook.on_write = metrics.logbook_write
+            metrics.attach_logbook(logbook)
+            metrics.register_conductor(self.name)
 
     # -- the daemon ---------------------------------------------------------------
 
@@ -136,7 +137,7 @@ class Conductor:
                     self._capacity.wait(1.0)
                     self._capacity.clear()
                     continue
-                job = self.claimer.claim_next()
+                jobs = self.claimer.claim_batch(self.concurrency - self.in_flight)
                 failures = 0
             except BoardUnavailable as exc:
                 failures += 1
@@ -146,10 +147,11 @@ class Conductor:
             if self.metrics is not None and self.claimer.conflicts:
                 self.metrics.claim_conflicts(self.claimer.conflicts)
                 self.claimer.conflicts = 0
-            if job is None:
+            if not jobs:
                 self.claimer.wait_for_work(IDLE_WAIT)
                 continue
-            self._start(job)
+            for job in jobs:
+                self._start(job)
 
     def _start(self, job: Job) -> None:
         run = JobRun(self, job)
