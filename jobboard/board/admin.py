@@ -1,0 +1,203 @@
+"""Admin operations and board-wide views: trash, retry, dead letters,
+cancel, board depth for metrics, and the registry of live conductors.
+
+Mixed into :class:`~jobboard.board.Board`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
+
+from jobboard.board import _zk
+from jobboard.board.job import Job, check_job_id
+from jobboard.board.layout import Bucket, Entry
+from jobboard.errors import (AlreadyClaimed, BoardError, JobNotFound, MalformedData)
+from jobboard.events import EventKind
+from jobboard.serialization import dumps, loads
+from jobboard.states import JobState
+
+log = logging.getLogger(__name__)
+
+
+class Admin:
+    """Admin operations of a board (see the module docstring)."""
+
+    def trash(self, job: Job | str) -> None:
+        """Delete a job that nobody holds, with its index entries and key.
+
+        Raises:
+            AlreadyClaimed: it is claimed (abandon or cancel it first).
+        """
+        job_id = check_job_id(job if isinstance(job, str) else job.uuid)
+        with _zk.translated(f"trashing job {job_id}"):
+            current, stat = self._read(job_id)
+            if current.state is JobState.CLAIMED:
+                raise AlreadyClaimed(job_id, self._claim_owner(job_id))
+            txn = self.client.transaction()
+            txn.delete(self.paths.job(job_id), version=stat.version)
+            if current.key is not None:
+                txn.delete(self.paths.key(current.key))
+            results = txn.commit()
+            if _zk.first_error(results) is not None:
+                # The key node may be gone already: delete the record alone.
+                self.client.delete(self.paths.job(job_id), version=stat.version)
+        # Index entries pointing at a missing record are dropped by claimers.
+        self._drop_cancel_request(job_id)
+        self._delete_quietly(self.paths.dead_marker(job_id))
+
+    def retry(self, job: Job | str) -> Job:
+        """Put a dead-lettered or failed job back on the board with a fresh
+        claim count (its logbook keeps what already finished)."""
+        job_id = check_job_id(job if isinstance(job, str) else job.uuid)
+        with _zk.translated(f"retrying job {job_id}"):
+            current, stat = self._read(job_id)
+            if current.state not in (JobState.DEAD, JobState.FAILED, JobState.CANCELLED):
+                raise BoardError(f"job {job_id} is {current.state}; only DEAD, FAILED or "
+                                 "CANCELLED jobs can be retried")
+            revived = current.with_event("retried", state=JobState.UNCLAIMED, claims=0,
+                                         owner=None, outcome=None, finished_at=None,
+                                         not_before=None)
+            while True:
+                txn = self.client.transaction()
+                txn.set_data(self.paths.job(job_id), revived.encode(), version=stat.version)
+                parent = self._requeue_op(txn, revived)
+                results = txn.commit()
+                error = _zk.first_error(results)
+                if error is None:
+                    self._delete_quietly(self.paths.dead_marker(job_id))
+                    return revived
+                if isinstance(error, NoNodeError) and results.index(error) == 1:
+                    self._ensure(parent)
+                    continue
+                raise BoardError(f"job {job_id} changed while retrying it; try again")
+
+    def dead_letter(self, job: Job, version: int, entry: str | None, reason: str) -> Job:
+        """Take a job out of circulation (state DEAD) with its history."""
+        dead = job.with_event("dead-lettered", state=JobState.DEAD, finished_at=time.time(),
+                              outcome={"reason": reason})
+        txn = self.client.transaction()
+        if entry is not None:
+            txn.delete(entry)
+        txn.set_data(self.paths.job(job.uuid), dead.encode(), version=version)
+        txn.create(self.paths.dead_marker(job.uuid))
+        if _zk.first_error(txn.commit()) is None:
+            log.warning("job %s dead-lettered: %s", job.uuid, reason)
+            self.notifier.emit(EventKind.JOB_DEAD, job_id=job.uuid, details={"reason": reason})
+        return dead
+
+    def cancel(self, job: Job | str) -> JobState:
+        """Cancel a job. A waiting job is removed at once (state CANCELLED); a
+        claimed one gets a request its holder sees, stopping the flow at the
+        next task boundary and reverting it. Returns the state after the call."""
+        job_id = check_job_id(job if isinstance(job, str) else job.uuid)
+        with _zk.translated(f"cancelling job {job_id}"):
+            current, stat = self._read(job_id)
+            if current.finished:
+                return current.state
+            if current.state is JobState.UNCLAIMED:
+                cancelled = current.with_event("cancelled", state=JobState.CANCELLED,
+                                               finished_at=time.time(),
+                                               outcome={"reason": "cancelled by an admin"})
+                try:
+                    self.client.set(self.paths.job(job_id), cancelled.encode(),
+                                    version=stat.version)
+                    return JobState.CANCELLED
+                except BadVersionError:
+                    return self.cancel(job_id)
+            try:
+                self.client.create(self.paths.cancel_request(job_id), b"")
+            except NodeExistsError:
+                pass
+            return JobState.CLAIMED
+
+    def cancel_requested(self, job_id: str, watch=None) -> bool:
+        return self.client.exists(self.paths.cancel_request(job_id), watch=watch) is not None
+
+    def _drop_cancel_request(self, job_id: str) -> None:
+        self._delete_quietly(self.paths.cancel_request(job_id))
+
+    def _delete_quietly(self, path: str) -> None:
+        try:
+            self.client.delete(path)
+        except (NoNodeError, NotEmptyError):
+            pass
+
+    # -- depth (for metrics) ----------------------------------------------------
+
+    def depth(self) -> dict[str, Any]:
+        """Board gauges from znode stats, without listing the waiting jobs:
+        one stat per bucket, one read for the oldest entry per priority.
+
+        Returns:
+            ``{"waiting": {priority: count}, "delayed": n, "claimed": n,
+            "dead": n, "oldest_waiting_age": seconds or None}``
+        """
+        waiting: dict[int, int] = {}
+        oldest: float | None = None
+        with _zk.translated("measuring the board"):
+            buckets = self._queue_buckets()
+            stats = [(b, self.client.exists_async(self.paths.bucket(b))) for b in buckets]
+            first_of_priority: dict[int, Bucket] = {}
+            for bucket, result in stats:
+                stat = result.get(timeout=30)
+                if stat is None or stat.numChildren == 0:
+                    continue
+                waiting[bucket.priority] = waiting.get(bucket.priority, 0) + stat.numChildren
+                first_of_priority.setdefault(bucket.priority, bucket)
+            for bucket in first_of_priority.values():
+                entries = [e for e in map(Entry.parse, self._children(self.paths.bucket(bucket))) if e]
+                if not entries:
+                    continue
+                head = min(entries, key=lambda e: e.seq)
+                try:
+                    job, _ = self._read(head.job_id)
+                except (JobNotFound, MalformedData):
+                    continue
+                oldest = job.created_at if oldest is None else min(oldest, job.created_at)
+            delayed = 0
+            for name in self._children(self.paths.delayed):
+                stat = self.client.exists(f"{self.paths.delayed}/{name}")
+                delayed += stat.numChildren if stat else 0
+            counts = {}
+            for label, path in (("claimed", self.paths.claims), ("dead", self.paths.dead)):
+                stat = self.client.exists(path)
+                counts[label] = stat.numChildren if stat else 0
+        return {"waiting": waiting, "delayed": delayed, **counts,
+                "oldest_waiting_age": None if oldest is None else max(0.0, time.time() - oldest)}
+
+    # -- conductors -------------------------------------------------------------
+
+    def register_conductor(self, name: str, info: dict[str, Any]) -> None:
+        """Register a live conductor (ephemeral: gone with its session)."""
+        with _zk.translated(f"registering conductor {name}"):
+            path = self.paths.conductor(name)
+            try:
+                self.client.create(path, dumps(info), ephemeral=True)
+            except NodeExistsError:
+                _, stat = self.client.get(path)
+                if stat.ephemeralOwner != self.session_id:
+                    raise BoardError(f"a conductor named {name!r} is already running") from None
+                self.client.set(path, dumps(info))
+
+    def update_conductor(self, name: str, info: dict[str, Any]) -> None:
+        with _zk.translated(f"updating conductor {name}"):
+            self.client.set(self.paths.conductor(name), dumps(info))
+
+    def conductors(self) -> list[dict[str, Any]]:
+        out = []
+        with _zk.translated("listing conductors"):
+            for name in sorted(self._children(self.paths.conductors)):
+                try:
+                    data, stat = self.client.get(self.paths.conductor(name))
+                    info = loads(data) if data else {}
+                except NoNodeError:
+                    continue
+                except MalformedData as exc:
+                    self.report_malformed(self.paths.conductor(name), str(exc))
+                    continue
+                out.append({"name": name, **(info if isinstance(info, dict) else {})})
+        return out

@@ -1,0 +1,327 @@
+"""Claims and their ends: claim, consume, abandon, transfer, reclaim.
+
+Mixed into :class:`~jobboard.board.Board`. Each is one multi-op transaction
+that also rewrites the job record with a version check: every change of owner
+bumps the record's version, so a holder acting on a claim it no longer has
+fails (:class:`ClaimLost`, :class:`NotOwner`) instead of clobbering the new
+owner. A claim's fencing token is the zxid of its transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any, Callable
+
+from kazoo.exceptions import NodeExistsError, NoNodeError
+
+from jobboard.board import _zk
+from jobboard.board.job import Claim, Job, check_job_id
+from jobboard.board.layout import RESTORE_BUCKET, Bucket
+from jobboard.errors import (AlreadyClaimed, BoardError, ClaimLost, JobNotFound,
+                             MalformedData, NotClaimed, NotOwner, NotReady,
+                             OwnerNotFound)
+from jobboard.events import EventKind
+from jobboard.serialization import dumps
+from jobboard.states import JobState
+
+log = logging.getLogger(__name__)
+
+
+class Ownership:
+    """The claim operations of a board (see the module docstring)."""
+
+    def claim(self, job: Job | str, owner: str) -> Job:
+        """Claim a job directly (conductors use :class:`Claimer`, which picks
+        the best job). Returns the job with its :class:`Claim` (fencing token).
+
+        Raises:
+            AlreadyClaimed: somebody holds it.
+            NotReady: it is delayed.
+            JobNotFound: no such job.
+        """
+        job_id = job if isinstance(job, str) else job.uuid
+        with _zk.translated(f"claiming job {job_id}"):
+            current, stat = self._read(check_job_id(job_id))
+            if current.state is not JobState.UNCLAIMED:
+                if current.state is JobState.CLAIMED:
+                    raise AlreadyClaimed(job_id, self._claim_owner(job_id))
+                raise BoardError(f"job {job_id} is {current.state} and cannot be claimed")
+            if current.not_before and current.not_before > time.time():
+                raise NotReady(job_id, current.not_before)
+            claimed = self.take(current, stat.version, owner)
+            if claimed is None:
+                raise AlreadyClaimed(job_id, self._claim_owner(job_id))
+            return claimed
+
+    def take(self, job: Job, version: int, owner: str, *, entry: str | None = None,
+             running_exists: bool = False) -> Job | None:
+        """One claim transaction. ``entry`` is the queue entry to remove with it;
+        ``running_exists`` when taking over an orphan. None when somebody else
+        won the race (the record's version moved, or the entry is gone)."""
+        return self.take_async(job, version, owner, entry=entry,
+                               running_exists=running_exists)()
+
+    def take_async(self, job: Job, version: int, owner: str, *, entry: str | None = None,
+                   running_exists: bool = False) -> Callable[[], Job | None]:
+        """Send the claim transaction of :meth:`take` now; the returned call
+        waits for its answer. Claims sent together share ZooKeeper's commits."""
+        now = time.time()
+        claimed = job.with_event("claimed", state=JobState.CLAIMED, owner=owner,
+                                 claims=job.claims + 1, claimed_at=now, transfer_to=None)
+        txn = self.client.transaction()
+        if entry is not None:
+            txn.delete(entry)
+        txn.create(self.paths.claim(job.uuid), owner.encode(), ephemeral=True)
+        if running_exists:
+            txn.set_data(self.paths.running_marker(job.uuid), owner.encode())
+        else:
+            txn.create(self.paths.running_marker(job.uuid), owner.encode())
+        txn.set_data(self.paths.job(job.uuid), claimed.encode(), version=version)
+        pending = txn.commit_async()
+
+        def answer() -> Job | None:
+            try:
+                results = pending.get(timeout=30)
+            except (_zk.ConnectionLoss, _zk.KazooTimeoutError):
+                return self._claim_after_connection_loss(job.uuid, owner)
+            if _zk.first_error(results) is not None:
+                return None
+            stat = results[-1]
+            kind = EventKind.JOB_RECLAIMED if job.claims else EventKind.JOB_CLAIMED
+            self.notifier.emit(kind, job_id=job.uuid, owner=owner,
+                               details={"posted_at": max(job.created_at, job.not_before or 0),
+                                        "priority": job.priority,
+                                        "claims": claimed.claims})
+            return replace(claimed, claim=Claim(owner, stat.mzxid, stat.version, now))
+
+        return answer
+
+    def _claim_after_connection_loss(self, job_id: str, owner: str) -> Job | None:
+        """The claim may or may not have committed: our session's ephemeral
+        claim node tells."""
+        stat = self.client.retry(self.client.exists, self.paths.claim(job_id))
+        if stat is None or stat.ephemeralOwner != self.session_id:
+            return None
+        job, record_stat = self._read(job_id)
+        return replace(job, claim=Claim(owner, record_stat.mzxid, record_stat.version,
+                                        job.claimed_at or time.time()))
+
+    def claim_owner(self, job_id: str) -> str | None:
+        """Who holds the claim on a job now (None when nobody)."""
+        return self._claim_owner(job_id)
+
+    def _claim_owner(self, job_id: str) -> str | None:
+        try:
+            data, _ = self.client.get(self.paths.claim(job_id))
+            return data.decode(errors="replace")
+        except NoNodeError:
+            return None
+
+    def _held(self, job: Job | str, owner: str) -> tuple[Job, int]:
+        """The record and version to act on as ``owner``; checks the claim."""
+        job_id = job if isinstance(job, str) else job.uuid
+        if not isinstance(job, str) and job.claim is not None and job.claim.owner == owner:
+            return job, job.claim.record_version
+        current, stat = self._read(job_id)
+        if current.state is not JobState.CLAIMED:
+            raise NotClaimed(job_id)
+        actual = self._claim_owner(job_id)
+        if actual != owner:
+            raise NotOwner(job_id, owner, actual)
+        return current, stat.version
+
+    def _ownership_failure(self, job_id: str, owner: str) -> BoardError:
+        try:
+            current, _ = self._read(job_id)
+        except JobNotFound:
+            return JobNotFound(job_id)
+        if current.state is not JobState.CLAIMED:
+            return ClaimLost(job_id, owner) if current.state is JobState.UNCLAIMED \
+                else NotClaimed(job_id)
+        actual = self._claim_owner(job_id)
+        return NotOwner(job_id, owner, actual) if actual and actual != owner \
+            else ClaimLost(job_id, owner)
+
+    def consume(self, job: Job | str, owner: str, outcome: dict[str, Any] | None = None,
+                *, state: JobState = JobState.COMPLETE) -> Job:
+        """Finish a claimed job: record ``outcome`` (kept for :meth:`wait`) and
+        drop the claim, in one transaction.
+
+        Raises:
+            NotClaimed: the job is not claimed.
+            NotOwner / ClaimLost: ``owner`` no longer holds it.
+        """
+        job_id = job if isinstance(job, str) else job.uuid
+        with _zk.translated(f"consuming job {job_id}"):
+            current, version = self._held(job, owner)
+            finished = current.with_event(state.value.lower(), state=state,
+                                          finished_at=time.time(),
+                                          outcome=self._fit_outcome(current, outcome))
+            txn = self.client.transaction()
+            txn.set_data(self.paths.job(job_id), finished.encode(), version=version)
+            txn.delete(self.paths.claim(job_id))
+            txn.delete(self.paths.running_marker(job_id))
+            if state is JobState.CANCELLED:
+                txn.delete(self.paths.cancel_request(job_id))
+            self._released.append(job_id)
+            results = txn.commit()
+            if _zk.first_error(results) is not None:
+                raise self._ownership_failure(job_id, owner)
+        kind = EventKind.JOB_COMPLETED if state is JobState.COMPLETE else EventKind.JOB_FAILED
+        self.notifier.emit(kind, job_id=job_id, owner=owner,
+                           details={"claimed_at": current.claimed_at, "state": state.value})
+        return finished
+
+    def _fit_outcome(self, job: Job, outcome: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Drop the results from an outcome too large to keep in the record."""
+        if outcome is None:
+            return None
+        size = len(dumps(outcome)) + len(job.encode())
+        if size <= self.max_record_bytes:
+            return outcome
+        trimmed = {k: v for k, v in outcome.items() if k != "results"}
+        trimmed["results_omitted"] = f"{size} bytes is over the board's record limit"
+        return trimmed
+
+    def abandon(self, job: Job | str, owner: str) -> Job:
+        """Give a claimed job back: it is claimable again at once, ahead of
+        jobs of the same priority.
+
+        Raises:
+            NotClaimed / NotOwner / ClaimLost.
+        """
+        job_id = job if isinstance(job, str) else job.uuid
+        with _zk.translated(f"abandoning job {job_id}"):
+            current, version = self._held(job, owner)
+            released = current.with_event("abandoned", state=JobState.UNCLAIMED,
+                                          owner=None, transfer_to=None)
+            self._released.append(job_id)
+            while True:
+                txn = self.client.transaction()
+                txn.delete(self.paths.claim(job_id))
+                txn.delete(self.paths.running_marker(job_id))
+                txn.set_data(self.paths.job(job_id), released.encode(), version=version)
+                target = self._requeue_op(txn, released)
+                results = txn.commit()
+                error = _zk.first_error(results)
+                if error is None:
+                    break
+                if isinstance(error, NoNodeError) and results.index(error) == 3:
+                    self._ensure(target)
+                    continue
+                raise self._ownership_failure(job_id, owner)
+        self.notifier.emit(EventKind.JOB_ABANDONED, job_id=job_id, owner=owner)
+        return released
+
+    def _requeue_op(self, txn, job: Job) -> str:
+        """Add the create of ``job``'s index entry, for a job put back: the
+        restore bucket of its priority, or the delayed index if not yet due.
+        Returns the parent that must exist."""
+        if job.not_before is not None and job.not_before > time.time():
+            kind, prefix, _ = self._entry_target(job)
+        else:
+            prefix = self.paths.entry_prefix(Bucket(job.priority, RESTORE_BUCKET), job.uuid)
+        txn.create(prefix, b"", sequence=True)
+        return prefix.rsplit("/", 1)[0]
+
+    def _ensure(self, path: str) -> None:
+        try:
+            self.client.create(path, makepath=True)
+        except NodeExistsError:
+            pass
+
+    def restore_orphan(self, job_id: str, *, me: str | None = None) -> Job | None:
+        """Put back a job whose claim vanished (its holder's session ended) but
+        whose running marker remains. When an admin transferred it to ``me``,
+        claim it for ``me`` instead; when transferred to another live
+        conductor, leave it for that one. Returns the job claimed for ``me``,
+        else None. Safe to race: only one caller's transaction succeeds."""
+        with _zk.translated(f"reclaiming job {job_id}"):
+            running = self.client.exists(self.paths.running_marker(job_id))
+            if running is None or self.client.exists(self.paths.claim(job_id)):
+                return None
+            try:
+                current, stat = self._read(job_id)
+            except JobNotFound:
+                self._delete_quietly(self.paths.running_marker(job_id))
+                return None
+            except MalformedData as exc:
+                self.report_malformed(self.paths.job(job_id), str(exc))
+                return None
+            target = current.transfer_to
+            if target and target == me:
+                return self.take(current, stat.version, me, running_exists=True)
+            if target and self.client.exists(self.paths.conductor(target)):
+                return None
+            released = current.with_event("reclaimed", state=JobState.UNCLAIMED,
+                                          owner=None, transfer_to=None)
+            while True:
+                txn = self.client.transaction()
+                claim = self.paths.claim(job_id)
+                txn.create(claim, b"")   # asserts nobody holds a claim right now
+                txn.delete(claim)
+                txn.delete(self.paths.running_marker(job_id), version=running.version)
+                txn.set_data(self.paths.job(job_id), released.encode(), version=stat.version)
+                parent = self._requeue_op(txn, released)
+                results = txn.commit()
+                error = _zk.first_error(results)
+                if error is None:
+                    log.info("job %s lost its holder %s; put back on the board",
+                             job_id, current.owner)
+                    return None
+                if isinstance(error, NoNodeError) and results.index(error) == 4:
+                    self._ensure(parent)
+                    continue
+                return None
+
+    def orphans(self) -> list[str]:
+        """Jobs marked running whose claim is gone."""
+        with _zk.translated("listing claims"):
+            running = set(self._children(self.paths.running))
+            if not running:
+                return []
+            claimed = set(self._children(self.paths.claims))
+        return sorted(running - claimed)
+
+    def transfer(self, job: Job | str, from_owner: str | None, to_owner: str) -> Job:
+        """Move a claim to another live conductor, which picks the job up and
+        resumes it (its fencing token is newer, so the old holder's late
+        writes are refused). ``from_owner`` None transfers from whoever holds it.
+
+        Raises:
+            OwnerNotFound: ``to_owner`` is not a live conductor.
+            NotClaimed / NotOwner.
+        """
+        job_id = job if isinstance(job, str) else job.uuid
+        with _zk.translated(f"transferring job {job_id}"):
+            if self.client.exists(self.paths.conductor(to_owner)) is None:
+                raise OwnerNotFound(to_owner)
+            current, stat = self._read(check_job_id(job_id))
+            if current.state is not JobState.CLAIMED:
+                raise NotClaimed(job_id)
+            actual = self._claim_owner(job_id)
+            if from_owner is not None and actual != from_owner:
+                raise NotOwner(job_id, from_owner, actual)
+            moved = current.with_event("transferred", transfer_to=to_owner, owner=to_owner)
+            txn = self.client.transaction()
+            txn.delete(self.paths.claim(job_id))
+            txn.set_data(self.paths.job(job_id), moved.encode(), version=stat.version)
+            results = txn.commit()
+            if _zk.first_error(results) is not None:
+                raise self._ownership_failure(job_id, actual or "")
+        return moved
+
+    def claims(self) -> list[dict[str, Any]]:
+        """Current claims: job id, owner, since (epoch seconds), fencing token."""
+        out = []
+        with _zk.translated("listing claims"):
+            for job_id in sorted(self._children(self.paths.claims)):
+                try:
+                    data, stat = self.client.get(self.paths.claim(job_id))
+                except NoNodeError:
+                    continue
+                out.append({"job_id": job_id, "owner": data.decode(errors="replace"),
+                            "since": stat.ctime / 1000.0, "token": stat.czxid})
+        return out
