@@ -271,3 +271,24 @@ def test_cancel_stops_and_reverts_a_running_job(board, fleet, tmp_path):
     assert "step3" not in ran
     assert ran[-2:] == ["step2-reverted", "step1-reverted"]
     assert not board.cancel_requested(job.uuid)
+
+
+def test_declared_locks_serialize_jobs_across_the_fleet(board, fleet, tmp_path):
+    from jobboard.locks._names import MUTEX, lock_path
+
+    gate = str(tmp_path / "gate")
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    a = board.post(FIVE, args={"journal": first, "hold_at": "step1", "gate": gate,
+                               "lock": "volume/42"})
+    fleet.start("c1")
+    wait_until(lambda: "step1-holding" in read_journal(first), what="job A to hold the lock")
+    b = board.post(FIVE, args={"journal": second, "lock": "volume/42"})
+    fleet.start("c2")
+    contenders = lock_path(board.paths.locks, MUTEX, "volume/42")
+    wait_until(lambda: len(board.client.get_children(contenders)) == 2,
+               what="job B to queue for the lock")
+    assert read_journal(second) == []          # B waits while A holds volume/42
+    Path(gate).touch()
+    assert board.wait(a.uuid, timeout=60).ok and board.wait(b.uuid, timeout=60).ok
+    assert read_journal(second).count("step1") == 1
+    assert board.client.get_children(contenders) == []   # released on every path
