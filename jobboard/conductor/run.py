@@ -111,7 +111,7 @@ class JobRun:
                 self.engine = Engine(
                     flow, logbook=conductor.logbook, job_id=job.uuid, token=token,
                     store=job.store, executor=executor, notifier=conductor.board.notifier,
-                    locker=conductor.locker, owner=conductor.name, gate=conductor.gate)
+                    locker=conductor.locker, owner=conductor.name, gate=self._gate)
             except EngineError as exc:
                 return self._broken(exc)
             if self.claim_lost.is_set() or self.shutting_down.is_set():
@@ -137,6 +137,19 @@ class JobRun:
             document["reason"] = "cancelled by an admin; reverted"
             return JobState.CANCELLED, document
         return JobState.FAILED, document
+
+    def _gate(self) -> None:
+        """Before each task: wait out a suspended connection, then make sure the
+        claim is still ours. A session that expired while this process was
+        paused is noticed here, before the task starts, not after."""
+        self.conductor.gate()
+        board = self.conductor.board
+        try:
+            stat = board.client.exists(board.paths.claim(self.job.uuid))
+        except Exception:  # noqa: BLE001 - expired or unreachable: not ours to run
+            stat = None
+        if stat is None or stat.ephemeralOwner != board.session_id:
+            self.lose_claim()
 
     def _broken(self, exc: EngineError) -> tuple[JobState, dict[str, Any]] | None:
         """The flow cannot even be built: fail the job for good, with the reason
