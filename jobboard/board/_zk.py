@@ -8,18 +8,13 @@ that escapes is turned into a :mod:`jobboard.errors` exception here.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 from kazoo.client import KazooClient
-from kazoo.exceptions import (ConnectionClosedError, ConnectionLoss, KazooException,
-                              NoAuthError, OperationTimeoutError, SessionExpiredError,
-                              ZookeeperError)
+from kazoo.exceptions import KazooException
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.retry import RetryFailedError
 from kazoo.security import make_digest_acl
 
-from jobboard.errors import BoardError, BoardUnavailable
+from jobboard.errors import BoardUnavailable
+from jobboard.zkerrors import translated  # noqa: F401  (re-exported for the board)
 
 COMMAND_RETRY = dict(max_tries=8, delay=0.05, backoff=2, max_delay=2.0, ignore_expire=False)
 CONNECTION_RETRY = dict(max_tries=-1, delay=0.1, backoff=2, max_delay=2.0)
@@ -46,20 +41,6 @@ def start(client: KazooClient, hosts: str, timeout: float) -> None:
         raise BoardUnavailable(
             f"cannot reach ZooKeeper at {hosts} within {timeout:g}s: check --zk / JOBBOARD_ZK and that the servers are up"
         ) from exc
-
-
-@contextlib.contextmanager
-def translated(action: str) -> Iterator[None]:
-    """Turn kazoo errors raised inside the block into jobboard errors."""
-    try:
-        yield
-    except NoAuthError as exc:
-        raise BoardError(f"{action}: not authorized; pass the board's credentials (--auth)") from exc
-    except (ConnectionLoss, ConnectionClosedError, SessionExpiredError,
-            OperationTimeoutError, RetryFailedError, KazooTimeoutError) as exc:
-        raise BoardUnavailable(f"{action}: ZooKeeper unavailable ({type(exc).__name__})") from exc
-    except ZookeeperError as exc:
-        raise BoardError(f"{action}: ZooKeeper refused ({type(exc).__name__})") from exc
 
 
 def first_error(results: list) -> Exception | None:

@@ -18,7 +18,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (NodeExistsError, NoNodeError)
@@ -391,8 +391,12 @@ class Board(Ownership, Admin):
         except NoNodeError:
             return []
 
-    def _queue_buckets(self) -> list[Bucket]:
-        names = self._children(self.paths.queue)
+    def _queue_buckets(self, watch: Callable[[Any], None] | None = None) -> list[Bucket]:
+        """The queue's buckets in claim order (bad names reported, skipped)."""
+        try:
+            names = self.client.retry(self.client.get_children, self.paths.queue, watch=watch)
+        except NoNodeError:
+            return []
         buckets = []
         for name in names:
             bucket = Bucket.parse(name)

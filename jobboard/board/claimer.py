@@ -297,18 +297,7 @@ class Claimer:
         self._read_ahead = {}
         client = self.board.client
         paths = self.board.paths
-        try:
-            names = client.get_children(paths.queue, watch=self._on_queue_change)
-        except NoNodeError:
-            return
-        buckets = []
-        for name in names:
-            bucket = Bucket.parse(name)
-            if bucket is None:
-                self.board.report_malformed(f"{paths.queue}/{name}", "not a queue bucket name")
-            else:
-                buckets.append(bucket)
-        for bucket in sorted(buckets, key=lambda b: b.name):
+        for bucket in self.board._queue_buckets(watch=self._on_queue_change):
             path = paths.bucket(bucket)
             try:
                 children, stat = client.get_children(path, include_data=True)

@@ -24,21 +24,20 @@ races with a contender about to create under it).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import threading
 import time
-from typing import Iterator, Iterable
+from typing import Iterable
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import CancelledError, KazooException, NoAuthError
+from kazoo.exceptions import CancelledError
 from kazoo.exceptions import LockTimeout as KazooLockTimeout
-from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
 from kazoo.recipe.lock import Lock, ReadLock, Semaphore, WriteLock
 
-from jobboard.errors import BoardError, BoardUnavailable, LockTimeout
+from jobboard.errors import BoardUnavailable, LockTimeout
+from jobboard.zkerrors import translated
 from jobboard.locks._held import Held, HeldGroup, release_all
 from jobboard.locks._names import DEFAULT_ROOT, MUTEX, RW, SEMAPHORE, check_root, encode_name, lock_path
 
@@ -136,7 +135,7 @@ class Locks:
 
     def _acquire(self, kind: str, name: str, recipe: _Recipe, timeout: float | None) -> Held:
         started = time.monotonic()
-        with _translated(f"{kind} lock {name!r}"):
+        with translated(f"{kind} lock {name!r}"):
             try:
                 gotten = _acquire_recipe(recipe, timeout)
             except (KazooLockTimeout, CancelledError) as exc:
@@ -197,12 +196,3 @@ def _node_of(recipe: _Recipe) -> str:
     return f"{recipe.path}/{recipe.node}"
 
 
-@contextlib.contextmanager
-def _translated(action: str) -> Iterator[None]:
-    """Turn kazoo errors raised inside the block into jobboard errors."""
-    try:
-        yield
-    except NoAuthError as exc:
-        raise BoardError(f"{action}: not authorized on ZooKeeper") from exc
-    except (KazooException, KazooTimeoutError) as exc:
-        raise BoardUnavailable(f"{action}: ZooKeeper unavailable ({type(exc).__name__})") from exc
