@@ -111,6 +111,33 @@ def claim_with_half_held(board: Board, other: Board, count: int) -> dict[str, fl
             "claim_p99_ms": percentile(latencies, 0.99) * 1000}
 
 
+def raw_kazoo(address: str, count: int = 300) -> dict[str, int]:
+    """The machine's yardstick: plain kazoo creates, sync and pipelined (the
+    disk's fsync latency bounds every figure above)."""
+    from kazoo.client import KazooClient
+
+    client = KazooClient(hosts=address)
+    client.start(timeout=30)
+    path = client.create("/bench-raw", b"", makepath=True)
+    try:
+        started = time.perf_counter()
+        for _ in range(count):
+            client.create(f"{path}/n-", b"x" * 300, sequence=True)
+        sync = count / (time.perf_counter() - started)
+        started = time.perf_counter()
+        pending = [client.create_async(f"{path}/p-", b"x" * 300, sequence=True)
+                   for _ in range(count * 4)]
+        for result in pending:
+            result.get(timeout=60)
+        pipelined = count * 4 / (time.perf_counter() - started)
+    finally:
+        client.delete(path, recursive=True)
+        client.stop()
+        client.close()
+    return {"raw_kazoo_sync_creates_per_s": round(sync),
+            "raw_kazoo_pipelined_creates_per_s": round(pipelined)}
+
+
 def run_backlog(address: str, backlog: int) -> dict[str, Any]:
     root = f"/bench-{backlog}-{int(time.time())}"
     with Board.connect(address, root=root) as board, \
@@ -151,12 +178,15 @@ def run_backlog(address: str, backlog: int) -> dict[str, Any]:
 
 def run(backlogs: tuple[int, ...] = (1000, 100_000), address: str | None = None) -> dict:
     if address:
+        yardstick = raw_kazoo(address)
         results = [run_backlog(address, b) for b in backlogs]
     else:
         with ZooKeeperServer(fsync=True, tick_time=500) as zk:
+            yardstick = raw_kazoo(zk.address)
             results = [run_backlog(zk.address, b) for b in backlogs]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"board": results, "bench_process_peak_rss_mb": round(rss_mb, 1)}
+    return {"board": results, "yardstick": yardstick,
+            "bench_process_peak_rss_mb": round(rss_mb, 1)}
 
 
 def print_table(results: dict) -> None:
@@ -170,6 +200,9 @@ def print_table(results: dict) -> None:
     print(" | ".join(title for _, title in columns))
     for row in results["board"]:
         print(" | ".join(str(row[key]) for key, _ in columns))
+    yardstick = results["yardstick"]
+    print(f"raw kazoo on this machine: {yardstick['raw_kazoo_sync_creates_per_s']} sync "
+          f"creates/s, {yardstick['raw_kazoo_pipelined_creates_per_s']} pipelined")
     print(f"peak RSS of the benchmark process: {results['bench_process_peak_rss_mb']} MB")
 
 
