@@ -209,39 +209,36 @@ class Claimer:
         return None
 
     def _promote_due(self) -> None:
+        """Move due delayed jobs into the queue; remember when the next is due."""
         if not self._delayed_dirty and (self._next_due is None or self._next_due > time.time()):
             return
         self._delayed_dirty = False
-        paths = self.board.paths
+        paths, report = self.board.paths, self.board.report_malformed
         now = time.time()
-        next_due = None
+        later: list[float] = []
         for name in sorted(self.board._children(paths.delayed)):
             bucket = DelayedBucket.parse(name)
             if bucket is None:
-                self.board.report_malformed(f"{paths.delayed}/{name}", "not a delayed bucket name")
+                report(f"{paths.delayed}/{name}", "not a delayed bucket name")
                 continue
             if bucket.due_second > now:
-                next_due = bucket.due_second if next_due is None else min(next_due, bucket.due_second)
+                later.append(bucket.due_second)
                 break
             bucket_path = paths.delayed_bucket(bucket)
             remaining = False
             for child in sorted(self.board._children(bucket_path)):
                 entry = DelayedEntry.parse(child)
                 if entry is None:
-                    self.board.report_malformed(f"{bucket_path}/{child}", "not a delayed entry name")
+                    report(f"{bucket_path}/{child}", "not a delayed entry name")
                     remaining = True
-                    continue
-                if entry.due_ms > now * 1000:
-                    next_due = entry.due_ms / 1000 if next_due is None else min(next_due, entry.due_ms / 1000)
+                elif entry.due_ms > now * 1000:
+                    later.append(entry.due_ms / 1000)
                     remaining = True
-                    continue
-                self._promote(f"{bucket_path}/{child}", entry.job_id)
+                else:
+                    self._promote(f"{bucket_path}/{child}", entry.job_id)
             if not remaining:
-                try:
-                    self.board.client.delete(bucket_path)
-                except (NoNodeError, NotEmptyError):
-                    pass
-        self._next_due = next_due
+                self._delete_quietly(bucket_path)
+        self._next_due = min(later, default=None)
         self._replan = True
 
     def _promote(self, entry_path: str, job_id: str) -> None:
@@ -252,10 +249,10 @@ class Claimer:
             self.board.report_malformed(self.board.paths.job(job_id), str(exc))
             return
         except JobNotFound:
-            self._delete_entry(entry_path)
+            self._delete_quietly(entry_path)
             return
         if job.state is not JobState.UNCLAIMED:
-            self._delete_entry(entry_path)
+            self._delete_quietly(entry_path)
             return
         while True:
             bucket = Bucket(job.priority, self.board._current_bucket(job.priority))
@@ -316,11 +313,8 @@ class Claimer:
             if children:
                 continue  # only garbage here
             if bucket.number == RESTORE_BUCKET or stat.cversion >= self.board.bucket_size:
-                try:
-                    client.delete(path)  # drained for good: posters moved on
+                if self._delete_quietly(path):   # drained for good: posters moved on
                     continue
-                except (NoNodeError, NotEmptyError):
-                    pass
             # Empty but current: a post here must re-plan us (it may outrank
             # the bucket we are about to work on).
             try:
@@ -352,14 +346,14 @@ class Claimer:
                           else self.board.client.get(path))
             job = Job.decode(data, path=path)
         except NoNodeError:   # trashed: the entry is stale
-            self._delete_entry(entry_path)
+            self._delete_quietly(entry_path)
             return None
         except MalformedData as exc:
             self.board.report_malformed(path, str(exc))
             self._skip.add(entry_path)
             return None
         if job.state is not JobState.UNCLAIMED:
-            self._delete_entry(entry_path)
+            self._delete_quietly(entry_path)
             return None
         if job.claims >= self.board.max_claims:
             self.board.dead_letter(job, stat.version, entry_path,
@@ -368,8 +362,9 @@ class Claimer:
             return None
         return self.board.take_async(job, stat.version, self.owner, entry=entry_path)
 
-    def _delete_entry(self, path: str) -> None:
+    def _delete_quietly(self, path: str) -> bool:
         try:
             self.board.client.delete(path)
-        except NoNodeError:
-            pass
+            return True
+        except (NoNodeError, NotEmptyError):
+            return False

@@ -67,11 +67,50 @@ def executions_engine(url: str) -> Any:
         return engine
 
 
-def create_executions_table(url: str) -> None:
+# Every write of an atom that lands in the logbook, with the logbook's token
+# and owner at that instant (in the writer's transaction, after its fence):
+# the suite checks each SUCCESS write against the token of the engine that ran
+# the task. The logbook's own tables must exist first (``Logbook.upgrade``).
+AUDIT_DDL = [
+    """
+    CREATE TABLE IF NOT EXISTS atom_writes (
+        id BIGSERIAL PRIMARY KEY,
+        job_id VARCHAR(64),
+        name VARCHAR(255),
+        state VARCHAR(32),
+        result BYTEA,
+        logbook_token BIGINT,
+        logbook_owner VARCHAR(255),
+        written_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+    )
+    """,
+    """
+    CREATE OR REPLACE FUNCTION record_atom_write() RETURNS trigger AS $$
+    BEGIN
+        INSERT INTO atom_writes (job_id, name, state, result, logbook_token, logbook_owner)
+        SELECT f.job_id, NEW.name, NEW.state, NEW.result, l.token, l.owner
+        FROM flowdetails f JOIN logbooks l ON l.job_id = f.job_id
+        WHERE f.id = NEW.flow_id;
+        RETURN NEW;
+    END
+    $$ LANGUAGE plpgsql
+    """,
+    "DROP TRIGGER IF EXISTS atom_writes_audit ON atomdetails",
+    """
+    CREATE TRIGGER atom_writes_audit AFTER INSERT OR UPDATE ON atomdetails
+    FOR EACH ROW EXECUTE FUNCTION record_atom_write()
+    """,
+]
+
+
+def create_tables(url: str) -> None:
+    """The executions table and the audit of atom writes (PostgreSQL)."""
     from sqlalchemy import text
 
     with executions_engine(url).begin() as conn:
         conn.execute(text(EXECUTIONS_DDL))
+        for statement in AUDIT_DDL:
+            conn.execute(text(statement))
 
 
 def _now() -> datetime:
