@@ -31,13 +31,28 @@ demo: venv zookeeper
 	$(BIN)/jobboard demo
 
 test: venv zookeeper
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) --ignore=tests/chaos tests
 
-bench: venv zookeeper
-	$(BIN)/python -m bench
+# The chaos suite (~1 min): a 3-node ensemble, a PostgreSQL logbook and a
+# fleet of conductors under kill -9, pauses and ZooKeeper restarts.
+chaos: venv zookeeper
+	$(BIN)/python -m pytest -q -s $(PYTEST_ARGS) tests/chaos
+
+# jobboard and OpenStack TaskFlow side by side (~20 min). TaskFlow goes only
+# into the benchmark's own virtualenv, never into jobboard's dependencies.
+bench: zookeeper
+	@test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	@test -f .venv-bench/.installed || { \
+		.venv-bench/bin/pip install -q --upgrade pip && \
+		.venv-bench/bin/pip install -q -e . && \
+		{ .venv-bench/bin/pip install -q 'taskflow[zookeeper,database]==6.5.*' || \
+		  echo "TaskFlow could not be installed: its columns will say so"; } && \
+		touch .venv-bench/.installed; }
+	.venv-bench/bin/python -m bench.compare --json bench/results/latest.json \
+		--markdown bench/results/latest.md
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-bench *.egg-info .pytest_cache
 
 # deploy/: promtool on the Prometheus config and alert rules, the dashboard's
 # metric names, and a real Prometheus scraping a live exporter.

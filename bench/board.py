@@ -24,7 +24,7 @@ from typing import Any
 from jobboard.board import Board, Claimer
 from jobboard.testing.zookeeper import ZooKeeperServer
 
-FACTORY = "bench.flows:noop"
+FACTORY = "jobboard.testing.flows:noop"
 MEASURED = 1000
 SYNC_POSTS = 500
 
@@ -64,10 +64,11 @@ def claim_consume_sequential(board: Board, count: int) -> dict[str, float]:
             "claim_p99_ms": percentile(latencies, 0.99) * 1000}
 
 
-def claim_consume_pipelined(board: Board, count: int, workers: int = 16) -> float:
+def claim_consume_pipelined(board: Board, count: int, owner: str = "bench-pipe",
+                            workers: int = 16) -> dict[str, float]:
     """As a conductor with ``workers`` slots does: claim a batch for the free
-    slots, consume each in its own thread."""
-    claimer = Claimer(board, "bench-pipe").start()
+    slots, consume each in its own thread. Stops early when the board runs dry."""
+    claimer = Claimer(board, owner).start()
     free = threading.Semaphore(workers)
     started = time.perf_counter()
     done = 0
@@ -81,8 +82,10 @@ def claim_consume_pipelined(board: Board, count: int, workers: int = 16) -> floa
             jobs = claimer.claim_batch(min(slots, count - done))
             for _ in range(slots - len(jobs)):
                 free.release()
+            if not jobs:
+                break
             for job in jobs:
-                future = pool.submit(board.consume, job, "bench-pipe", {})
+                future = pool.submit(board.consume, job, owner, {})
                 future.add_done_callback(lambda _f: free.release())
                 futures.append(future)
             done += len(jobs)
@@ -90,7 +93,7 @@ def claim_consume_pipelined(board: Board, count: int, workers: int = 16) -> floa
             future.result()
     elapsed = time.perf_counter() - started
     claimer.stop()
-    return count / elapsed
+    return {"jobs": done, "jobs_per_s": round(done / elapsed, 1)}
 
 
 def claim_with_half_held(board: Board, other: Board, count: int) -> dict[str, float]:
@@ -168,7 +171,7 @@ def run_backlog(address: str, backlog: int) -> dict[str, Any]:
     return {"backlog": backlog, "batched_posts_per_s": round(fill_rate),
             "sync_posts_per_s": round(post_rate),
             "claim_consume_per_s": round(sequential["jobs_per_s"]),
-            "claim_consume_pipelined_per_s": round(pipelined),
+            "claim_consume_pipelined_per_s": round(pipelined["jobs_per_s"]),
             "claim_p50_ms": round(sequential["claim_p50_ms"], 2),
             "claim_p99_ms": round(sequential["claim_p99_ms"], 2),
             "claim_half_held_p50_ms": round(half["claim_p50_ms"], 2),

@@ -8,7 +8,6 @@ errors), never a traceback.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import threading
@@ -40,18 +39,17 @@ def common_options(func: Callable) -> Callable:
     return func
 
 
-def user_errors(func: Callable) -> Callable:
-    """Turn jobboard errors into one line on stderr and exit code 1."""
+def _job_id(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    from jobboard.board.job import check_job_id
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except JobBoardError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+    try:
+        return check_job_id(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="JOB_ID") from None
 
-    return wrapper
+
+# A job id argument, checked (a uuid) before the command runs.
+job_id_argument = click.argument("job_id", callback=_job_id)
 
 
 def emit_json(document: Any) -> None:
@@ -194,14 +192,14 @@ def jobs(state: str | None, as_json: bool, zk: str, root: str, logbook: str,
 
 
 @main.command()
-@click.argument("job_id")
+@job_id_argument
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @common_options
 def show(job_id: str, as_json: bool, zk: str, root: str, logbook: str,
          auth: str | None) -> None:
     """Show one job: its record, claim and history."""
     with _open_board(zk, root, auth) as board:
-        job = board.get(_job_id(job_id))
+        job = board.get(job_id)
         holder = board.claim_owner(job.uuid)
     doc = job.to_dict()
     doc["holder"] = holder
@@ -218,15 +216,6 @@ def show(job_id: str, as_json: bool, zk: str, root: str, logbook: str,
     for entry in job.history:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["at"]))
         click.echo(f"    {stamp} {entry['event']} {entry.get('owner', '')}".rstrip())
-
-
-def _job_id(value: str) -> str:
-    from jobboard.board.job import check_job_id
-
-    try:
-        return check_job_id(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="JOB_ID") from None
 
 
 def _current_tasks(logbook_url: str, job_ids: list[str]) -> dict[str, str]:
@@ -268,12 +257,12 @@ def claims(as_json: bool, zk: str, root: str, logbook: str, auth: str | None) ->
 
 
 @main.command()
-@click.argument("job_id")
+@job_id_argument
 @common_options
 def abandon(job_id: str, zk: str, root: str, logbook: str, auth: str | None) -> None:
     """Release a job's claim so that any conductor picks it up at once."""
     with _open_board(zk, root, auth) as board:
-        owner = board.claim_owner(_job_id(job_id))
+        owner = board.claim_owner(job_id)
         if owner is None:
             from jobboard.errors import NotClaimed
             raise NotClaimed(job_id)
@@ -282,7 +271,7 @@ def abandon(job_id: str, zk: str, root: str, logbook: str, auth: str | None) -> 
 
 
 @main.command()
-@click.argument("job_id")
+@job_id_argument
 @click.option("--to", "to_owner", required=True, metavar="OWNER",
               help="Name of a live conductor (see `jobboard conductors`).")
 @common_options
@@ -290,28 +279,28 @@ def transfer(job_id: str, to_owner: str, zk: str, root: str, logbook: str,
              auth: str | None) -> None:
     """Move a job's claim to another live conductor, which resumes it."""
     with _open_board(zk, root, auth) as board:
-        board.transfer(_job_id(job_id), None, to_owner)
+        board.transfer(job_id, None, to_owner)
     click.echo(f"transferred {job_id} to {to_owner}")
 
 
 @main.command()
-@click.argument("job_id")
+@job_id_argument
 @common_options
 def trash(job_id: str, zk: str, root: str, logbook: str, auth: str | None) -> None:
     """Delete a job that nobody holds."""
     with _open_board(zk, root, auth) as board:
-        board.trash(_job_id(job_id))
+        board.trash(job_id)
     click.echo(f"trashed {job_id}")
 
 
 @main.command()
-@click.argument("job_id")
+@job_id_argument
 @common_options
 def cancel(job_id: str, zk: str, root: str, logbook: str, auth: str | None) -> None:
     """Cancel a job: a waiting job is removed; a running one is stopped at the
     next task boundary and reverted by its holder."""
     with _open_board(zk, root, auth) as board:
-        state = board.cancel(_job_id(job_id))
+        state = board.cancel(job_id)
     if state is JobState.CLAIMED:
         click.echo(f"asked the holder of {job_id} to stop and revert it")
     else:
@@ -319,12 +308,12 @@ def cancel(job_id: str, zk: str, root: str, logbook: str, auth: str | None) -> N
 
 
 @main.command()
-@click.argument("job_id")
+@job_id_argument
 @common_options
 def retry(job_id: str, zk: str, root: str, logbook: str, auth: str | None) -> None:
     """Put a dead-lettered, failed or cancelled job back on the board."""
     with _open_board(zk, root, auth) as board:
-        board.retry(_job_id(job_id))
+        board.retry(job_id)
     click.echo(f"{job_id} is waiting again")
 
 
@@ -397,12 +386,6 @@ def _iso(value: Any) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def _duration(atom: Any) -> float | None:
-    if atom.started_at is None or atom.finished_at is None:
-        return None
-    return (atom.finished_at - atom.started_at).total_seconds()
-
-
 def _failure_doc(failure: Any) -> dict | None:
     return None if failure is None else failure.to_dict()
 
@@ -443,7 +426,7 @@ def logbook_show(job_id: str, as_json: bool, zk: str, root: str, logbook: str,
                 "revert_failure": _failure_doc(a.revert_failure),
                 "created_at": _iso(a.created_at), "updated_at": _iso(a.updated_at),
                 "started_at": _iso(a.started_at), "finished_at": _iso(a.finished_at),
-                "duration": _duration(a)} for a in atoms],
+                "duration": a.duration} for a in atoms],
         })
         return
     click.echo(f"job:    {info.job_id}  {info.name}".rstrip())
@@ -456,7 +439,7 @@ def logbook_show(job_id: str, as_json: bool, zk: str, root: str, logbook: str,
     click.echo("")
     rows = []
     for a in atoms:
-        duration = _duration(a)
+        duration = a.duration
         rows.append([a.name, a.kind, a.state.value, a.attempts,
                      _iso(a.started_at) or "-",
                      "-" if duration is None else f"{duration:.3f}s",
@@ -571,13 +554,25 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     click.echo(f"conductor {worker.name} running (concurrency {concurrency})", err=True)
-    runner = threading.Thread(target=worker.run, name="conductor", daemon=True)
+    crashed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # noqa: BLE001 - reported below, exit status 1
+            crashed.append(exc)
+
+    runner = threading.Thread(target=run, name="conductor", daemon=True)
     runner.start()
     while runner.is_alive():
         runner.join(0.5)
     hard = signals["count"] > 1
     store.close()
     board.close()
+    if crashed:
+        logging.getLogger("jobboard.conductor").error(
+            "conductor %s stopped on an error", worker.name, exc_info=crashed[0])
+        os._exit(1)
     if hard:
         os._exit(1)   # task threads may still be running: do not wait for them
 

@@ -68,7 +68,6 @@ def _journal(path: Path) -> list[tuple[str, str, int]]:
 def run_demo(jobs: int = 6) -> int:
     """Run the demo; returns a process exit code."""
     from jobboard.board import Board
-    from jobboard.logbook import Logbook
     from jobboard.testing.zookeeper import (ZooKeeperNotInstalled, ZooKeeperServer,
                                             find_classpath)
 
@@ -82,12 +81,11 @@ def run_demo(jobs: int = 6) -> int:
     logbook_url = f"sqlite:///{workdir}/logbook.db"
     _say(f"1. starting a local ZooKeeper and a SQLite logbook in {workdir}", bold=True)
     zk = ZooKeeperServer(data_dir=str(workdir / "zookeeper"), tick_time=200)
-    zk.start()
     env = {**os.environ, "JOBBOARD_ZK": zk.address, "JOBBOARD_ROOT": "/demo",
            "JOBBOARD_LOGBOOK": logbook_url}
     fleet: dict[str, subprocess.Popen] = {}
     try:
-        Logbook(logbook_url).close()   # create the schema once, before two conductors race
+        zk.start()
         with Board.connect(zk.address, root="/demo") as board:
             _say("2. starting two conductors, alpha and beta", bold=True)
             for name in ("alpha", "beta"):
@@ -167,8 +165,7 @@ def _report(board, posted, outcomes, journal: Path, alpha_pid: int, logbook_url:
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise click.ClickException(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    from jobboard.testing.waiting import wait_until
+
+    if not wait_until(predicate, timeout, 0.05):
+        raise click.ClickException(f"timed out waiting for {what}")

@@ -222,13 +222,15 @@ class Metrics:
         its ``on_write`` hook; the hook runs after the logbook has counted a
         refused write in ``logbook.fenced_writes``)."""
         seen = [logbook.fenced_writes]
+        lock = threading.Lock()     # hooks of concurrent writes must not count one twice
 
         def on_write(op: str, seconds: float, ok: bool) -> None:
             self.logbook_write(op, seconds, ok)
             if not ok:
-                now = logbook.fenced_writes
-                self.fenced_write(now - seen[0])
-                seen[0] = now
+                with lock:
+                    now, before = logbook.fenced_writes, seen[0]
+                    seen[0] = now
+                self.fenced_write(now - before)
 
         logbook.on_write = on_write
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from jobboard.errors import (AlreadyClaimed, BoardError, ClaimLost, JobNotFound,
                              PayloadTooLarge, WaitTimeout)
 from jobboard.serialization import dumps
 from jobboard.states import JobState
+from jobboard.testing.zookeeper import four_letter
 
 FACTORY = "tests.flows:noop"
 
@@ -324,6 +326,10 @@ def test_malformed_znodes_are_reported_and_skipped(board, caplog):
     # listings skip them too, and admins see them
     assert {j.uuid for j in board.jobs()} == {good.uuid}
     assert board.paths.job(bad.uuid) in board.scan_malformed()
+    # a stray child of a job shard is named by the admin's scan, not skipped
+    stray = f"{board.paths.jobs}/7f/not-a-job"
+    board.client.create(stray, b"?")
+    assert "not a job id" in board.scan_malformed()[stray]
 
 
 def test_dead_letter_after_too_many_claims_and_retry(board):
@@ -383,6 +389,54 @@ def test_board_survives_a_leader_failover(zk_ensemble):
         after = board.post(FACTORY)   # kazoo reconnects; the post is retried
         claimer = Claimer(board, "alice")
         assert [j.uuid for j in drain(claimer)] == [before.uuid, after.uuid]
+
+
+def test_claim_sent_as_the_connection_drops(zk_ensemble):
+    """The member serving the claimer freezes right after a claim is sent:
+    the answer is a connection loss. The claimer looks at its claim node once
+    reconnected to another member and reports what really happened, and the
+    job is in the state that answer says."""
+    with Board.connect(zk_ensemble.address, root="/jobboard", session_timeout=6.0) as board:
+        job = board.post(FACTORY)
+        current, stat = board._read(job.uuid)
+        member = serving_member(zk_ensemble, board)
+        member.process.send_signal(signal.SIGSTOP)
+        try:
+            answer = board.take_async(current, stat.version, "alice")
+            claimed = answer()      # waits out the drop and the reconnect
+        finally:
+            member.process.send_signal(signal.SIGCONT)
+        after = board.get(job.uuid)
+        if claimed is None:
+            assert after.state is JobState.UNCLAIMED
+            assert Claimer(board, "bob").claim_next().uuid == job.uuid
+        else:
+            assert after.state is JobState.CLAIMED and board.claim_owner(job.uuid) == "alice"
+
+
+def test_consume_through_a_connection_drop(zk_ensemble):
+    """The member serving the holder is frozen when it consumes: the commit
+    meets a connection loss, the board reads the record on another member,
+    sees it did not land, and commits again: the job ends COMPLETE, once."""
+    with Board.connect(zk_ensemble.address, root="/jobboard", session_timeout=6.0) as board:
+        board.post(FACTORY)
+        job = Claimer(board, "alice").claim_next()
+        member = serving_member(zk_ensemble, board)
+        member.process.send_signal(signal.SIGSTOP)
+        try:
+            board.consume(job, "alice", {"results": {"x": 1}})
+        finally:
+            member.process.send_signal(signal.SIGCONT)
+        done = board.get(job.uuid)
+        assert done.state is JobState.COMPLETE and done.outcome == {"results": {"x": 1}}
+        assert [h["event"] for h in done.history].count("complete") == 1
+        assert board.claim_owner(job.uuid) is None
+
+
+def serving_member(ensemble, board: Board):
+    """The ensemble member holding the board's connection."""
+    session = f"sid=0x{board.session_id:x}"
+    return next(m for m in ensemble.members if session in four_letter(m.port, "cons"))
 
 
 def test_depth_counts_without_listing_jobs(board):

@@ -136,6 +136,24 @@ def test_retry_until_success_records_attempts(book):
     assert atom.attempts == 3 and atom.state == AtomState.SUCCESS and atom.failure is None
 
 
+def test_retry_time_limit_counts_from_the_first_attempt(book):
+    """A ``stop_after_delay`` limit runs from the task's first attempt, not
+    from when the policy (and the flow) was built: a flow's later tasks get
+    their whole allowance."""
+    import time
+
+    import tenacity
+
+    policy = Retry(attempts=100, backoff=0, stop=tenacity.stop_after_delay(0.5),
+                   sleep=lambda s: None)
+    flaky = Flaky("flaky", failures=3, retry=policy)
+    flow = flows.linear("f", flaky)
+    time.sleep(0.6)     # the flow was built a while before this task runs
+    outcome = make_engine(flow, book).run()
+    assert outcome.state == FlowState.SUCCESS and flaky.calls == 4
+    assert "first_attempt_at" in book.load_flow("job-1").atoms["flaky"].meta
+
+
 def test_retry_gives_up_after_attempts(book):
     flaky = Flaky("flaky", failures=10, retry=Retry(attempts=3, backoff=0, sleep=lambda s: None))
     outcome = make_engine(flows.linear("f", flaky), book).run()

@@ -19,6 +19,7 @@ from kazoo.exceptions import KazooException
 
 from jobboard.errors import BoardUnavailable, LockTimeout
 from jobboard.locks import Held, Locks, decode_name, encode_name
+from jobboard.testing.waiting import wait_until
 
 ROOT = "/jobboard/locks"
 HOLDER = Path(__file__).with_name("lock_holder.py")
@@ -51,15 +52,6 @@ def other(connect: Callable[..., KazooClient]) -> Locks:
     return Locks(connect(), root=ROOT, identifier="test-b")
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def is_free(locks: Locks, name: str) -> bool:
     try:
         locks.mutex(name, timeout=0).release()
@@ -89,7 +81,7 @@ def test_waiter_acquires_when_holder_releases(locks: Locks, other: Locks) -> Non
     result: list[Held] = []
     waiter = threading.Thread(target=lambda: result.append(other.mutex("job", timeout=10)))
     waiter.start()
-    assert wait_until(lambda: len(locks.client.get_children(f"{ROOT}/mutex/job")) == 2)
+    assert wait_until(lambda: len(locks.client.get_children(f"{ROOT}/mutex/job")) == 2, 10)
     assert not result  # still waiting behind the holder
     held.release()
     waiter.join(10)
@@ -204,7 +196,7 @@ def test_timeout_bounds_the_whole_wait(locks: Locks, other: Locks,
 
     thread = threading.Thread(target=middle)
     thread.start()
-    assert wait_until(lambda: len(locks.client.get_children(f"{ROOT}/mutex/queue")) == 2)
+    assert wait_until(lambda: len(locks.client.get_children(f"{ROOT}/mutex/queue")) == 2, 10)
     last = Locks(connect(), root=ROOT)
     started = time.monotonic()
     with pytest.raises(LockTimeout):
@@ -271,7 +263,7 @@ def test_session_expiry_frees_the_lock_and_invalidates_the_holder(
     twin.start(timeout=15)
     twin.stop()
     twin.close()
-    assert wait_until(lambda: not held.valid)
+    assert wait_until(lambda: not held.valid, 10)
     assert held.lost
     with pytest.raises(BoardUnavailable, match="lost"):
         held.check()
@@ -285,7 +277,7 @@ def test_client_stop_invalidates_and_release_does_not_raise(
     client = connect()
     held = Locks(client, root=ROOT).read("db/schema", timeout=5)
     client.stop()
-    assert wait_until(lambda: not held.valid)
+    assert wait_until(lambda: not held.valid, 10)
     with pytest.raises(BoardUnavailable):
         held.check()
     held.release()

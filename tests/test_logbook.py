@@ -215,6 +215,36 @@ def test_upgrade_reaches_the_models(logbook):
         assert compare_metadata(context, Base.metadata) == []
 
 
+def test_conductors_starting_together_migrate_once(logbook_url):
+    """Several processes upgrading a fresh database at once (a fleet's first
+    start): the migration lock lets one create the schema, the rest find it
+    done; nobody fails on "table already exists"."""
+    import threading
+
+    books = [Logbook(logbook_url) for _ in range(4)]
+    start, errors = threading.Barrier(len(books)), []
+
+    def upgrade(book: Logbook) -> None:
+        start.wait(timeout=10)
+        try:
+            book.upgrade()
+        except Exception as exc:  # noqa: BLE001 - collected and asserted
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade, args=(book,)) for book in books]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        assert errors == []
+        books[0].take_over("j", 1, "a")
+        assert books[-1].current_token("j") == 1
+    finally:
+        for book in books:
+            book.close()
+
+
 def test_server_databases_are_not_migrated_implicitly(logbook_url):
     if logbook_url.startswith("sqlite"):
         with Logbook(logbook_url) as book:      # SQLite files migrate themselves

@@ -19,6 +19,7 @@ from jobboard.events import EventKind, Notifier
 from jobboard.logbook import Logbook
 from jobboard.metrics import BoardCollector, Metrics, serve
 from jobboard.states import FlowState
+from jobboard.testing.waiting import wait_until
 
 FACTORY = "tests.flows:noop"
 
@@ -326,6 +327,11 @@ def test_scrape_a_running_conductor(registry, zk_hosts, tmp_path):
                          args={"journal": str(tmp_path / "bad.journal"), "fail_at": "step3"})
         assert board.wait(ok.uuid, timeout=30).ok
         assert not board.wait(bad.uuid, timeout=30).ok
+        # wait() returns once the record is final; the conductor counts the
+        # finish just after its commit, on its own thread.
+        finished = ("jobboard_jobs_completed_total", "jobboard_jobs_failed_total")
+        assert wait_until(lambda: sum(registry.get_sample_value(n) or 0 for n in finished) == 2,
+                          timeout=10)
         url = f"http://127.0.0.1:{server.server_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()

@@ -9,7 +9,8 @@ that escapes is turned into a :mod:`jobboard.errors` exception here.
 from __future__ import annotations
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException
+from kazoo.exceptions import (KazooException, NodeExistsError, NoNodeError, NotEmptyError,
+                              RolledBackError, RuntimeInconsistency)
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import make_digest_acl
 
@@ -45,10 +46,25 @@ def start(client: KazooClient, hosts: str, timeout: float) -> None:
 
 def first_error(results: list) -> Exception | None:
     """The error that failed a multi-op transaction (not the rolled-back ones)."""
-    from kazoo.exceptions import RolledBackError, RuntimeInconsistency
-
     for result in results:
         if isinstance(result, Exception) and not isinstance(
                 result, (RolledBackError, RuntimeInconsistency)):
             return result
     return None
+
+
+def ensure(client: KazooClient, path: str) -> None:
+    """Create ``path`` (and its parents) unless it exists."""
+    try:
+        client.create(path, makepath=True)
+    except NodeExistsError:
+        pass
+
+
+def delete_quietly(client: KazooClient, path: str) -> bool:
+    """Delete ``path``; False when it is gone already or has children."""
+    try:
+        client.delete(path)
+        return True
+    except (NoNodeError, NotEmptyError):
+        return False

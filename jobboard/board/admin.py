@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from jobboard.board import _zk
 from jobboard.board.job import Job, check_job_id
@@ -46,8 +46,8 @@ class Admin:
                 # The key node may be gone already: delete the record alone.
                 self.client.delete(self.paths.job(job_id), version=stat.version)
         # Index entries pointing at a missing record are dropped by claimers.
-        self._drop_cancel_request(job_id)
-        self._delete_quietly(self.paths.dead_marker(job_id))
+        _zk.delete_quietly(self.client, self.paths.cancel_request(job_id))
+        _zk.delete_quietly(self.client, self.paths.dead_marker(job_id))
 
     def retry(self, job: Job | str) -> Job:
         """Put a dead-lettered or failed job back on the board with a fresh
@@ -61,19 +61,12 @@ class Admin:
             revived = current.with_event("retried", state=JobState.UNCLAIMED, claims=0,
                                          owner=None, outcome=None, finished_at=None,
                                          not_before=None)
-            while True:
-                txn = self.client.transaction()
-                txn.set_data(self.paths.job(job_id), revived.encode(), version=stat.version)
-                parent = self._requeue_op(txn, revived)
-                results = txn.commit()
-                error = _zk.first_error(results)
-                if error is None:
-                    self._delete_quietly(self.paths.dead_marker(job_id))
-                    return revived
-                if isinstance(error, NoNodeError) and results.index(error) == 1:
-                    self._ensure(parent)
-                    continue
+            record = revived.encode()
+            if self._commit_requeued(lambda txn: txn.set_data(
+                    self.paths.job(job_id), record, version=stat.version), revived) is not None:
                 raise BoardError(f"job {job_id} changed while retrying it; try again")
+            _zk.delete_quietly(self.client, self.paths.dead_marker(job_id))
+            return revived
 
     def dead_letter(self, job: Job, version: int, entry: str | None, reason: str) -> Job:
         """Take a job out of circulation (state DEAD) with its history."""
@@ -115,16 +108,10 @@ class Admin:
             return JobState.CLAIMED
 
     def cancel_requested(self, job_id: str, watch=None) -> bool:
-        return self.client.exists(self.paths.cancel_request(job_id), watch=watch) is not None
+        with _zk.translated(f"checking job {job_id} for a cancel request"):
+            path = self.paths.cancel_request(job_id)
+            return self.client.retry(self.client.exists, path, watch=watch) is not None
 
-    def _drop_cancel_request(self, job_id: str) -> None:
-        self._delete_quietly(self.paths.cancel_request(job_id))
-
-    def _delete_quietly(self, path: str) -> None:
-        try:
-            self.client.delete(path)
-        except (NoNodeError, NotEmptyError):
-            pass
 
     # -- depth (for metrics) ----------------------------------------------------
 

@@ -21,12 +21,12 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import (NodeExistsError, NoNodeError)
+from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from jobboard.board import _zk
 from jobboard.board.admin import Admin
 from jobboard.board.ownership import Ownership
-from jobboard.board.job import Job, JobOutcome, check_job_id, new_job_id
+from jobboard.board.job import Job, JobOutcome, check_job_id, is_job_id, new_job_id
 from jobboard.board.layout import (BUCKET_SIZE, LAYOUT_VERSION, Bucket,
                                    DelayedBucket, DelayedEntry, Entry, Paths,
                                    check_priority)
@@ -274,7 +274,7 @@ class Board(Ownership, Admin):
             numbers = [b.number for b in self._queue_buckets() if b.priority == priority]
             number = max(numbers, default=1) or 1
             if not numbers:
-                self._ensure(self.paths.bucket(Bucket(priority, number)))
+                _zk.ensure(self.client, self.paths.bucket(Bucket(priority, number)))
             self._post_buckets[priority] = number
         return number
 
@@ -292,7 +292,7 @@ class Board(Ownership, Admin):
                 return
             buckets[group] = current + 1
         if kind == "queue":   # open the next bucket before anyone posts to it
-            self._ensure(self.paths.bucket(Bucket(group, current + 1)))
+            _zk.ensure(self.client, self.paths.bucket(Bucket(group, current + 1)))
 
     def _repair_post_target(self, target: tuple[str, str, int]) -> None:
         """The bucket (or shard) for a post is missing: create it."""
@@ -303,10 +303,7 @@ class Board(Ownership, Admin):
             self._post_buckets.pop(group, None)
         self._set_up = False
         self.setup()
-        try:
-            self.client.create(bucket_path, makepath=True)
-        except NodeExistsError:
-            pass
+        _zk.ensure(self.client, bucket_path)
 
     def _job_for_key(self, key: str) -> Job | None:
         try:
@@ -350,10 +347,21 @@ class Board(Ownership, Admin):
                 ids = sorted(self.client.get_children(self.paths.running))
             else:
                 ids = [job_id for shard in self.paths.shards()
-                       for job_id in sorted(self.client.get_children(shard))]
+                       for job_id in self._shard_ids(shard)]
             for job in self._read_many(ids):
                 if state is None or job.state is state:
                     yield job
+
+    def _shard_ids(self, shard: str) -> list[str]:
+        """The job ids in a shard; a child that is not a job id belonging
+        there is reported (it could never be read through :meth:`get`)."""
+        ids = []
+        for name in sorted(self._children(shard)):
+            if self.paths.job(name) == f"{shard}/{name}" and is_job_id(name):
+                ids.append(name)
+            else:
+                self.report_malformed(f"{shard}/{name}", "not a job id of this shard")
+        return ids
 
     def _waiting_ids(self) -> Iterator[str]:
         seen: set[str] = set()

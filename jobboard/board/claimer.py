@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Callable
 
-from kazoo.exceptions import NoNodeError, NotEmptyError
+from kazoo.exceptions import NoNodeError
 from kazoo.recipe.watchers import ChildrenWatch
 
 from jobboard.board import _zk
@@ -71,10 +71,10 @@ class Claimer:
         self._read_ahead: dict[str, object] = {}
         self._skip: set[str] = set()
         self._suspects: set[str] = set()
-        self._claims_seen: set[str] | None = None
+        self._claims_seen: set[str] = set()
         self._delayed_dirty = True
         self._next_due: float | None = None
-        self._last_sweep = 0.0
+        self._last_sweep = float("-inf")     # the first claim sweeps for orphans
         self._watches: list[ChildrenWatch] = []
         self._started = False
         self._stopped = False
@@ -108,14 +108,12 @@ class Claimer:
         return not self._stopped
 
     def _on_claims(self, children: list[str]) -> bool:
+        # Orphans from before the first call are found by the first sweep.
         current = set(children)
-        if self._claims_seen is None:
-            self._suspects.update(self.board._children(self.board.paths.running))
-        else:
-            gone = self._claims_seen - current
-            if gone:
-                self._suspects.update(gone)
-                self._wake.set()
+        gone = self._claims_seen - current
+        if gone:
+            self._suspects.update(gone)
+            self._wake.set()
         self._claims_seen = current
         return not self._stopped
 
@@ -195,7 +193,9 @@ class Claimer:
             self._suspects.update(self.board.orphans())
         if not self._suspects:
             return None
-        suspects = self._suspects - self.board.released_recently()
+        # A suspect claimed again since (a transfer, another claimer's restore)
+        # is no orphan: only the rest cost a round trip.
+        suspects = self._suspects - self.board.released_recently() - self._claims_seen
         self._suspects = set()
         client = self.board.client
         markers = [(job_id, client.exists_async(self.board.paths.running_marker(job_id)))
@@ -237,7 +237,7 @@ class Claimer:
                 else:
                     self._promote(f"{bucket_path}/{child}", entry.job_id)
             if not remaining:
-                self._delete_quietly(bucket_path)
+                _zk.delete_quietly(self.board.client, bucket_path)
         self._next_due = min(later, default=None)
         self._replan = True
 
@@ -249,10 +249,10 @@ class Claimer:
             self.board.report_malformed(self.board.paths.job(job_id), str(exc))
             return
         except JobNotFound:
-            self._delete_quietly(entry_path)
+            _zk.delete_quietly(self.board.client, entry_path)
             return
         if job.state is not JobState.UNCLAIMED:
-            self._delete_quietly(entry_path)
+            _zk.delete_quietly(self.board.client, entry_path)
             return
         while True:
             bucket = Bucket(job.priority, self.board._current_bucket(job.priority))
@@ -313,7 +313,7 @@ class Claimer:
             if children:
                 continue  # only garbage here
             if bucket.number == RESTORE_BUCKET or stat.cversion >= self.board.bucket_size:
-                if self._delete_quietly(path):   # drained for good: posters moved on
+                if _zk.delete_quietly(self.board.client, path):   # drained for good: posters moved on
                     continue
             # Empty but current: a post here must re-plan us (it may outrank
             # the bucket we are about to work on).
@@ -346,14 +346,14 @@ class Claimer:
                           else self.board.client.get(path))
             job = Job.decode(data, path=path)
         except NoNodeError:   # trashed: the entry is stale
-            self._delete_quietly(entry_path)
+            _zk.delete_quietly(self.board.client, entry_path)
             return None
         except MalformedData as exc:
             self.board.report_malformed(path, str(exc))
             self._skip.add(entry_path)
             return None
         if job.state is not JobState.UNCLAIMED:
-            self._delete_quietly(entry_path)
+            _zk.delete_quietly(self.board.client, entry_path)
             return None
         if job.claims >= self.board.max_claims:
             self.board.dead_letter(job, stat.version, entry_path,
@@ -362,9 +362,3 @@ class Claimer:
             return None
         return self.board.take_async(job, stat.version, self.owner, entry=entry_path)
 
-    def _delete_quietly(self, path: str) -> bool:
-        try:
-            self.board.client.delete(path)
-            return True
-        except (NoNodeError, NotEmptyError):
-            return False

@@ -33,6 +33,14 @@ def check_job_id(job_id: str) -> str:
         raise ValueError(f"{job_id!r} is not a job id (a uuid)") from exc
 
 
+def is_job_id(name: str) -> bool:
+    """Whether ``name`` is a job id as the board writes it (canonical uuid)."""
+    try:
+        return check_job_id(name) == name
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class Claim:
     """The holder's view of its claim: who, the fencing token, and the version of

@@ -14,7 +14,8 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import ConnectionLoss, NoNodeError
+from kazoo.handlers.threading import KazooTimeoutError
 
 from jobboard.board import _zk
 from jobboard.board.job import Claim, Job, check_job_id
@@ -27,6 +28,8 @@ from jobboard.serialization import dumps
 from jobboard.states import JobState
 
 log = logging.getLogger(__name__)
+
+CONSUME_ATTEMPTS = 5
 
 
 class Ownership:
@@ -84,7 +87,7 @@ class Ownership:
         def answer() -> Job | None:
             try:
                 results = pending.get(timeout=30)
-            except (_zk.ConnectionLoss, _zk.KazooTimeoutError):
+            except (ConnectionLoss, KazooTimeoutError):
                 return self._claim_after_connection_loss(job.uuid, owner)
             if _zk.first_error(results) is not None:
                 return None
@@ -101,12 +104,23 @@ class Ownership:
     def _claim_after_connection_loss(self, job_id: str, owner: str) -> Job | None:
         """The claim may or may not have committed: our session's ephemeral
         claim node tells."""
-        stat = self.client.retry(self.client.exists, self.paths.claim(job_id))
-        if stat is None or stat.ephemeralOwner != self.session_id:
+        if not self.holds_claim(job_id):
             return None
         job, record_stat = self._read(job_id)
         return replace(job, claim=Claim(owner, record_stat.mzxid, record_stat.version,
                                         job.claimed_at or time.time()))
+
+    def holds_claim(self, job_id: str, *, watch: Callable[[Any], None] | None = None) -> bool:
+        """Whether this board's session holds the job's claim node (a claim
+        left by an earlier session of the same owner does not count).
+        ``watch`` is set on the claim node.
+
+        Raises:
+            BoardUnavailable: ZooKeeper unreachable, or this session expired.
+        """
+        with _zk.translated(f"checking the claim of job {job_id}"):
+            stat = self.client.retry(self.client.exists, self.paths.claim(job_id), watch=watch)
+        return stat is not None and stat.ephemeralOwner == self.session_id
 
     def claim_owner(self, job_id: str) -> str | None:
         """Who holds the claim on a job now (None when nobody)."""
@@ -159,16 +173,29 @@ class Ownership:
             finished = current.with_event(state.value.lower(), state=state,
                                           finished_at=time.time(),
                                           outcome=self._fit_outcome(current, outcome))
-            txn = self.client.transaction()
-            txn.set_data(self.paths.job(job_id), finished.encode(), version=version)
-            txn.delete(self.paths.claim(job_id))
-            txn.delete(self.paths.running_marker(job_id))
-            if state is JobState.CANCELLED:
-                txn.delete(self.paths.cancel_request(job_id))
             self._released.append(job_id)
-            results = txn.commit()
-            if _zk.first_error(results) is not None:
-                raise self._ownership_failure(job_id, owner)
+            for attempt in range(CONSUME_ATTEMPTS):
+                txn = self.client.transaction()
+                txn.set_data(self.paths.job(job_id), finished.encode(), version=version)
+                txn.delete(self.paths.claim(job_id))
+                txn.delete(self.paths.running_marker(job_id))
+                if state is JobState.CANCELLED:
+                    txn.delete(self.paths.cancel_request(job_id))
+                try:
+                    results = txn.commit()
+                except ConnectionLoss:
+                    # The commit may or may not have landed: the record tells.
+                    # Not landed: the claim is still ours while the session
+                    # lives, so committing again is safe (the version check
+                    # refuses it otherwise).
+                    if self._read(job_id)[0].finished_at == finished.finished_at:
+                        break
+                    if attempt + 1 == CONSUME_ATTEMPTS:
+                        raise
+                    continue
+                if _zk.first_error(results) is not None:
+                    raise self._ownership_failure(job_id, owner)
+                break
         kind = EventKind.JOB_COMPLETED if state is JobState.COMPLETE else EventKind.JOB_FAILED
         self.notifier.emit(kind, job_id=job_id, owner=owner,
                            details={"claimed_at": current.claimed_at, "state": state.value})
@@ -198,22 +225,32 @@ class Ownership:
             released = current.with_event("abandoned", state=JobState.UNCLAIMED,
                                           owner=None, transfer_to=None)
             self._released.append(job_id)
-            while True:
-                txn = self.client.transaction()
+
+            def release(txn) -> None:
                 txn.delete(self.paths.claim(job_id))
                 txn.delete(self.paths.running_marker(job_id))
                 txn.set_data(self.paths.job(job_id), released.encode(), version=version)
-                target = self._requeue_op(txn, released)
-                results = txn.commit()
-                error = _zk.first_error(results)
-                if error is None:
-                    break
-                if isinstance(error, NoNodeError) and results.index(error) == 3:
-                    self._ensure(target)
-                    continue
+
+            if self._commit_requeued(release, released) is not None:
                 raise self._ownership_failure(job_id, owner)
         self.notifier.emit(EventKind.JOB_ABANDONED, job_id=job_id, owner=owner)
         return released
+
+    def _commit_requeued(self, add_ops: Callable[[Any], None], job: Job) -> Exception | None:
+        """Commit a transaction of ``add_ops`` plus, last, the index entry
+        putting ``job`` back. A missing parent (a bucket drained and
+        deleted by claimers, a delayed bucket) is created and the transaction sent again. Returns the
+        error that failed it, None on success."""
+        while True:
+            txn = self.client.transaction()
+            add_ops(txn)
+            parent = self._requeue_op(txn, job)
+            results = txn.commit()
+            error = _zk.first_error(results)
+            if isinstance(error, NoNodeError) and results.index(error) == len(results) - 1:
+                _zk.ensure(self.client, parent)
+                continue
+            return error
 
     def _requeue_op(self, txn, job: Job) -> str:
         """Add the create of ``job``'s index entry, for a job put back: the
@@ -225,12 +262,6 @@ class Ownership:
             prefix = self.paths.entry_prefix(Bucket(job.priority, RESTORE_BUCKET), job.uuid)
         txn.create(prefix, b"", sequence=True)
         return prefix.rsplit("/", 1)[0]
-
-    def _ensure(self, path: str) -> None:
-        try:
-            self.client.create(path, makepath=True)
-        except NodeExistsError:
-            pass
 
     def restore_orphan(self, job_id: str, *, me: str | None = None) -> Job | None:
         """Put back a job whose claim vanished (its holder's session ended) but
@@ -245,7 +276,7 @@ class Ownership:
             try:
                 current, stat = self._read(job_id)
             except JobNotFound:
-                self._delete_quietly(self.paths.running_marker(job_id))
+                _zk.delete_quietly(self.client, self.paths.running_marker(job_id))
                 return None
             except MalformedData as exc:
                 self.report_malformed(self.paths.job(job_id), str(exc))
@@ -257,24 +288,18 @@ class Ownership:
                 return None
             released = current.with_event("reclaimed", state=JobState.UNCLAIMED,
                                           owner=None, transfer_to=None)
-            while True:
-                txn = self.client.transaction()
+
+            def release(txn) -> None:
                 claim = self.paths.claim(job_id)
                 txn.create(claim, b"")   # asserts nobody holds a claim right now
                 txn.delete(claim)
                 txn.delete(self.paths.running_marker(job_id), version=running.version)
                 txn.set_data(self.paths.job(job_id), released.encode(), version=stat.version)
-                parent = self._requeue_op(txn, released)
-                results = txn.commit()
-                error = _zk.first_error(results)
-                if error is None:
-                    log.info("job %s lost its holder %s; put back on the board",
-                             job_id, current.owner)
-                    return None
-                if isinstance(error, NoNodeError) and results.index(error) == 4:
-                    self._ensure(parent)
-                    continue
-                return None
+
+            if self._commit_requeued(release, released) is None:
+                log.info("job %s lost its holder %s; put back on the board",
+                         job_id, current.owner)
+            return None
 
     def orphans(self) -> list[str]:
         """Jobs marked running whose claim is gone."""

@@ -86,6 +86,7 @@ class Conductor:
         self._hard_stop = threading.Event()
         self._started_at = time.time()
         self._registered_generation = -1
+        self._registered_info: dict[str, Any] = {}
         self._registration_due = 0.0
         self.claimer = Claimer(board, self.name)
         self.session = SessionWatch(board.client, on_lost=self._on_session_lost,
@@ -139,9 +140,12 @@ class Conductor:
                     continue
                 jobs = self.claimer.claim_batch(self.concurrency - self.in_flight)
                 failures = 0
-            except BoardUnavailable as exc:
+            except Exception as exc:  # noqa: BLE001 - a bug must not stop the daemon silently
                 failures += 1
-                log.warning("board unavailable (%s); retrying", exc)
+                if isinstance(exc, BoardUnavailable):
+                    log.warning("board unavailable (%s); retrying", exc)
+                else:
+                    log.exception("claiming failed unexpectedly; retrying")
                 self._stopping.wait(min(5.0, 0.1 * 2 ** failures))
                 continue
             if self.metrics is not None and self.claimer.conflicts:
@@ -232,20 +236,26 @@ class Conductor:
                 "concurrency": self.concurrency, "jobs": jobs}
 
     def _register(self) -> None:
-        self.board.register_conductor(self.name, self._info())
+        self._registered_info = self._info()
+        self.board.register_conductor(self.name, self._registered_info)
         self._registered_generation = self.session.generation
 
     def _keep_registered(self) -> None:
         """Register again after a session loss; refresh the jobs in flight now
-        and then (not on every job: that would be a write per job)."""
+        and then when they changed (not on every job: that would be a write
+        per job; not when idle: a write every few seconds per conductor)."""
         if self._registered_generation != self.session.generation:
             self._register()
             return
         now = time.monotonic()
         if now >= self._registration_due:
             self._registration_due = now + REGISTRATION_INTERVAL
+            info = self._info()
+            if info == self._registered_info:
+                return
             try:
-                self.board.update_conductor(self.name, self._info())
+                self.board.update_conductor(self.name, info)
+                self._registered_info = info
             except BoardError:
                 self._register()
 

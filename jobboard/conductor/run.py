@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from jobboard.board import Job
 from jobboard.engine import Engine, ThreadExecutor, build_flow
-from jobboard.errors import (BoardError, EngineError, LogbookError, LogbookUnavailable,
-                             StaleOwner)
+from jobboard.errors import (BoardError, BoardUnavailable, EngineError, LogbookError,
+                             LogbookUnavailable, StaleOwner)
 from jobboard.logbook import Failure
 from jobboard.states import FlowState, JobState
 
@@ -49,6 +49,7 @@ class JobRun:
         self.claim_lost = threading.Event()
         self.cancel_requested = threading.Event()
         self.shutting_down = threading.Event()
+        self.releasing = threading.Event()     # our own consume/abandon deletes the claim
         self.finished = threading.Event()
 
     # -- signals from outside (watch threads, shutdown) ---------------------------
@@ -84,11 +85,18 @@ class JobRun:
             if outcome is None:
                 return
             state, document = outcome
+            self.releasing.set()
             board.consume(job, name, document, state=state)
             log.info("job %s (%s) %s", job.uuid, job.name, state.value)
         except LogbookUnavailable as exc:
             log.error("job %s: logbook unavailable (%s); abandoning it for another "
                       "conductor", job.uuid, exc)
+            self._abandon()
+        except BoardUnavailable as exc:
+            # Consuming retried through connection losses; still unreachable:
+            # give the job back if we can (the next owner finds the flow
+            # finished in the logbook), else the session's end releases it.
+            log.warning("job %s: could not finish on the board: %s", job.uuid, exc)
             self._abandon()
         except BoardError as exc:
             log.warning("job %s: could not finish on the board: %s", job.uuid, exc)
@@ -122,7 +130,15 @@ class JobRun:
         finally:
             executor.shutdown(wait=False)
         if outcome.fenced or self.claim_lost.is_set():
-            log.warning("job %s: claim lost; left to its new owner", job.uuid)
+            if self._claim_still_ours():
+                # Lost only in appearance (a check failed mid-reconnect): give
+                # it back rather than hold it unworked.
+                log.warning("job %s: stopped although the claim is still ours; "
+                            "abandoning it for another conductor", job.uuid)
+                self.claim_lost.clear()
+                self._abandon()
+            else:
+                log.warning("job %s: claim lost; left to its new owner", job.uuid)
             return None
         if outcome.state is FlowState.CANCELLED and not outcome.reverted:
             self._abandon()
@@ -141,15 +157,20 @@ class JobRun:
     def _gate(self) -> None:
         """Before each task: wait out a suspended connection, then make sure the
         claim is still ours. A session that expired while this process was
-        paused is noticed here, before the task starts, not after."""
-        self.conductor.gate()
-        board = self.conductor.board
-        try:
-            stat = board.client.exists(board.paths.claim(self.job.uuid))
-        except Exception:  # noqa: BLE001 - expired or unreachable: not ours to run
-            stat = None
-        if stat is None or stat.ephemeralOwner != board.session_id:
-            self.lose_claim()
+        paused is noticed here, before the task starts, not after. A
+        connection that drops again while looking is waited out too: only a
+        claim seen gone or held by another session is lost (an expired
+        session ends the loop through ``lose_claim`` from the session watch)."""
+        while not (self.claim_lost.is_set() or self.shutting_down.is_set()):
+            self.conductor.gate()
+            try:
+                held = self.conductor.board.holds_claim(self.job.uuid)
+            except BoardUnavailable:
+                self.shutting_down.wait(0.05)
+                continue
+            if not held:
+                self.lose_claim()
+            return
 
     def _broken(self, exc: EngineError) -> tuple[JobState, dict[str, Any]] | None:
         """The flow cannot even be built: fail the job for good, with the reason
@@ -171,9 +192,16 @@ class JobRun:
         return JobState.FAILED, {"flow_state": FlowState.FAILURE.value, "reason": reason,
                                  "failure": failure.to_dict()}
 
+    def _claim_still_ours(self) -> bool:
+        try:
+            return self.conductor.board.holds_claim(self.job.uuid)
+        except BoardUnavailable:
+            return False        # unreachable or expired: the session's end frees it
+
     def _abandon(self) -> None:
         if self.claim_lost.is_set():
             return
+        self.releasing.set()
         try:
             self.conductor.board.abandon(self.job, self.conductor.name)
             log.info("job %s abandoned for another conductor", self.job.uuid)
@@ -186,7 +214,7 @@ class JobRun:
         job_id = self.job.uuid
 
         def on_claim(event: Any) -> None:
-            if event is not None and event.type == "DELETED" and not self.finished.is_set():
+            if event is not None and event.type == "DELETED" and not self.releasing.is_set():
                 log.warning("job %s: claim vanished", job_id)
                 self.lose_claim()
 
@@ -194,9 +222,12 @@ class JobRun:
             if event is not None and event.type == "CREATED":
                 self.request_cancel()
             elif not self.finished.is_set():
-                board.cancel_requested(job_id, watch=on_cancel)
+                try:
+                    board.cancel_requested(job_id, watch=on_cancel)
+                except BoardError as exc:   # the gate still checks the claim
+                    log.warning("job %s: cannot watch for a cancel request: %s", job_id, exc)
 
-        if board.client.exists(board.paths.claim(job_id), watch=on_claim) is None:
+        if not board.holds_claim(job_id, watch=on_claim):
             self.lose_claim()
         if board.cancel_requested(job_id, watch=on_cancel):
             self.request_cancel()

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, Union
 
-from jobboard.engine.tasks import Task
+from jobboard.engine.tasks import Task, _as_names
 from jobboard.errors import FlowInvalid
 
 __all__ = ["Flow", "LinearFlow", "UnorderedFlow", "GraphFlow", "Item",
@@ -48,17 +48,17 @@ class Flow:
             raise FlowInvalid(f"flow name must be a non-empty string, got {name!r}")
         self.name = name
         self.retry = retry
-        self.locks: tuple[str, ...] = (locks,) if isinstance(locks, str) else tuple(locks or ())
+        self.locks: tuple[str, ...] = _as_names(locks, f"flow {name}: locks")
         for item in items:
             if not isinstance(item, (Task, Flow)):
                 raise FlowInvalid(f"flow {name}: {item!r} is neither a Task nor a flow")
         self.items: tuple[Item, ...] = tuple(items)
-        seen: dict[str, str] = {}
+        seen: set[str] = set()
         for t in self.iter_tasks():
             if t.name in seen:
                 raise FlowInvalid(f"flow {name}: duplicate task name {t.name!r} "
                                   "(task names must be unique in a flow; use copy(name=...))")
-            seen[t.name] = t.name
+            seen.add(t.name)
 
     def iter_tasks(self) -> Iterator[Task]:
         """Every task in this flow and its nested flows, depth first."""
@@ -87,10 +87,6 @@ class Flow:
         return f"<{type(self).__name__} {self.name!r} items={[i.name for i in self.items]}>"
 
 
-def _provides(item: Item) -> frozenset[str]:
-    return frozenset(item.provides)
-
-
 class LinearFlow(Flow):
     """Items run in the given order."""
 
@@ -106,7 +102,7 @@ class UnorderedFlow(Flow):
         super().__init__(name, *items, **options)
         owner: dict[str, str] = {}
         for item in self.items:
-            for n in sorted(_provides(item)):
+            for n in sorted(item.provides):
                 if n in owner:
                     raise FlowInvalid(f"unordered flow {name}: {owner[n]!r} and {item.name!r} "
                                       f"both provide {n!r}")

@@ -55,13 +55,16 @@ class Retry:
             self._wait = wait_exponential_jitter(multiplier=backoff, max=max_delay, jitter=backoff)
         else:
             self._wait = wait_exponential(multiplier=backoff, max=max_delay)
-        self._started = time.monotonic()
 
-    def _state(self, attempt: int) -> tenacity.RetryCallState:
+    @staticmethod
+    def _state(attempt: int, first_attempt_at: float | None) -> tenacity.RetryCallState:
+        # Wall-clock times: the first attempt's is kept in the logbook, so a
+        # time limit holds across a conductor restart.
         state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
         state.attempt_number = attempt
-        state.start_time = self._started
-        state.outcome_timestamp = time.monotonic()
+        state.outcome_timestamp = time.time()
+        state.start_time = state.outcome_timestamp if first_attempt_at is None \
+            else first_attempt_at
         return state
 
     def matches(self, exc: BaseException) -> bool:
@@ -72,19 +75,22 @@ class Retry:
             return isinstance(exc, self.on)
         return bool(self.on(exc))
 
-    def should_retry(self, exc: BaseException | None, attempt: int) -> bool:
+    def should_retry(self, exc: BaseException | None, attempt: int,
+                     first_attempt_at: float | None = None) -> bool:
         """Whether to try again after ``attempt`` (1-based) failed with ``exc``.
 
         ``exc`` is None when only the attempt count is known (a failure
-        read back from the logbook after a restart).
+        read back from the logbook after a restart). ``first_attempt_at``
+        (epoch seconds) is when the task's first attempt started: time limits
+        (``stop_after_delay``) count from it.
         """
         if exc is not None and not self.matches(exc):
             return False
-        return not self._stop(self._state(attempt))
+        return not self._stop(self._state(attempt, first_attempt_at))
 
-    def delay(self, attempt: int) -> float:
+    def delay(self, attempt: int, first_attempt_at: float | None = None) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based)."""
-        return max(0.0, float(self._wait(self._state(attempt))))
+        return max(0.0, float(self._wait(self._state(attempt, first_attempt_at))))
 
     def __repr__(self) -> str:
         return f"Retry(attempts={self.attempts}, on={self.on!r})"

@@ -79,12 +79,6 @@ class Outcome:
         return self.state == FlowState.SUCCESS
 
 
-class _Fenced(Exception):
-    def __init__(self, cause: StaleOwner) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -182,10 +176,11 @@ class Engine:
                 outcome = self._run(executor, locks)
                 clean = True
                 return outcome
-            except _Fenced as fenced:
-                log.warning("job %s: engine stopped, %s", self.job_id, fenced.cause)
-                self._emit(EventKind.FLOW_CANCELLED, details={"fenced": True,
-                                                              "reason": str(fenced.cause)})
+            except StaleOwner as exc:
+                # Only the engine's own logbook writes raise it here: a task's
+                # exceptions end in its future.
+                log.warning("job %s: engine stopped, %s", self.job_id, exc)
+                self._emit(EventKind.FLOW_CANCELLED, fenced=True, reason=str(exc))
                 return Outcome(FlowState.CANCELLED, self._results(), fenced=True)
             finally:
                 if self._executor is None:
@@ -194,21 +189,14 @@ class Engine:
     # -- helpers ---------------------------------------------------------------
 
     def _emit(self, kind: EventKind, task: str | None = None, **details: Any) -> None:
-        extra = details.pop("details", {})
         self.notifier.emit(kind, job_id=self.job_id, flow=self.flow.name, task=task,
-                           owner=self.owner or None, details={**details, **extra})
+                           owner=self.owner or None, details=details)
 
     def _save_atom(self, atom: AtomDetail) -> None:
-        try:
-            self.logbook.save_atom(self.job_id, atom, token=self.token)
-        except StaleOwner as exc:
-            raise _Fenced(exc) from exc
+        self.logbook.save_atom(self.job_id, atom, token=self.token)
 
     def _save_flow(self, state: FlowState) -> None:
-        try:
-            self.logbook.save_flow(self.job_id, self.flow.name, state, token=self.token)
-        except StaleOwner as exc:
-            raise _Fenced(exc) from exc
+        self.logbook.save_flow(self.job_id, self.flow.name, state, token=self.token)
 
     def _results(self) -> dict[str, Any]:
         results: dict[str, Any] = {}
@@ -277,10 +265,7 @@ class Engine:
     # -- the run ---------------------------------------------------------------
 
     def _run(self, executor: Executor, locks: ExitStack) -> Outcome:
-        try:
-            self.logbook.take_over(self.job_id, self.token, self.owner, name=self.flow.name)
-        except StaleOwner as exc:
-            raise _Fenced(exc) from exc
+        self.logbook.take_over(self.job_id, self.token, self.owner, name=self.flow.name)
         detail = self.logbook.load_flow(self.job_id)
         if detail is not None and detail.state in _FINISHED:
             return self._finished_outcome(detail)
@@ -345,7 +330,8 @@ class Engine:
                 continue
             if atom.state in (AtomState.FAILURE, AtomState.RETRYING):
                 policy = c.retry_of[n]
-                if policy is None or not policy.should_retry(None, atom.attempts):
+                if policy is None or not policy.should_retry(
+                        None, atom.attempts, (atom.meta or {}).get("first_attempt_at")):
                     self._failures.setdefault(n, atom.failure or Failure(
                         "jobboard.errors.EngineError", "failed before a restart"))
                     continue
@@ -363,6 +349,7 @@ class Engine:
             atom.started_at = _now()
             atom.finished_at = None
             atom.meta = {k: v for k, v in (atom.meta or {}).items() if k != "not_run"}
+            atom.meta.setdefault("first_attempt_at", time.time())   # retry time limits
             self._enter_flow_locks(name, locks, held)
             self._save_atom(atom)
             self._emit(EventKind.TASK_STARTED, name, attempt=atom.attempts)
@@ -439,8 +426,8 @@ class Engine:
         atom.failure = failure
         policy = self.compiled.retry_of[name]
         if (policy is not None and not self._failures and not self.cancelled
-                and policy.should_retry(exc, atom.attempts)):
-            delay = policy.delay(atom.attempts)
+                and policy.should_retry(exc, atom.attempts, atom.meta.get("first_attempt_at"))):
+            delay = policy.delay(atom.attempts, atom.meta.get("first_attempt_at"))
             atom.state = AtomState.RETRYING
             self._save_atom(atom)
             self._emit(EventKind.TASK_RETRYING, name, attempt=atom.attempts, delay=delay,

@@ -25,19 +25,11 @@ from jobboard.errors import FlowInvalid
 
 __all__ = ["Task", "FunctionTask", "task", "call_execute", "call_revert"]
 
-# Keyword arguments the engine passes to revert besides the task's inputs.
-_REVERT_EXTRAS = ("result", "failure", "flow_failures")
-
-
-def _signature(func: Callable[..., Any], skip_first: bool) -> tuple[dict[str, bool], bool]:
+def _signature(func: Callable[..., Any]) -> tuple[dict[str, bool], bool]:
     """(param -> has_default, accepts **kwargs) for ``func``'s keyword-passable params."""
     params: dict[str, bool] = {}
     var_kw = False
-    sig = inspect.signature(func)
-    items = list(sig.parameters.values())
-    if skip_first and items and items[0].name == "self":
-        items = items[1:]
-    for p in items:
+    for p in inspect.signature(func).parameters.values():
         if p.kind is p.VAR_KEYWORD:
             var_kw = True
         elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
@@ -121,7 +113,7 @@ class Task:
         return self.revert
 
     def _build_requirements(self, requires: Any, rebind: Any) -> None:
-        params, var_kw = _signature(self._execute_callable(), skip_first=False)
+        params, var_kw = _signature(self._execute_callable())
         mapping: dict[str, str] = {}
         extra: tuple[str, ...] = ()
         for source, what in ((requires, "requires"), (rebind, "rebind")):
@@ -252,9 +244,9 @@ def call_revert(task_: Task, arguments: Mapping[str, Any], result: Any,
     own) and ``flow_failures`` (all), passing only what the signature takes."""
     extras = {"result": result, "failure": failures.get(task_.name),
               "flow_failures": dict(failures)}
-    params, var_kw = _signature(task_._revert_callable(), skip_first=False)
+    params, var_kw = _signature(task_._revert_callable())
     kwargs = dict(arguments) if var_kw else {k: v for k, v in arguments.items() if k in params}
-    for key in _REVERT_EXTRAS:
+    for key, value in extras.items():
         if var_kw or key in params:
-            kwargs[key] = extras[key]
+            kwargs[key] = value
     return task_.revert(**kwargs)

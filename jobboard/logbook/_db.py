@@ -11,10 +11,13 @@ SQLAlchemy exception leaves the package.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from sqlalchemy import Engine, create_engine, event, exc as sa_exc
+from sqlalchemy import Connection, Engine, create_engine, event, exc as sa_exc, text
 from sqlalchemy.engine import make_url
 
 from jobboard.errors import LogbookError, LogbookUnavailable
@@ -119,40 +122,84 @@ def _sqlite_pragmas(engine: Engine, *, wal: bool) -> None:
 # -- migrations ----------------------------------------------------------------
 
 
-def alembic_config(engine: Engine) -> Any:
-    """An alembic Config built in code (no alembic.ini in the cwd needed)."""
+def alembic_config(connection: Connection | None = None) -> Any:
+    """An alembic Config built in code (no alembic.ini in the cwd needed);
+    migrations run on ``connection``."""
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("version_table", VERSION_TABLE)
-    config.attributes["engine"] = engine
+    config.attributes["connection"] = connection
     return config
 
 
-def head_revision(engine: Engine) -> str | None:
+@functools.lru_cache(maxsize=1)
+def head_revision() -> str | None:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-def current_revision(engine: Engine) -> str | None:
+def current_revision(connection: Connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-        return context.get_current_revision()
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
 
 
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest revision."""
+    """Bring the schema to the newest revision. Conductors starting together
+    on a fresh database would race to create the same tables: the migration
+    runs under a database-wide lock (on the connection that migrates), and
+    whoever comes second finds it done."""
     from alembic import command
 
-    if current_revision(engine) == head_revision(engine):
+    head = head_revision()
+    with engine.connect() as conn:
+        if current_revision(conn) == head:
+            return
+        conn.rollback()
+        with _migration_lock(conn):
+            if current_revision(conn) != head:
+                command.upgrade(alembic_config(conn), "head")
+            conn.commit()
+
+
+MIGRATION_LOCK_ID = 0x6A6F62626F617264   # "jobboard"
+
+
+@contextlib.contextmanager
+def _migration_lock(conn: Connection) -> Iterator[None]:
+    """Held while migrating: a file lock next to a SQLite file, a session
+    advisory lock on PostgreSQL, a named lock on MySQL."""
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        if not is_sqlite_file(str(conn.engine.url)):
+            yield
+            return
+        with open(f"{conn.engine.url.database}.migrate.lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
         return
+    statements = {
+        "postgresql": (f"SELECT pg_advisory_lock({MIGRATION_LOCK_ID})",
+                       f"SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})"),
+        "mysql": ("SELECT GET_LOCK('jobboard_migrate', 60)",
+                  "SELECT RELEASE_LOCK('jobboard_migrate')"),
+    }.get(dialect)
+    if statements is None:
+        yield
+        return
+    lock, unlock = statements
+    conn.execute(text(lock))
+    conn.commit()
     try:
-        command.upgrade(alembic_config(engine), "head")
-    except Exception:
-        # Another process may have migrated the same database at the same time.
-        if current_revision(engine) != head_revision(engine):
-            raise
+        yield
+    finally:
+        conn.rollback()
+        conn.execute(text(unlock))
+        conn.commit()

@@ -149,8 +149,9 @@ class Logbook:
         Raises:
             StaleOwner: the logbook's token is newer than ``token``.
         """
-        self._write("take_over", job_id, token, lambda s: self._take_over(s, job_id, token,
-                                                                           owner, name))
+        self._write("take_over", job_id, token,
+                    lambda s: self._take_over(s, job_id, token, owner, name),
+                    retry_if=_take_over_retryable)
 
     def save_flow(self, job_id: str, name: str, state: FlowState, *, token: int,
                   meta: dict | None = None) -> FlowDetail:
@@ -339,37 +340,42 @@ class Logbook:
 
     def _save_atom(self, session: Session, job_id: str, atom: AtomDetail, token: int,
                    values: dict[str, Any]) -> None:
+        """Fence, then one statement for an atom saved before through this
+        object (``created_at`` known); otherwise one read of the flow and the
+        atom, then an insert or an update."""
         now = _now()
         self._fence(session, job_id, token, now)
-        flow_id = select(FLOWS.c.id).where(FLOWS.c.job_id == job_id).scalar_subquery()
-        updated = session.execute(
-            update(ATOMS).where(ATOMS.c.flow_id == flow_id, ATOMS.c.name == atom.name)
-            .values(updated_at=now, **values)).rowcount
-        if updated:
-            if atom.created_at is None:
-                atom.created_at = _utc(session.execute(
-                    select(ATOMS.c.created_at).where(ATOMS.c.flow_id == flow_id,
-                                                     ATOMS.c.name == atom.name)).scalar())
-        else:
-            # The logbook row lock taken by _fence serializes writers of this
-            # job, so nobody can insert the same atom in between.
-            found = session.execute(select(FLOWS.c.id).where(FLOWS.c.job_id == job_id)).scalar()
-            if found is None:
-                raise LogbookError(f"job {job_id} has no flow detail; call save_flow first")
+        if atom.created_at is not None:
+            flow_id = select(FLOWS.c.id).where(FLOWS.c.job_id == job_id).scalar_subquery()
+            if session.execute(
+                    update(ATOMS).where(ATOMS.c.flow_id == flow_id, ATOMS.c.name == atom.name)
+                    .values(updated_at=now, **values)).rowcount:
+                atom.updated_at = now
+                return
+        # The logbook row lock taken by _fence serializes writers of this job,
+        # so nobody can insert the same atom in between.
+        found = session.execute(
+            select(FLOWS.c.id, ATOMS.c.id, ATOMS.c.created_at)
+            .select_from(FLOWS.outerjoin(ATOMS, (ATOMS.c.flow_id == FLOWS.c.id)
+                                         & (ATOMS.c.name == atom.name)))
+            .where(FLOWS.c.job_id == job_id)).first()
+        if found is None:
+            raise LogbookError(f"job {job_id} has no flow detail; call save_flow first")
+        flow_id, atom_id, created_at = found
+        if atom_id is None:
             session.execute(insert(ATOMS).values(
-                flow_id=found, name=atom.name, created_at=now, updated_at=now, **values))
+                flow_id=flow_id, name=atom.name, created_at=now, updated_at=now, **values))
             atom.created_at = now
+        else:
+            session.execute(update(ATOMS).where(ATOMS.c.id == atom_id)
+                            .values(updated_at=now, **values))
+            atom.created_at = _utc(created_at)
         atom.updated_at = now
 
     @staticmethod
     def _delete_jobs(session: Session, job_ids: list[str],
                      older_than: datetime | None = None) -> int:
-        # MySQL refuses a subquery on the table being deleted from, so fetch ids.
-        flow_ids = session.execute(
-            select(FLOWS.c.id).where(FLOWS.c.job_id.in_(job_ids))).scalars().all()
-        if flow_ids:
-            session.execute(delete(ATOMS).where(ATOMS.c.flow_id.in_(flow_ids)))
-            session.execute(delete(FLOWS).where(FLOWS.c.id.in_(flow_ids)))
+        """Flows and atoms go with their logbook (ON DELETE CASCADE)."""
         query = delete(LOGBOOKS).where(LOGBOOKS.c.job_id.in_(job_ids))
         if older_than is not None:
             query = query.where(LOGBOOKS.c.updated_at < older_than)
@@ -395,8 +401,9 @@ class Logbook:
         with self._sessions.begin() as session:
             return step(session)
 
-    def _retrying(self, op: str, call: Callable[[], T]) -> T:
-        policy = database_retry(self._is_retryable, attempts=self.retry_attempts,
+    def _retrying(self, op: str, call: Callable[[], T], *,
+                  retry_if: Callable[[BaseException], bool] = _db.is_transient) -> T:
+        policy = database_retry(retry_if, attempts=self.retry_attempts,
                                 max_delay=self.retry_max_delay)
         try:
             return policy(call)
@@ -409,28 +416,12 @@ class Logbook:
                 raise LogbookError(f"logbook {op} failed: {exc}") from exc
             raise
 
-    @staticmethod
-    def _is_retryable(exc: BaseException) -> bool:
-        # A unique violation in take_over means a racing creator won: run the
-        # conditional UPDATE again. Other integrity errors are not transient.
-        if isinstance(exc, sa_exc.IntegrityError) and getattr(exc, "_jobboard_take_over", False):
-            return True
-        return _db.is_transient(exc)
-
-    def _write(self, op: str, job_id: str, token: int, step: Callable[[Session], T]) -> T:
+    def _write(self, op: str, job_id: str, token: int, step: Callable[[Session], T], *,
+               retry_if: Callable[[BaseException], bool] = _db.is_transient) -> T:
         started = time.perf_counter()
         ok = False
-
-        def call() -> T:
-            try:
-                return self._in_session(step)
-            except sa_exc.IntegrityError as exc:
-                if op == "take_over":
-                    exc._jobboard_take_over = True  # type: ignore[attr-defined]
-                raise
-
         try:
-            result = self._retrying(op, call)
+            result = self._retrying(op, lambda: self._in_session(step), retry_if=retry_if)
             ok = True
             return result
         except StaleOwner:
@@ -445,3 +436,9 @@ class Logbook:
                     hook(op, time.perf_counter() - started, ok)
                 except Exception:  # noqa: BLE001 - metrics must never break a write
                     log.exception("logbook on_write hook failed")
+
+
+def _take_over_retryable(exc: BaseException) -> bool:
+    """A unique violation in take_over means a racing creator won: run the
+    conditional UPDATE again (in other writes an integrity error is final)."""
+    return isinstance(exc, sa_exc.IntegrityError) or _db.is_transient(exc)

@@ -1,0 +1,127 @@
+"""Helpers shared by the side-by-side benchmark (jobboard vs TaskFlow).
+
+Every case runs in its own process (``python -m bench.jobboard_side CASE`` or
+``python -m bench.taskflow_side CASE``) and writes its results, as they come,
+to a JSON file: when the orchestrator (:mod:`bench.compare`) has to kill a
+case that overran its budget, what was measured so far survives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# One SQL "database" for both systems: SQLite files on the same disk.
+PYTHON = sys.executable
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def latency_summary(latencies: list[float]) -> dict[str, Any]:
+    """Seconds in, milliseconds out."""
+    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    return {"claims": len(latencies),
+            "p50_ms": None if p50 is None else round(p50 * 1000, 2),
+            "p99_ms": None if p99 is None else round(p99 * 1000, 2)}
+
+
+class Results:
+    """A dict written to ``path`` after every update (atomic rename)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {}
+
+    def set(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        self.flush()
+
+    def flush(self) -> None:
+        if not self.path:
+            return
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w") as handle:
+            json.dump(self.data, handle, indent=1, default=str)
+        os.replace(tmp, self.path)
+
+
+class Budget:
+    """A deadline: ``left()`` seconds, ``over()``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def over(self) -> bool:
+        return self.left() <= 0
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM of a live process, in kB."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = int(rest.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def spawn(args: list[str], log_path: str | Path, env: dict[str, str] | None = None
+          ) -> subprocess.Popen:
+    """Start a child in its own process group, output to ``log_path``."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                   env={**os.environ, **(env or {})})
+    # The orchestrator ends these (by id) if it has to kill the case itself.
+    pids_file = os.environ.get("BENCH_PIDS_FILE")
+    if pids_file:
+        with open(pids_file, "a") as handle:
+            handle.write(f"{process.pid}\n")
+    return process
+
+
+def stop(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL the child's process group (only ours)."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=timeout)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(process.pid, 9)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=10)
+
+
+def journal_lines(path: str) -> list[tuple[str, int]]:
+    """(task, pid) lines of a :mod:`jobboard.testing.flows` journal."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            out = []
+            for line in handle:
+                parts = line.split()
+                if len(parts) == 2:
+                    out.append((parts[0], int(parts[1])))
+            return out
+    except FileNotFoundError:
+        return []
