@@ -74,3 +74,12 @@ def logbook(logbook_url):
 
     with Logbook(logbook_url, auto_upgrade=True, retry_max_delay=5.0) as book:
         yield book
+
+
+@pytest.fixture
+def book(tmp_path):
+    """A SQLite logbook in the test's directory, for the engine tests."""
+    from jobboard.logbook import Logbook
+
+    with Logbook(f"sqlite:///{tmp_path}/logbook.db") as lb:
+        yield lb

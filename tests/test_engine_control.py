@@ -11,14 +11,7 @@ from jobboard import Task, flows
 from jobboard.engine import ThreadExecutor
 from jobboard.errors import FlowInvalid
 from jobboard.events import EventKind, Notifier
-from jobboard.logbook import Logbook
 from jobboard.states import AtomState, FlowState
-
-
-@pytest.fixture
-def book(tmp_path):
-    with Logbook(f"sqlite:///{tmp_path}/logbook.db") as lb:
-        yield lb
 
 
 def on(kind: EventKind, task: str, action) -> Notifier:

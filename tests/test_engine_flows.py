@@ -11,14 +11,7 @@ from flows_for_tests import Add, Journal, Step, make_engine
 from jobboard import Task, flows, task
 from jobboard.engine import Engine, SerialExecutor, ThreadExecutor, build_flow, resolve_factory
 from jobboard.errors import FactoryNotAllowed, FactoryNotFound, FlowInvalid
-from jobboard.logbook import Logbook
 from jobboard.states import AtomState, FlowState
-
-
-@pytest.fixture
-def book(tmp_path):
-    with Logbook(f"sqlite:///{tmp_path}/logbook.db") as lb:
-        yield lb
 
 
 def test_linear_runs_in_order(book):

@@ -22,12 +22,6 @@ from jobboard.states import AtomState, FlowState
 ALLOWED = ("flows_for_tests",)
 
 
-@pytest.fixture
-def book(tmp_path):
-    with Logbook(f"sqlite:///{tmp_path}/logbook.db") as lb:
-        yield lb
-
-
 def crash_at(k: int, kinds: list[str]) -> Notifier:
     """A notifier whose listener dies at the k-th event (0-based)."""
     notifier = Notifier()

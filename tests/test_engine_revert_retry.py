@@ -8,14 +8,7 @@ from flows_for_tests import Flaky, Journal, Step, make_engine
 from jobboard import Retry, Task, flows
 from jobboard.engine import ThreadExecutor
 from jobboard.events import EventKind, Notifier
-from jobboard.logbook import Logbook
 from jobboard.states import AtomState, FlowState
-
-
-@pytest.fixture
-def book(tmp_path):
-    with Logbook(f"sqlite:///{tmp_path}/logbook.db") as lb:
-        yield lb
 
 
 def test_failure_in_the_middle_reverts_in_reverse_order(book):
