@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from jobboard.testing.waiting import wait_until
 
 # One SQL "database" for both systems: SQLite files on the same disk.
 PYTHON = sys.executable
@@ -69,18 +72,19 @@ class Budget:
         return self.left() <= 0
 
 
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS / VmHWM of a live process, in kB."""
-    out = {}
+def memory_mb(pid: int) -> dict[str, float]:
+    """Peak (VmHWM) and current (VmRSS) resident memory of a live process, MB."""
+    kb = {}
     try:
         with open(f"/proc/{pid}/status") as handle:
             for line in handle:
                 key, _, rest = line.partition(":")
                 if key in ("VmRSS", "VmHWM"):
-                    out[key] = int(rest.split()[0])
+                    kb[key] = int(rest.split()[0])
     except OSError:
         pass
-    return out
+    return {"vm_hwm_mb": round(kb.get("VmHWM", 0) / 1024, 1),
+            "vm_rss_mb": round(kb.get("VmRSS", 0) / 1024, 1)}
 
 
 def spawn(args: list[str], log_path: str | Path, env: dict[str, str] | None = None
@@ -125,3 +129,38 @@ def journal_lines(path: str) -> list[tuple[str, int]]:
             return out
     except FileNotFoundError:
         return []
+
+
+def kill_holder_and_time_resume(journal: str, gate: str, session_timeout: float
+                                ) -> float | None:
+    """The failover measurement, the same for both systems: SIGKILL the
+    process holding step2 of a five-step journal job, open the gate, and
+    return the seconds until another process has started step2 again (None
+    when none did within the session timeout + 60 s)."""
+    holding = wait_until(lambda: [pid for task, pid in journal_lines(journal)
+                                  if task == "step2-holding"], 60, 0.01)
+    if not holding:
+        raise RuntimeError("no conductor started the job")
+    victim = holding[0]
+    killed_at = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    Path(gate).write_text("open")
+
+    def resumed() -> int | None:
+        for task, pid in journal_lines(journal):
+            if task == "step2" and pid != victim:
+                return pid
+        return None
+
+    survivor = wait_until(resumed, session_timeout + 60, 0.005)
+    return time.monotonic() - killed_at if survivor else None
+
+
+def failover_row(session_timeout: float, resumed_after: float | None, journal: str,
+                 final_state: str | None) -> dict[str, Any]:
+    return {"session_timeout_s": session_timeout,
+            "resumed_after_s": None if resumed_after is None else round(resumed_after, 2),
+            "over_session_timeout_s": (None if resumed_after is None
+                                       else round(resumed_after - session_timeout, 2)),
+            "step1_runs": sum(1 for task, _ in journal_lines(journal) if task == "step1"),
+            "final_state": final_state}

@@ -12,7 +12,6 @@ writes its figures, as they come, to ``--out``:
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import tempfile
 import threading
@@ -22,18 +21,17 @@ from pathlib import Path
 from bench._common import (
     PYTHON,
     Results,
-    journal_lines,
-    latency_summary,
-    proc_status,
+    failover_row,
+    kill_holder_and_time_resume,
+    memory_mb,
     spawn,
     stop,
 )
-from bench.board import claim_consume_pipelined
+from bench.board import FACTORY, claim_consume_pipelined, claim_consume_sequential, sync_posts
 from jobboard.board import Board, Claimer
 from jobboard.testing.waiting import wait_until
 from jobboard.testing.zookeeper import four_letter
 
-FACTORY = "jobboard.testing.flows:noop"
 SYNC_POSTS = 300
 SEQ_CLAIMS = 500
 PIPELINED_CLAIMS = 1000
@@ -64,30 +62,6 @@ def fill_to(board: Board, level: int, chunk: int = 5000) -> dict:
         posted += count
     elapsed = time.perf_counter() - started
     return {"posted": posted, "per_s": round(posted / elapsed) if posted else None}
-
-
-def sync_posts(board: Board, count: int) -> float:
-    started = time.perf_counter()
-    for _ in range(count):
-        board.post(FACTORY)
-    return round(count / (time.perf_counter() - started), 1)
-
-
-def claim_sequential(board: Board, count: int, owner: str) -> dict:
-    """Claim + consume one at a time (latency of each claim)."""
-    claimer = Claimer(board, owner).start()
-    latencies = []
-    started = time.perf_counter()
-    for _ in range(count):
-        t0 = time.perf_counter()
-        job = claimer.claim_next()
-        latencies.append(time.perf_counter() - t0)
-        if job is None:
-            break
-        board.consume(job, owner, {})
-    elapsed = time.perf_counter() - started
-    claimer.stop()
-    return {**latency_summary(latencies), "jobs_per_s": round(len(latencies) / elapsed, 1)}
 
 
 def start_watcher(zk: str, root: str, workdir: Path) -> object:
@@ -143,7 +117,7 @@ def case_scale(args: argparse.Namespace, out: Results) -> None:
             try:
                 if level:
                     row["fill"] = fill_to(board, level)
-                row["sync_posts_per_s"] = sync_posts(board, SYNC_POSTS)
+                row["sync_posts_per_s"] = round(sync_posts(board, SYNC_POSTS), 1)
                 started = time.perf_counter()
                 board.post_many([{"factory": FACTORY} for _ in range(2000)])
                 row["batched_posts_per_s"] = round(2000 / (time.perf_counter() - started))
@@ -151,7 +125,7 @@ def case_scale(args: argparse.Namespace, out: Results) -> None:
                 stop(watcher)
             if level:
                 fill_to(board, level)
-                row["sequential"] = claim_sequential(board, SEQ_CLAIMS, "bench-seq")
+                row["sequential"] = claim_consume_sequential(board, SEQ_CLAIMS)
                 fill_to(board, level)
                 row["pipelined"] = claim_consume_pipelined(board, PIPELINED_CLAIMS,
                                                            workers=WORKERS)
@@ -172,13 +146,11 @@ def conductor_rss(zk: str, root: str, workdir: Path, board: Board, level: int) -
     try:
         wait_until(lambda: registered(board, "rss-conductor"), 60, 0.1)
         time.sleep(RSS_SECONDS)
-        status = proc_status(process.pid)
+        memory = memory_mb(process.pid)
     finally:
         stop(process, timeout=20)
     done = before - waiting(board)
-    return {"waiting": before, "seconds": RSS_SECONDS, "jobs_run": done,
-            "vm_hwm_mb": round(status.get("VmHWM", 0) / 1024, 1),
-            "vm_rss_mb": round(status.get("VmRSS", 0) / 1024, 1)}
+    return {"waiting": before, "seconds": RSS_SECONDS, "jobs_run": done, **memory}
 
 
 def case_half(args: argparse.Namespace, out: Results) -> None:
@@ -195,7 +167,7 @@ def case_half(args: argparse.Namespace, out: Results) -> None:
                 held += len(holder.claim_batch(min(64, level // 2 - held)))
             count = min(args.claims, level // 2)
             before = zk_requests(args.zk)
-            result = claim_sequential(board, count, "bench-half")
+            result = claim_consume_sequential(board, count, "bench-half")
             used = zk_requests(args.zk) - before
             result["zk_requests_per_claim_consume"] = round(used / max(1, result["claims"]), 1)
             rows.append({"backlog": level, "held": held, **result})
@@ -265,31 +237,10 @@ def failover_once(zk: str, workdir: Path, session_timeout: float) -> dict:
                     raise RuntimeError(f"conductor {name} did not register")
             job = board.post("jobboard.testing.flows:five_steps",
                              args={"journal": journal, "hold_at": "step2", "gate": gate})
-            holding = wait_until(lambda: [pid for task, pid in journal_lines(journal)
-                                          if task == "step2-holding"], 60, 0.01)
-            if not holding:
-                raise RuntimeError("no conductor started the job")
-            victim = holding[0]
-            killed_at = time.monotonic()
-            os.kill(victim, signal.SIGKILL)
-            Path(gate).write_text("open")
-
-            def resumed() -> int | None:
-                for task, pid in journal_lines(journal):
-                    if task == "step2" and pid != victim:
-                        return pid
-                return None
-
-            survivor = wait_until(resumed, session_timeout + 60, 0.005)
-            resumed_after = time.monotonic() - killed_at
+            resumed_after = kill_holder_and_time_resume(journal, gate, session_timeout)
             outcome = board.wait(job.uuid, timeout=60)
-            lines = journal_lines(journal)
-            return {"session_timeout_s": session_timeout,
-                    "resumed_after_s": round(resumed_after, 2) if survivor else None,
-                    "over_session_timeout_s": (round(resumed_after - session_timeout, 2)
-                                               if survivor else None),
-                    "step1_runs": sum(1 for task, _ in lines if task == "step1"),
-                    "final_state": outcome.state.value if outcome else None}
+            return failover_row(session_timeout, resumed_after, journal,
+                                outcome.state.value if outcome else None)
         finally:
             for process in processes.values():
                 stop(process, timeout=15)

@@ -8,13 +8,10 @@ the benchmark's own virtualenv, where TaskFlow is installed.
 
 from __future__ import annotations
 
-import os
-import time
-
 from taskflow import task
 from taskflow.patterns import linear_flow
 
-from jobboard.testing.flows import HOLD_LIMIT, append_line
+from jobboard.testing.flows import record_run
 
 
 class Noop(task.Task):
@@ -33,12 +30,7 @@ class Step(task.Task):
         self.gate = gate
 
     def execute(self):
-        append_line(self.journal, f"{self.name} {os.getpid()}")
-        if self.gate:
-            append_line(self.journal, f"{self.name}-holding {os.getpid()}")
-            deadline = time.monotonic() + HOLD_LIMIT
-            while not os.path.exists(self.gate) and time.monotonic() < deadline:
-                time.sleep(0.02)
+        record_run(self.journal, self.name, self.gate)
 
 
 def five_steps_flow(journal, hold_at=None, gate=None):

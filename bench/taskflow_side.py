@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import tempfile
 import threading
@@ -43,9 +42,10 @@ from bench._common import (
     PYTHON,
     Budget,
     Results,
-    journal_lines,
+    failover_row,
+    kill_holder_and_time_resume,
     latency_summary,
-    proc_status,
+    memory_mb,
     spawn,
     stop,
 )
@@ -267,16 +267,14 @@ def conductor_rss(zk: str, path: str, workdir: Path) -> dict:
         ready_after = time.monotonic() - started
         if ready:
             time.sleep(RSS_SECONDS)
-        status = proc_status(process.pid)
+        memory = memory_mb(process.pid)
     finally:
         stop(process, timeout=20)
     done = before - len(job_children(client, path))
     client.stop()
     client.close()
     return {"waiting": before, "seconds": RSS_SECONDS, "connected": bool(ready),
-            "connect_s": round(ready_after, 1),
-            "jobs_run": done, "vm_hwm_mb": round(status.get("VmHWM", 0) / 1024, 1),
-            "vm_rss_mb": round(status.get("VmRSS", 0) / 1024, 1)}
+            "connect_s": round(ready_after, 1), "jobs_run": done, **memory}
 
 
 def case_half(args: argparse.Namespace, out: Results) -> None:
@@ -372,32 +370,11 @@ def failover_once(zk: str, workdir: Path, session_timeout: float) -> dict:
             processes.append(process)
         post_flow_job(board, persistence, "five-steps", taskflow_flows.five_steps_flow,
                       {"journal": journal, "hold_at": "step2", "gate": gate})
-        holding = wait_until(lambda: [pid for task, pid in journal_lines(journal)
-                                      if task == "step2-holding"], 60, 0.01)
-        if not holding:
-            raise RuntimeError("no TaskFlow conductor started the job")
-        victim = holding[0]
-        killed_at = time.monotonic()
-        os.kill(victim, signal.SIGKILL)
-        Path(gate).write_text("open")
-
-        def resumed():
-            for task, pid in journal_lines(journal):
-                if task == "step2" and pid != victim:
-                    return pid
-            return None
-
-        survivor = wait_until(resumed, session_timeout + 60, 0.005)
-        resumed_after = time.monotonic() - killed_at
+        resumed_after = kill_holder_and_time_resume(journal, gate, session_timeout)
         client = board._client
         finished = wait_until(lambda: not job_children(client, path), 60, 0.05)
-        lines = journal_lines(journal)
-        return {"session_timeout_s": session_timeout,
-                "resumed_after_s": round(resumed_after, 2) if survivor else None,
-                "over_session_timeout_s": (round(resumed_after - session_timeout, 2)
-                                           if survivor else None),
-                "step1_runs": sum(1 for task, _ in lines if task == "step1"),
-                "final_state": "COMPLETE" if finished else "not finished in 60 s"}
+        return failover_row(session_timeout, resumed_after, journal,
+                            "COMPLETE" if finished else "not finished in 60 s")
     finally:
         for process in processes:
             stop(process, timeout=15)

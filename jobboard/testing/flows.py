@@ -25,6 +25,17 @@ def append_line(path: str, line: str) -> None:
         os.close(fd)
 
 
+def record_run(journal: str, name: str, gate: str | None = None) -> None:
+    """Journal one execution of task ``name``; with a ``gate``, also journal
+    that it holds, then block until the gate file exists (at most HOLD_LIMIT)."""
+    append_line(journal, f"{name} {os.getpid()}")
+    if gate:
+        append_line(journal, f"{name}-holding {os.getpid()}")
+        deadline = time.monotonic() + HOLD_LIMIT
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
 def read_journal(path: str) -> list[str]:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -44,12 +55,7 @@ class Step(Task):
         self.fail = fail
 
     def execute(self) -> str:
-        append_line(self.journal, f"{self.name} {os.getpid()}")
-        if self.hold:
-            append_line(self.journal, f"{self.name}-holding {os.getpid()}")
-            deadline = time.monotonic() + HOLD_LIMIT
-            while not os.path.exists(self.hold) and time.monotonic() < deadline:
-                time.sleep(0.02)
+        record_run(self.journal, self.name, self.hold)
         if self.fail:
             raise RuntimeError(f"{self.name} failed on purpose")
         return f"{self.name} by {os.getpid()}"
