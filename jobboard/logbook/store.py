@@ -9,8 +9,8 @@ row count means a newer holder has taken over and the write is refused with
 logbook's row lock until commit, so a concurrent take-over waits for the
 write and no write of an old token lands after a take-over returned.
 
-How it fails: each public call is one transaction in a session of its own
-(thread-safe), retried on transient errors (``_db.is_transient``) with
+How it fails: each public call is one transaction on a pooled connection of
+its own (thread-safe), retried on transient errors (``_db.is_transient``) with
 ``jobboard.retry.database_retry``; a database that stays down raises
 ``LogbookUnavailable``, any other database error ``LogbookError``. A call
 that returned has committed; the writes are idempotent upserts, so a retry
@@ -25,8 +25,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TypeVar
 
-from sqlalchemy import delete, exc as sa_exc, insert, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, delete, exc as sa_exc, insert, select, update
 
 from jobboard import serialization
 from jobboard.errors import JobBoardError, LogbookError, LogbookNotFound, StaleOwner
@@ -45,8 +44,8 @@ WriteHook = Callable[[str, float, bool], None]
 
 _DELETE_BATCH = 500
 
-# Core tables rather than ORM entities in the statements: the hot path (two
-# UPDATEs per save_atom) skips the ORM's bulk-persistence machinery.
+# Core tables and connections rather than ORM entities and sessions: the hot
+# path (two UPDATEs per save_atom) uses nothing of the ORM's unit of work.
 LOGBOOKS = LogBookRow.__table__
 FLOWS = FlowDetailRow.__table__
 ATOMS = AtomDetailRow.__table__
@@ -106,7 +105,6 @@ class Logbook:
             self._engine = _db.make_engine(url, engine_options)
         except (sa_exc.SQLAlchemyError, ImportError, ValueError) as exc:
             raise LogbookError(f"cannot use logbook URL {_db.safe_url(url)}: {exc}") from exc
-        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         if auto_upgrade is None:
             auto_upgrade = _db.is_sqlite_file(url)
         if auto_upgrade:
@@ -197,8 +195,7 @@ class Logbook:
 
     def delete(self, job_id: str) -> bool:
         """Remove a job's logbook, flow and atoms. Returns whether it existed."""
-        return self._retrying("delete", lambda: self._in_session(
-            lambda s: self._delete_jobs(s, [job_id]) > 0))
+        return self._transaction("delete", lambda c: self._delete_jobs(c, [job_id]) > 0)
 
     def delete_older_than(self, age: timedelta) -> int:
         """Retention: remove the logbooks not updated for ``age``.
@@ -208,16 +205,16 @@ class Logbook:
         """
         cutoff = _now() - age
 
-        def batch(session: Session) -> int:
-            ids = session.execute(
+        def batch(conn: Connection) -> int:
+            ids = conn.execute(
                 select(LogBookRow.job_id).where(LogBookRow.updated_at < cutoff)
                 .order_by(LogBookRow.updated_at).limit(_DELETE_BATCH).with_for_update()
             ).scalars().all()
-            return self._delete_jobs(session, list(ids), older_than=cutoff) if ids else 0
+            return self._delete_jobs(conn, list(ids), older_than=cutoff) if ids else 0
 
         total = 0
         while True:
-            removed = self._retrying("delete_older_than", lambda: self._in_session(batch))
+            removed = self._transaction("delete_older_than", batch)
             total += removed
             if removed < _DELETE_BATCH:
                 return total
@@ -233,8 +230,7 @@ class Logbook:
                         atom.updated_at, atom.started_at, atom.finished_at)
                  .select_from(flow).outerjoin(atom, atom.flow_id == flow.id)
                  .where(flow.job_id == job_id).order_by(atom.id))
-        rows = self._retrying("load_flow", lambda: self._in_session(
-            lambda s: s.execute(query).all()))
+        rows = self._transaction("load_flow", lambda c: c.execute(query).all())
         if not rows:
             return None
         first = rows[0]
@@ -260,8 +256,7 @@ class Logbook:
             LogbookNotFound: no logbook for ``job_id``.
         """
         query = self._info_query().where(LogBookRow.job_id == job_id)
-        rows = self._retrying("get_logbook", lambda: self._in_session(
-            lambda s: s.execute(query).all()))
+        rows = self._transaction("get_logbook", lambda c: c.execute(query).all())
         if not rows:
             raise LogbookNotFound(job_id)
         return self._info(rows[0])
@@ -271,90 +266,86 @@ class Logbook:
         query = (self._info_query()
                  .order_by(LogBookRow.created_at.desc(), LogBookRow.job_id)
                  .limit(limit).offset(offset))
-        rows = self._retrying("list_logbooks", lambda: self._in_session(
-            lambda s: s.execute(query).all()))
+        rows = self._transaction("list_logbooks", lambda c: c.execute(query).all())
         return [self._info(row) for row in rows]
 
     def current_token(self, job_id: str) -> int | None:
         """The token of the logbook's current holder (None: no logbook or holder)."""
-        query = select(LogBookRow.token).where(LogBookRow.job_id == job_id)
-        return self._retrying("current_token", lambda: self._in_session(
-            lambda s: s.execute(query).scalar()))
+        row = self._transaction("current_token", lambda c: _token_row(c, job_id))
+        return None if row is None else row[0]
 
     # -- steps (each runs inside one transaction) ----------------------------
 
-    def _take_over(self, session: Session, job_id: str, token: int, owner: str,
+    def _take_over(self, conn: Connection, job_id: str, token: int, owner: str,
                    name: str) -> None:
         now = _now()
         values: dict[str, Any] = {"token": token, "owner": owner, "updated_at": now}
         if name:
             values["name"] = name
-        taken = session.execute(
+        taken = conn.execute(
             update(LOGBOOKS)
             .where(LOGBOOKS.c.job_id == job_id,
                    LOGBOOKS.c.token.is_(None) | (LOGBOOKS.c.token <= token))
             .values(**values)).rowcount
         if taken:
             return
-        current = session.execute(
-            select(LOGBOOKS.c.token).where(LOGBOOKS.c.job_id == job_id)).first()
+        current = _token_row(conn, job_id)
         if current is not None:
             raise StaleOwner(job_id, token, current[0])
         # Absent: create it. A racing creator makes this insert fail with a
         # unique violation (an IntegrityError); the retry loop runs the
         # conditional UPDATE again, which then decides.
-        session.execute(insert(LOGBOOKS).values(
+        conn.execute(insert(LOGBOOKS).values(
             job_id=job_id, name=name, owner=owner, token=token, created_at=now,
             updated_at=now))
 
-    def _fence(self, session: Session, job_id: str, token: int, now: datetime) -> None:
+    def _fence(self, conn: Connection, job_id: str, token: int, now: datetime) -> None:
         """Check ``token`` is current and lock the logbook row until commit."""
-        fenced = session.execute(
+        fenced = conn.execute(
             update(LOGBOOKS).where(LOGBOOKS.c.job_id == job_id, LOGBOOKS.c.token == token)
             .values(updated_at=now)).rowcount
         if fenced:
             return
-        current = session.execute(
-            select(LOGBOOKS.c.token).where(LOGBOOKS.c.job_id == job_id)).first()
+        current = _token_row(conn, job_id)
         if current is None:
             raise LogbookNotFound(job_id)
         raise StaleOwner(job_id, token, current[0])
 
-    def _save_flow(self, session: Session, job_id: str, name: str, state: FlowState,
+    def _save_flow(self, conn: Connection, job_id: str, name: str, state: FlowState,
                    token: int, packed_meta: bytes, meta: dict) -> FlowDetail:
         now = _now()
-        self._fence(session, job_id, token, now)
-        row = session.execute(select(FLOWS.c.id, FLOWS.c.created_at)
+        self._fence(conn, job_id, token, now)
+        row = conn.execute(select(FLOWS.c.id, FLOWS.c.created_at)
                               .where(FLOWS.c.job_id == job_id)).first()
         if row is None:
             created = now
-            session.execute(insert(FLOWS).values(
+            conn.execute(insert(FLOWS).values(
                 job_id=job_id, name=name, state=state.value, meta=packed_meta,
                 created_at=now, updated_at=now))
         else:
             created = _utc(row[1])
-            session.execute(update(FLOWS).where(FLOWS.c.id == row[0]).values(
+            conn.execute(update(FLOWS).where(FLOWS.c.id == row[0]).values(
                 name=name, state=state.value, meta=packed_meta, updated_at=now))
         return FlowDetail(job_id=job_id, name=name, state=state, meta=dict(meta),
                           created_at=created, updated_at=now)
 
-    def _save_atom(self, session: Session, job_id: str, atom: AtomDetail, token: int,
+    def _save_atom(self, conn: Connection, job_id: str, atom: AtomDetail, token: int,
                    values: dict[str, Any]) -> None:
         """Fence, then one statement for an atom saved before through this
         object (``created_at`` known); otherwise one read of the flow and the
         atom, then an insert or an update."""
         now = _now()
-        self._fence(session, job_id, token, now)
+        self._fence(conn, job_id, token, now)
         if atom.created_at is not None:
             flow_id = select(FLOWS.c.id).where(FLOWS.c.job_id == job_id).scalar_subquery()
-            if session.execute(
+            if conn.execute(
                     update(ATOMS).where(ATOMS.c.flow_id == flow_id, ATOMS.c.name == atom.name)
                     .values(updated_at=now, **values)).rowcount:
                 atom.updated_at = now
                 return
         # The logbook row lock taken by _fence serializes writers of this job,
         # so nobody can insert the same atom in between.
-        found = session.execute(
+        found = conn.execute(
             select(FLOWS.c.id, ATOMS.c.id, ATOMS.c.created_at)
             .select_from(FLOWS.outerjoin(ATOMS, (ATOMS.c.flow_id == FLOWS.c.id)
                                          & (ATOMS.c.name == atom.name)))
@@ -363,23 +354,23 @@ class Logbook:
             raise LogbookError(f"job {job_id} has no flow detail; call save_flow first")
         flow_id, atom_id, created_at = found
         if atom_id is None:
-            session.execute(insert(ATOMS).values(
+            conn.execute(insert(ATOMS).values(
                 flow_id=flow_id, name=atom.name, created_at=now, updated_at=now, **values))
             atom.created_at = now
         else:
-            session.execute(update(ATOMS).where(ATOMS.c.id == atom_id)
+            conn.execute(update(ATOMS).where(ATOMS.c.id == atom_id)
                             .values(updated_at=now, **values))
             atom.created_at = _utc(created_at)
         atom.updated_at = now
 
     @staticmethod
-    def _delete_jobs(session: Session, job_ids: list[str],
+    def _delete_jobs(conn: Connection, job_ids: list[str],
                      older_than: datetime | None = None) -> int:
         """Flows and atoms go with their logbook (ON DELETE CASCADE)."""
         query = delete(LOGBOOKS).where(LOGBOOKS.c.job_id.in_(job_ids))
         if older_than is not None:
             query = query.where(LOGBOOKS.c.updated_at < older_than)
-        return session.execute(query).rowcount
+        return conn.execute(query).rowcount
 
     @staticmethod
     def _info_query() -> Any:
@@ -396,10 +387,14 @@ class Logbook:
 
     # -- transactions, retries, translation -----------------------------------
 
-    def _in_session(self, step: Callable[[Session], T]) -> T:
-        """Run ``step`` in a transaction of a session of its own; commit on return."""
-        with self._sessions.begin() as session:
-            return step(session)
+    def _transaction(self, op: str, step: Callable[[Connection], T], *,
+                     retry_if: Callable[[BaseException], bool] = _db.is_transient) -> T:
+        """Run ``step`` in one transaction (committed on return), retried as a
+        whole on transient errors."""
+        def attempt() -> T:
+            with self._engine.begin() as conn:
+                return step(conn)
+        return self._retrying(op, attempt, retry_if=retry_if)
 
     def _retrying(self, op: str, call: Callable[[], T], *,
                   retry_if: Callable[[BaseException], bool] = _db.is_transient) -> T:
@@ -416,12 +411,12 @@ class Logbook:
                 raise LogbookError(f"logbook {op} failed: {exc}") from exc
             raise
 
-    def _write(self, op: str, job_id: str, token: int, step: Callable[[Session], T], *,
+    def _write(self, op: str, job_id: str, token: int, step: Callable[[Connection], T], *,
                retry_if: Callable[[BaseException], bool] = _db.is_transient) -> T:
         started = time.perf_counter()
         ok = False
         try:
-            result = self._retrying(op, lambda: self._in_session(step), retry_if=retry_if)
+            result = self._transaction(op, step, retry_if=retry_if)
             ok = True
             return result
         except StaleOwner:
@@ -436,6 +431,11 @@ class Logbook:
                     hook(op, time.perf_counter() - started, ok)
                 except Exception:  # noqa: BLE001 - metrics must never break a write
                     log.exception("logbook on_write hook failed")
+
+
+def _token_row(conn: Connection, job_id: str) -> Any:
+    """The logbook's (token,) row, or None when there is no logbook."""
+    return conn.execute(select(LOGBOOKS.c.token).where(LOGBOOKS.c.job_id == job_id)).first()
 
 
 def _take_over_retryable(exc: BaseException) -> bool:
