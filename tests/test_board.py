@@ -203,6 +203,25 @@ def test_buckets_stay_bounded_and_ordered(board):
     assert len(board.client.get_children(board.paths.queue)) <= 1
 
 
+def test_a_stale_poster_does_not_bring_a_drained_bucket_back(zk_hosts, board):
+    board.bucket_size = 5
+    stale = second_board(zk_hosts)
+    try:
+        stale.bucket_size = 5
+        stale.post(FACTORY)                       # stale caches bucket 1
+        board.post_many([{"factory": FACTORY} for _ in range(5)])   # fills it: 2 opens
+        claimer = Claimer(board, "alice")
+        for job in drain(claimer):
+            board.consume(job, "alice", {})
+        only_bucket_2 = ["09999-0000000002"]     # priority 0, bucket 2
+        assert board.client.get_children(board.paths.queue) == only_bucket_2
+        late = stale.post(FACTORY)                # bucket 1 is gone: lands in bucket 2
+        assert board.client.get_children(board.paths.queue) == only_bucket_2
+        assert claimer.claim_next().uuid == late.uuid
+    finally:
+        stale.close()
+
+
 def test_two_claimers_split_the_board_without_conflicts(zk_hosts, board):
     posted = board.post_many([{"factory": FACTORY} for _ in range(200)])
     other = second_board(zk_hosts)

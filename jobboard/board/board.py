@@ -269,11 +269,13 @@ class Board(Ownership, Admin):
         return "queue", self.paths.entry_prefix(bucket, job.uuid), job.priority
 
     def _current_bucket(self, priority: int) -> int:
+        """The bucket posts of ``priority`` go to; made sure to exist when it
+        is (re)chosen, so that a post never has to create a bucket itself."""
         number = self._post_buckets.get(priority)
         if number is None:
             numbers = [b.number for b in self._queue_buckets() if b.priority == priority]
             number = max(numbers, default=1) or 1
-            if not numbers:
+            if number not in numbers:
                 _zk.ensure(self.client, self.paths.bucket(Bucket(priority, number)))
             self._post_buckets[priority] = number
         return number
@@ -295,15 +297,17 @@ class Board(Ownership, Admin):
             _zk.ensure(self.client, self.paths.bucket(Bucket(group, current + 1)))
 
     def _repair_post_target(self, target: tuple[str, str, int]) -> None:
-        """The bucket (or shard) for a post is missing: create it."""
+        """The bucket (or shard) for a post is missing. A queue bucket is
+        missing because claimers drained and deleted it after posters moved
+        on: forget it (the next post re-reads the current one). Re-creating
+        it would leave an empty bucket nobody posts to, for good."""
         kind, prefix, group = target
-        bucket_path = prefix.rsplit("/", 1)[0]
-        if kind == "queue":
-            # A bucket deleted by claimers may have been superseded: re-read.
-            self._post_buckets.pop(group, None)
         self._set_up = False
         self.setup()
-        _zk.ensure(self.client, bucket_path)
+        if kind == "queue":
+            self._post_buckets.pop(group, None)
+        else:
+            _zk.ensure(self.client, prefix.rsplit("/", 1)[0])
 
     def _job_for_key(self, key: str) -> Job | None:
         try:
