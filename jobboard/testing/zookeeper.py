@@ -137,7 +137,11 @@ class ZooKeeperServer:
                 command, stdout=log_file, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True)
         if wait:
-            self.wait_serving(timeout)
+            try:
+                self.wait_serving(timeout)
+            except BaseException:
+                self.stop(kill=True)   # a server that did not come up is no use
+                raise
         return self
 
     def serving(self) -> bool:
@@ -183,7 +187,11 @@ class ZooKeeperServer:
 
     def __enter__(self) -> "ZooKeeperServer":
         if self.process is None:
-            self.start()
+            try:
+                self.start()
+            except BaseException:
+                self.destroy()   # __exit__ will not run
+                raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -206,10 +214,15 @@ class ZooKeeperEnsemble:
         return ",".join(member.address for member in self.members)
 
     def start(self, timeout: float = 60.0) -> "ZooKeeperEnsemble":
-        for member in self.members:
-            member.start(wait=False)
-        for member in self.members:
-            member.wait_serving(timeout)
+        try:
+            for member in self.members:
+                member.start(wait=False)
+            for member in self.members:
+                member.wait_serving(timeout)
+        except BaseException:
+            for member in self.members:
+                member.stop(kill=True)
+            raise
         return self
 
     def leader(self) -> ZooKeeperServer:
@@ -223,7 +236,11 @@ class ZooKeeperEnsemble:
             member.destroy()
 
     def __enter__(self) -> "ZooKeeperEnsemble":
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.destroy()   # __exit__ will not run
+            raise
 
     def __exit__(self, *exc_info: object) -> None:
         self.destroy()

@@ -1,0 +1,49 @@
+"""The test harness itself: a ZooKeeper that fails to come up leaves no
+process behind (its JVM runs in a session of its own, so nothing else would
+reap it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobboard.testing.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, ZooKeeperStartError
+
+
+def processes_using(data_dir: Path) -> list[int]:
+    """Live processes whose command line names ``data_dir``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(data_dir).encode() in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_server_that_does_not_start_in_time_is_stopped():
+    server = ZooKeeperServer()
+    try:
+        with pytest.raises(ZooKeeperStartError, match="did not start"):
+            server.start(timeout=0.01)
+        assert server.process is None
+        assert processes_using(server.data_dir) == []
+    finally:
+        server.destroy()
+
+
+def test_an_ensemble_that_does_not_start_in_time_is_stopped():
+    ensemble = ZooKeeperEnsemble(3)
+    try:
+        with pytest.raises(ZooKeeperStartError):
+            ensemble.start(timeout=0.01)
+        for member in ensemble.members:
+            assert member.process is None
+            assert processes_using(member.data_dir) == []
+    finally:
+        ensemble.destroy()
