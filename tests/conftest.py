@@ -32,12 +32,12 @@ def zk_hosts(zk_server) -> str:
 
 
 @pytest.fixture
-def zk_client(zk_hosts):
-    client = KazooClient(hosts=zk_hosts)
-    client.start(timeout=15)
-    yield client
-    client.stop()
-    client.close()
+def board(zk_hosts):
+    """A board in the test's own chroot (test_conductor.py has its own, at /fleet)."""
+    from jobboard.board import Board
+
+    with Board.connect(zk_hosts, root="/jobboard", session_timeout=4.0) as board:
+        yield board
 
 
 @pytest.fixture

@@ -23,12 +23,6 @@ from jobboard.testing.zookeeper import four_letter
 FACTORY = "tests.flows:noop"
 
 
-@pytest.fixture
-def board(zk_hosts):
-    with Board.connect(zk_hosts, root="/jobboard", session_timeout=4.0) as board:
-        yield board
-
-
 def second_board(zk_hosts, **options) -> Board:
     return Board.connect(zk_hosts, root="/jobboard", session_timeout=1.0, **options)
 

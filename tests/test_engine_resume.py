@@ -131,7 +131,6 @@ def test_finished_flow_is_not_run_again(book):
 
 CHILD = textwrap.dedent("""
     import os, signal, sys
-    sys.path.insert(0, {tests!r})
     from jobboard import Task, flows
     from jobboard.engine import Engine, SerialExecutor
     from jobboard.logbook import Logbook
@@ -156,7 +155,7 @@ def test_resume_after_sigkill_of_a_subprocess(tmp_path):
     marks = tmp_path / "marks.txt"
     url = f"sqlite:///{tmp_path}/killed.db"
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(tests=os.path.dirname(__file__), marks=str(marks),
+    script.write_text(CHILD.format(marks=str(marks),
                                    kill_in="s2", url=url))
     first = subprocess.run([sys.executable, str(script), "1"], env={**os.environ, "KILL": "1"},
                            capture_output=True, text=True, timeout=60)

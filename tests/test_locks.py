@@ -42,8 +42,8 @@ def connect(zk_hosts: str) -> Iterator[Callable[..., KazooClient]]:
 
 
 @pytest.fixture
-def locks(zk_client: KazooClient) -> Locks:
-    return Locks(zk_client, root=ROOT, identifier="test-a")
+def locks(connect: Callable[..., KazooClient]) -> Locks:
+    return Locks(connect(), root=ROOT, identifier="test-a")
 
 
 @pytest.fixture

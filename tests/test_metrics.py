@@ -41,12 +41,6 @@ def notifier(metrics) -> Notifier:
     return n
 
 
-@pytest.fixture
-def board(zk_hosts):
-    with Board.connect(zk_hosts, root="/jobboard", session_timeout=4.0) as board:
-        yield board
-
-
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
     got = registry.get_sample_value(name, labels)
     return 0.0 if got is None else got

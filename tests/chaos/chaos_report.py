@@ -35,11 +35,14 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from sqlalchemy import text as sql_text
+
 from jobboard.board import Board
 from jobboard.errors import JobNotFound, MalformedData
 from jobboard.logbook import Logbook
+from jobboard.serialization import loads
 from jobboard.states import AtomState, FlowState, JobState
-from jobboard.testing.chaos_flows import TASKS
+from jobboard.testing.chaos_flows import TASKS, executions_engine
 
 LOG_PATTERNS = {
     "fenced_refusals": re.compile(r"fenced (take_over|save_flow|save_atom) on job"),
@@ -91,7 +94,6 @@ class ChaosReport:
     tokens_unknown: int = 0
     reclaims: int = 0
     reclaimed_events: int = 0
-    transfers_or_abandons: int = 0
     log_counts: Counter = field(default_factory=Counter)
     garbage_unreported: list[str] = field(default_factory=list)
     traceback_sites: Counter = field(default_factory=Counter)
@@ -205,13 +207,9 @@ def traceback_sites(texts: Iterable[str]) -> Counter:
 
 def load_executions(url: str) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """label -> task -> execution rows (oldest first)."""
-    from sqlalchemy import text
-
-    from jobboard.testing.chaos_flows import executions_engine
-
     out: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     with executions_engine(url).connect() as conn:
-        rows = conn.execute(text(
+        rows = conn.execute(sql_text(
             "SELECT id, job_id, label, task, pid, conductor, token, started_at, finished_at "
             "FROM executions ORDER BY id")).mappings().all()
     for row in rows:
@@ -221,14 +219,9 @@ def load_executions(url: str) -> dict[str, dict[str, list[dict[str, Any]]]]:
 
 def load_success_writes(url: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """(job id, task) -> the SUCCESS atom writes that landed, in order."""
-    from sqlalchemy import text
-
-    from jobboard.serialization import loads
-    from jobboard.testing.chaos_flows import executions_engine
-
     out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     with executions_engine(url).connect() as conn:
-        rows = conn.execute(text(
+        rows = conn.execute(sql_text(
             "SELECT job_id, name, result, logbook_token, logbook_owner, written_at "
             "FROM atom_writes WHERE state = 'SUCCESS' ORDER BY id")).mappings().all()
     for row in rows:

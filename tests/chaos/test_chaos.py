@@ -33,7 +33,6 @@ from jobboard.errors import BoardUnavailable, PayloadTooLarge, WaitTimeout
 from jobboard.logbook import Logbook
 from jobboard.states import JobState
 from jobboard.testing.chaos_flows import CONDUCTOR_ENV, create_tables
-from jobboard.testing.databases import DatabaseUnavailable, isolated_database
 from jobboard.testing.zookeeper import ZooKeeperEnsemble, ZooKeeperStartError
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -273,22 +272,8 @@ def inject_bad_input(zk_hosts: str, board: Board, events: ChaosEvents) -> dict[s
     return placed
 
 
-@pytest.fixture
-def logbook_url():
-    try:
-        manager = isolated_database("postgresql")
-        url = manager.__enter__()
-    except DatabaseUnavailable as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"PostgreSQL is required under CI=true: {exc}")
-        pytest.skip(str(exc))
-    try:
-        yield url
-    finally:
-        manager.__exit__(None, None, None)
-
-
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("logbook_url", ["postgresql"], indirect=True)   # tests/conftest.py
 def test_fleet_survives_chaos(logbook_url, tmp_path):
     rng = random.Random(SEED)
     print(f"\nchaos seed {SEED} (CHAOS_SEED to repeat the schedule's choices)")
@@ -342,16 +327,13 @@ def wait_all(board: Board, jobs: dict[str, str]) -> None:
     deadline fails the test with its state."""
     deadline = time.monotonic() + FINISH_TIMEOUT
     for label, job_id in jobs.items():
-        while True:
-            try:
-                board.wait(job_id, timeout=max(0.1, deadline - time.monotonic()))
-                break
-            except BoardUnavailable:
-                time.sleep(0.2)      # a ZooKeeper member restarting: retry
-            except WaitTimeout:
-                job = board.get(job_id)
-                pytest.fail(f"{label} ({job_id}) not finished after the chaos: "
-                            f"{job.state.value}, held by {job.owner}")
+        try:
+            retrying(lambda: board.wait(job_id, timeout=max(0.1, deadline - time.monotonic())),
+                     deadline)
+        except WaitTimeout:
+            job = board.get(job_id)
+            pytest.fail(f"{label} ({job_id}) not finished after the chaos: "
+                        f"{job.state.value}, held by {job.owner}")
 
 
 def run_chaos(board: Board, logbook: Logbook, url: str, ensemble: ZooKeeperEnsemble,
