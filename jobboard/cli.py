@@ -343,7 +343,6 @@ def exporter(port: int, addr: str, zk: str, root: str, logbook: str,
     conductors) to Prometheus, one exporter per fleet. Stops on SIGTERM or
     SIGINT."""
     import signal
-    import threading
 
     from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
 

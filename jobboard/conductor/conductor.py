@@ -26,7 +26,7 @@ import os
 import socket
 import threading
 import time
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 from jobboard import __version__
@@ -265,14 +265,11 @@ class Conductor:
 
     # -- locks for flows and tasks ------------------------------------------------
 
-    def locker(self, names: Sequence[str]) -> AbstractContextManager[Any]:
-        return self._hold(list(names))
-
     @contextmanager
-    def _hold(self, names: list[str]) -> Iterator[Any]:
+    def locker(self, names: Sequence[str]) -> Iterator[Any]:
         if not self.session.connected:
             raise Cancelled("ZooKeeper connection suspended; not taking locks")
-        with self.locks.acquire_all(names, timeout=self.lock_timeout) as group:
+        with self.locks.acquire_all(list(names), timeout=self.lock_timeout) as group:
             if self.metrics is not None:
                 self.metrics.observe_lock_wait("mutex", group.waited)
             yield group

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from jobboard.board import Job
@@ -44,7 +43,6 @@ class JobRun:
     def __init__(self, conductor: "Conductor", job: Job) -> None:
         self.conductor = conductor
         self.job = job
-        self.started = time.time()
         self.engine: Engine | None = None
         self.claim_lost = threading.Event()
         self.cancel_requested = threading.Event()
@@ -124,7 +122,7 @@ class JobRun:
                 return self._broken(exc)
             if self.claim_lost.is_set() or self.shutting_down.is_set():
                 self.engine.cancel()
-            if self.cancel_requested.is_set() or conductor.board.cancel_requested(job.uuid):
+            if self.cancel_requested.is_set():   # set by the watch _watch_claim placed
                 self.engine.cancel(revert=True)
             outcome = self.engine.run()
         finally:

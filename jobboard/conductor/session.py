@@ -34,7 +34,6 @@ class SessionWatch:
         self._on_state = on_state
         self._connected = threading.Event()
         self.generation = 0     # bumped on every LOST: a new session follows
-        self.losses = 0
         if client.connected:
             self._connected.set()
         client.add_listener(self._listener)
@@ -56,7 +55,6 @@ class SessionWatch:
             self._connected.clear()
         if state == KazooState.LOST:
             self.generation += 1
-            self.losses += 1
             log.warning("ZooKeeper session lost: every claim and lock of this "
                         "conductor is gone")
             self._on_lost()
