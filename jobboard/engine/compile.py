@@ -41,9 +41,12 @@ class CompiledFlow:
     sources: dict[str, dict[str, str | None]] = field(default_factory=dict)
     optional_sources: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
-    @property
-    def order(self) -> list[str]:
-        return list(self.tasks)
+    order: list[str] = field(init=False)        # task names, topological
+    index: dict[str, int] = field(init=False)   # task name -> position in order
+
+    def __post_init__(self) -> None:
+        self.order = list(self.tasks)
+        self.index = {n: i for i, n in enumerate(self.order)}
 
 
 @dataclass
@@ -181,7 +184,7 @@ def compile_flow(root: Flow | Task, store_keys: Collection[str] | None = None) -
 
 def _resolve_sources(c: CompiledFlow, store_keys: Collection[str] | None) -> None:
     """Pick for each argument the closest earlier task providing it."""
-    index = {n: i for i, n in enumerate(c.tasks)}
+    index = c.index
     ancestors: dict[str, int] = {}
     providers: dict[str, list[str]] = {}
     for n, t in c.tasks.items():

@@ -321,7 +321,7 @@ class Engine:
 
     def _forward(self, executor: Executor, locks: ExitStack, held: set[int]) -> None:
         c = self.compiled
-        index = {n: i for i, n in enumerate(c.tasks)}
+        index = c.index
         blocked = {n: sum(1 for p in c.preds[n] if self.atoms[p].state != AtomState.SUCCESS)
                    for n in c.tasks}
         ready: list[int] = []
@@ -338,7 +338,7 @@ class Engine:
             if not blocked[n]:
                 ready.append(index[n])
         heapq.heapify(ready)
-        names = list(c.tasks)
+        names = c.order
         running: dict[Future[Any], str] = {}
         delayed: list[tuple[float, int, Any]] = []   # (due, index, policy)
 
@@ -445,7 +445,7 @@ class Engine:
         todo = {n for n, a in self.atoms.items() if a.state in _TO_REVERT}
         cause = next(iter(self._failures.values()), None)
         by_cancel = not self._failures
-        index = {n: i for i, n in enumerate(c.tasks)}
+        index = c.index
 
         def seq(n: str) -> float:
             # Still RUNNING (a crash mid-task): as if it finished last.
