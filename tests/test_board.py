@@ -13,8 +13,8 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
 from jobboard.board import Board, Claimer
-from jobboard.errors import (AlreadyClaimed, BoardError, ClaimLost, JobNotFound,
-                             NotClaimed, NotOwner, NotReady, OwnerNotFound,
+from jobboard.errors import (AlreadyClaimed, BoardError, BoardUnavailable, ClaimLost,
+                             JobNotFound, NotClaimed, NotOwner, NotReady, OwnerNotFound,
                              PayloadTooLarge, WaitTimeout)
 from jobboard.serialization import dumps
 from jobboard.states import JobState
@@ -214,6 +214,16 @@ def test_a_stale_poster_does_not_bring_a_drained_bucket_back(zk_hosts, board):
         assert claimer.claim_next().uuid == late.uuid
     finally:
         stale.close()
+
+
+def test_a_closed_board_raises_board_unavailable(zk_hosts, board):
+    job = board.post(FACTORY)
+    closed = second_board(zk_hosts)
+    closed.close()
+    for call in (lambda: closed.get(job.uuid), lambda: closed.claim_owner(job.uuid),
+                 lambda: closed.holds_claim(job.uuid), closed.claims, closed.conductors):
+        with pytest.raises(BoardUnavailable):
+            call()
 
 
 def test_two_claimers_split_the_board_without_conflicts(zk_hosts, board):

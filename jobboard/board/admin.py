@@ -36,7 +36,7 @@ class Admin:
         with _zk.translated(f"trashing job {job_id}"):
             current, stat = self._read(job_id)
             if current.state is JobState.CLAIMED:
-                raise AlreadyClaimed(job_id, self._claim_owner(job_id))
+                raise AlreadyClaimed(job_id, self.claim_owner(job_id))
             txn = self.client.transaction()
             txn.delete(self.paths.job(job_id), version=stat.version)
             if current.key is not None:

@@ -49,13 +49,13 @@ class Ownership:
             current, stat = self._read(check_job_id(job_id))
             if current.state is not JobState.UNCLAIMED:
                 if current.state is JobState.CLAIMED:
-                    raise AlreadyClaimed(job_id, self._claim_owner(job_id))
+                    raise AlreadyClaimed(job_id, self.claim_owner(job_id))
                 raise BoardError(f"job {job_id} is {current.state} and cannot be claimed")
             if current.not_before and current.not_before > time.time():
                 raise NotReady(job_id, current.not_before)
             claimed = self.take(current, stat.version, owner)
             if claimed is None:
-                raise AlreadyClaimed(job_id, self._claim_owner(job_id))
+                raise AlreadyClaimed(job_id, self.claim_owner(job_id))
             return claimed
 
     def take(self, job: Job, version: int, owner: str, *, entry: str | None = None,
@@ -123,15 +123,17 @@ class Ownership:
         return stat is not None and stat.ephemeralOwner == self.session_id
 
     def claim_owner(self, job_id: str) -> str | None:
-        """Who holds the claim on a job now (None when nobody)."""
-        return self._claim_owner(job_id)
+        """Who holds the claim on a job now (None when nobody).
 
-    def _claim_owner(self, job_id: str) -> str | None:
-        try:
-            data, _ = self.client.get(self.paths.claim(job_id))
-            return data.decode(errors="replace")
-        except NoNodeError:
-            return None
+        Raises:
+            BoardUnavailable: ZooKeeper unreachable.
+        """
+        with _zk.translated(f"reading the claim of job {job_id}"):
+            try:
+                data, _ = self.client.get(self.paths.claim(job_id))
+            except NoNodeError:
+                return None
+        return data.decode(errors="replace")
 
     def _held(self, job: Job | str, owner: str) -> tuple[Job, int]:
         """The record and version to act on as ``owner``; checks the claim."""
@@ -141,7 +143,7 @@ class Ownership:
         current, stat = self._read(job_id)
         if current.state is not JobState.CLAIMED:
             raise NotClaimed(job_id)
-        actual = self._claim_owner(job_id)
+        actual = self.claim_owner(job_id)
         if actual != owner:
             raise NotOwner(job_id, owner, actual)
         return current, stat.version
@@ -154,7 +156,7 @@ class Ownership:
         if current.state is not JobState.CLAIMED:
             return ClaimLost(job_id, owner) if current.state is JobState.UNCLAIMED \
                 else NotClaimed(job_id)
-        actual = self._claim_owner(job_id)
+        actual = self.claim_owner(job_id)
         return NotOwner(job_id, owner, actual) if actual and actual != owner \
             else ClaimLost(job_id, owner)
 
@@ -326,7 +328,7 @@ class Ownership:
             current, stat = self._read(check_job_id(job_id))
             if current.state is not JobState.CLAIMED:
                 raise NotClaimed(job_id)
-            actual = self._claim_owner(job_id)
+            actual = self.claim_owner(job_id)
             if from_owner is not None and actual != from_owner:
                 raise NotOwner(job_id, from_owner, actual)
             moved = current.with_event("transferred", transfer_to=to_owner, owner=to_owner)
