@@ -197,10 +197,7 @@ class Board(Ownership, Admin):
                     async_result, target = sent
                     results = async_result.get(timeout=60)
                     if _zk.first_error(results) is None:
-                        self._note_entry(target, results[-1])
-                        posted.append(job)
-                        self.notifier.emit(EventKind.JOB_POSTED, job_id=job.uuid,
-                                           details={"name": job.name})
+                        posted.append(self._posted(job, target, results[-1]))
                     else:  # a bucket was missing or rolled: redo it the careful way
                         posted.append(self.client.retry(self._post_once, job, data))
         return posted
@@ -230,10 +227,7 @@ class Board(Ownership, Admin):
             results = txn.commit()
             error = _zk.first_error(results)
             if error is None:
-                self._note_entry(target, results[-1])
-                self.notifier.emit(EventKind.JOB_POSTED, job_id=job.uuid,
-                                   details={"name": job.name})
-                return job
+                return self._posted(job, target, results[-1])
             failed_op = results.index(error)
             if isinstance(error, NodeExistsError):
                 if job.key is not None and failed_op == 0:
@@ -248,6 +242,11 @@ class Board(Ownership, Admin):
                 self._repair_post_target(target)
                 continue
             raise BoardError(f"could not post job {job.uuid}: {error!r}")
+
+    def _posted(self, job: Job, target: tuple[str, str, int], entry_path: str) -> Job:
+        self._note_entry(target, entry_path)
+        self.notifier.emit(EventKind.JOB_POSTED, job_id=job.uuid, details={"name": job.name})
+        return job
 
     def _post_transaction(self, job: Job, data: bytes):
         txn = self.client.transaction()

@@ -273,19 +273,17 @@ class Claimer:
     # -- the queue ----------------------------------------------------------------
 
     def _next_entry(self, read_ahead: int = READ_AHEAD) -> str | None:
-        while True:
-            if self._replan or not self._candidates:
-                self._plan()
-            if not self._candidates:
-                return None
-            for path in self._candidates[:read_ahead]:
-                if path not in self._read_ahead:
-                    job_id = path.rsplit("/", 1)[1][:36]
-                    self._read_ahead[path] = self.board.client.get_async(
-                        self.board.paths.job(job_id))
-            entry = self._candidates.pop(0)
-            if entry not in self._skip:
-                return entry
+        """The next candidate (skipped entries are left out by _plan)."""
+        if self._replan or not self._candidates:
+            self._plan()
+        if not self._candidates:
+            return None
+        for path in self._candidates[:read_ahead]:
+            if path not in self._read_ahead:
+                job_id = path.rsplit("/", 1)[1][:36]
+                self._read_ahead[path] = self.board.client.get_async(
+                    self.board.paths.job(job_id))
+        return self._candidates.pop(0)
 
     def _plan(self) -> None:
         """Find the first non-empty bucket and order its entries for us."""

@@ -175,10 +175,11 @@ class Ownership:
             finished = current.with_event(state.value.lower(), state=state,
                                           finished_at=time.time(),
                                           outcome=self._fit_outcome(current, outcome))
+            data = finished.encode()
             self._released.append(job_id)
             for attempt in range(CONSUME_ATTEMPTS):
                 txn = self.client.transaction()
-                txn.set_data(self.paths.job(job_id), finished.encode(), version=version)
+                txn.set_data(self.paths.job(job_id), data, version=version)
                 txn.delete(self.paths.claim(job_id))
                 txn.delete(self.paths.running_marker(job_id))
                 if state is JobState.CANCELLED:
