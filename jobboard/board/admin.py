@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
@@ -127,10 +127,8 @@ class Admin:
         oldest: float | None = None
         with _zk.translated("measuring the board"):
             buckets = self._queue_buckets()
-            stats = [(b, self.client.exists_async(self.paths.bucket(b))) for b in buckets]
             first_of_priority: dict[int, Bucket] = {}
-            for bucket, result in stats:
-                stat = result.get(timeout=30)
+            for bucket, stat in zip(buckets, self._stats(self.paths.bucket(b) for b in buckets)):
                 if stat is None or stat.numChildren == 0:
                     continue
                 waiting[bucket.priority] = waiting.get(bucket.priority, 0) + stat.numChildren
@@ -145,16 +143,18 @@ class Admin:
                 except (JobNotFound, MalformedData):
                     continue
                 oldest = job.created_at if oldest is None else min(oldest, job.created_at)
-            delayed = 0
-            for name in self._children(self.paths.delayed):
-                stat = self.client.exists(f"{self.paths.delayed}/{name}")
-                delayed += stat.numChildren if stat else 0
-            counts = {}
-            for label, path in (("claimed", self.paths.claims), ("dead", self.paths.dead)):
-                stat = self.client.exists(path)
-                counts[label] = stat.numChildren if stat else 0
-        return {"waiting": waiting, "delayed": delayed, **counts,
+            delayed_buckets = [f"{self.paths.delayed}/{name}"
+                               for name in self._children(self.paths.delayed)]
+            delayed = sum(stat.numChildren for stat in self._stats(delayed_buckets) if stat)
+            claimed, dead = (stat.numChildren if stat else 0
+                             for stat in self._stats([self.paths.claims, self.paths.dead]))
+        return {"waiting": waiting, "delayed": delayed, "claimed": claimed, "dead": dead,
                 "oldest_waiting_age": None if oldest is None else max(0.0, time.time() - oldest)}
+
+    def _stats(self, paths: Iterable[str]) -> list[Any]:
+        """The stats of many znodes (None where absent), requests pipelined."""
+        pending = [self.client.exists_async(path) for path in paths]
+        return [result.get(timeout=30) for result in pending]
 
     # -- conductors -------------------------------------------------------------
 
