@@ -6,7 +6,7 @@ fenced logbook writes per task: PENDING, RUNNING, SUCCESS), the time spent in
 logbook writes (from ``Logbook.on_write``) and what is left, the engine's own
 overhead (scheduling, argument preparation, events, executor hand-off).
 
-    /work/venv/bin/python -m bench.engine [--tasks N] [--rounds R] [--json]
+    python -m bench.engine [--tasks N] [--rounds R] [--json]
 """
 
 from __future__ import annotations

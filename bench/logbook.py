@@ -5,7 +5,7 @@ fresh PostgreSQL schema (``jobboard.testing.databases``), the way the engine
 does: a handful of atoms, each moving PENDING -> RUNNING -> SUCCESS with a
 small result. A backend that cannot be reached is reported, not fatal.
 
-    /work/venv/bin/python -m bench.logbook [--saves N] [--json]
+    python -m bench.logbook [--saves N] [--json]
 """
 
 from __future__ import annotations
