@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from sqlalchemy import event
 
 from jobboard.errors import StaleOwner
 from jobboard.logbook import AtomDetail, Logbook
@@ -86,6 +87,31 @@ def test_no_old_write_lands_after_a_take_over(logbook_url, logbook):
     assert stored == after_take_over          # nothing of token 1 landed after the take-over
     assert set(acked) == stored               # and nothing acknowledged was lost
     assert len(acked) >= writers * 6
+
+
+def test_take_over_when_an_older_holder_creates_the_logbook_meanwhile(logbook, logbook_url):
+    """The newer holder's UPDATE finds no row; before it looks again, an older
+    holder creates the logbook and commits. The newer one must still win."""
+    if not logbook_url.startswith("postgresql"):
+        pytest.skip("SQLite serializes writers and MySQL's gap lock makes the "
+                    "older creator wait: only READ COMMITTED interleaves here")
+    older = Logbook(logbook_url)
+    injected = []
+
+    def create_meanwhile(conn, cursor, statement, *args) -> None:
+        if not injected and statement.lstrip().upper().startswith("SELECT LOGBOOKS.TOKEN"):
+            injected.append(True)
+            older.take_over("fresh", 7, "owner-7")
+
+    event.listen(logbook._engine, "before_cursor_execute", create_meanwhile)
+    try:
+        logbook.take_over("fresh", 8, "owner-8")
+    finally:
+        event.remove(logbook._engine, "before_cursor_execute", create_meanwhile)
+        older.close()
+    assert injected
+    info = logbook.get_logbook("fresh")
+    assert (info.token, info.owner) == (8, "owner-8")
 
 
 def test_concurrent_take_overs_keep_the_highest_token(logbook):

@@ -282,16 +282,20 @@ class Logbook:
         values: dict[str, Any] = {"token": token, "owner": owner, "updated_at": now}
         if name:
             values["name"] = name
-        taken = conn.execute(
-            update(LOGBOOKS)
-            .where(LOGBOOKS.c.job_id == job_id,
-                   LOGBOOKS.c.token.is_(None) | (LOGBOOKS.c.token <= token))
-            .values(**values)).rowcount
-        if taken:
-            return
-        current = _token_row(conn, job_id)
-        if current is not None:
-            raise StaleOwner(job_id, token, current[0])
+        take = (update(LOGBOOKS)
+                .where(LOGBOOKS.c.job_id == job_id,
+                       LOGBOOKS.c.token.is_(None) | (LOGBOOKS.c.token <= token))
+                .values(**values))
+        while True:
+            if conn.execute(take).rowcount:
+                return
+            current = _token_row(conn, job_id)
+            if current is None:
+                break
+            if current[0] is not None and current[0] > token:
+                raise StaleOwner(job_id, token, current[0])
+            # An older holder created the row after our UPDATE looked (READ
+            # COMMITTED): the UPDATE takes it now.
         # Absent: create it. A racing creator makes this insert fail with a
         # unique violation (an IntegrityError); the retry loop runs the
         # conditional UPDATE again, which then decides.
