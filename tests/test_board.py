@@ -458,6 +458,22 @@ def test_consume_through_a_connection_drop(zk_ensemble):
         assert board.claim_owner(job.uuid) is None
 
 
+def test_register_a_conductor_as_the_connection_drops(zk_ensemble):
+    """A conductor starting while the member serving it freezes: registering
+    waits out the reconnect instead of failing, and the node is its own."""
+    with Board.connect(zk_ensemble.address, root="/jobboard", session_timeout=6.0) as board:
+        member = serving_member(zk_ensemble, board)
+        member.process.send_signal(signal.SIGSTOP)
+        try:
+            board.register_conductor("c1", {"pid": 1})
+            board.update_conductor("c1", {"pid": 2})
+        finally:
+            member.process.send_signal(signal.SIGCONT)
+        assert board.conductors() == [{"name": "c1", "pid": 2}]
+        _, stat = board.client.get(board.paths.conductor("c1"))
+        assert stat.ephemeralOwner == board.session_id
+
+
 def serving_member(ensemble, board: Board):
     """The ensemble member holding the board's connection."""
     session = f"sid=0x{board.session_id:x}"

@@ -159,20 +159,26 @@ class Admin:
     # -- conductors -------------------------------------------------------------
 
     def register_conductor(self, name: str, info: dict[str, Any]) -> None:
-        """Register a live conductor (ephemeral: gone with its session)."""
-        with _zk.translated(f"registering conductor {name}"):
-            path = self.paths.conductor(name)
+        """Register a live conductor (ephemeral: gone with its session).
+        Retried through connection losses: a node found already there is
+        ours (an earlier attempt landed) only if this session owns it."""
+        path, data = self.paths.conductor(name), dumps(info)
+
+        def register() -> None:
             try:
-                self.client.create(path, dumps(info), ephemeral=True)
+                self.client.create(path, data, ephemeral=True)
             except NodeExistsError:
                 _, stat = self.client.get(path)
                 if stat.ephemeralOwner != self.session_id:
                     raise BoardError(f"a conductor named {name!r} is already running") from None
-                self.client.set(path, dumps(info))
+                self.client.set(path, data)
+
+        with _zk.translated(f"registering conductor {name}"):
+            self.client.retry(register)
 
     def update_conductor(self, name: str, info: dict[str, Any]) -> None:
         with _zk.translated(f"updating conductor {name}"):
-            self.client.set(self.paths.conductor(name), dumps(info))
+            self.client.retry(self.client.set, self.paths.conductor(name), dumps(info))
 
     def conductors(self) -> list[dict[str, Any]]:
         out = []
