@@ -24,6 +24,7 @@ treats any FAILED job other than its deliberately broken one as a failure.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import sys
@@ -128,9 +129,25 @@ def _own_future() -> Any:
     return None
 
 
+def _other_threads_frames() -> list[Any]:
+    """``sys._current_frames()`` with the collector off while it runs: on
+    CPython 3.11 a collection that starts inside it (it allocates frame
+    objects while holding the runtime's thread-list lock) can free a
+    ``threading.local``, which takes that lock again, and the whole process
+    hangs (python/cpython#106883; the chaos suite hit it about once in five
+    runs under load)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return list(sys._current_frames().values())
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _engine_running(future: Any) -> tuple[str, int] | None:
     """(job_id, token) of the engine waiting on ``future``; None when not seen."""
-    for top in list(sys._current_frames().values()):
+    for top in _other_threads_frames():
         frame = top
         while frame is not None:
             if frame.f_code.co_name == "_forward":
