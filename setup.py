@@ -23,7 +23,7 @@ setup(
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],
         "mysql": ["pymysql>=1.1"],
-        "test": ["pytest>=7.4", "pytest-timeout>=2.2", "psycopg[binary]>=3.1",
+        "test": ["pytest>=7.4", "pytest-timeout>=2.2", "hypothesis>=6.90", "psycopg[binary]>=3.1",
                  "pymysql>=1.1"],
     },
     entry_points={"console_scripts": ["jobboard=jobboard.cli:main"]},

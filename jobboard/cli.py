@@ -1,42 +1,104 @@
 """The ``jobboard`` command.
 
-Every command reads ``--zk``/``JOBBOARD_ZK``, ``--root``/``JOBBOARD_ROOT`` and
-``--logbook``/``JOBBOARD_LOGBOOK``. ``--json`` prints one JSON document on
-stdout. User errors go to stderr as one line with exit code 1 (2 for usage
-errors), never a traceback.
+Every command reads ``--zk``/``JOBBOARD_ZK``, ``--root``/``JOBBOARD_ROOT``,
+``--logbook``/``JOBBOARD_LOGBOOK`` and the ZooKeeper credentials
+(``--auth-file``/``JOBBOARD_AUTH_FILE``, ``JOBBOARD_AUTH``, or ``--auth``,
+which ``ps`` shows to everyone). ``--json`` prints one JSON document on
+stdout.
+
+How it fails: every user error (a bad flag or config file, an unreachable
+ZooKeeper, a refused operation) is one line on stderr starting with
+``error:``, exit code 1 (2 for usage errors), never a traceback. Only an
+unexpected crash of a conductor prints a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import logging
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, NoReturn
 
 import click
+from click.core import ParameterSource
 
 from jobboard import config
-from jobboard.errors import JobBoardError
+from jobboard.errors import BoardUnavailable, ConfigError, JobBoardError
 from jobboard.states import JobState
+
+#: Resolved ZooKeeper digest credentials, as ``Board.connect(auth=...)`` takes them.
+Auth = tuple[str, str] | None
+
+# Where a value came from, most explicit first (flag > env > config file > default).
+_SOURCE_RANK = {ParameterSource.COMMANDLINE: 0, ParameterSource.PROMPT: 0,
+                ParameterSource.ENVIRONMENT: 1, ParameterSource.DEFAULT_MAP: 2,
+                ParameterSource.DEFAULT: 3}
+
+#: Seconds a one-shot command waits for ZooKeeper; daemons wait longer.
+CONNECT_TIMEOUT = 5.0
+DAEMON_CONNECT_TIMEOUT = 10.0
+
+
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def _resolve_auth(auth: str | None, auth_file: str | None) -> Auth:
+    """The credentials from the most explicit source; two at the same level
+    (``--auth`` with ``--auth-file``, both variables, both config keys) are
+    refused rather than guessed between."""
+    ctx = click.get_current_context()
+    given = sorted((_SOURCE_RANK.get(ctx.get_parameter_source(name), 3), name, value)
+                   for name, value in (("auth", auth), ("auth_file", auth_file)) if value)
+    if not given:
+        return None
+    if len(given) == 2 and given[0][0] == given[1][0]:
+        source = ctx.get_parameter_source("auth")
+        if source in (ParameterSource.COMMANDLINE, ParameterSource.PROMPT):
+            raise click.UsageError("--auth and --auth-file cannot be used together; "
+                                   "keep --auth-file (--auth shows the password in ps)")
+        if source is ParameterSource.ENVIRONMENT:
+            raise ConfigError("both JOBBOARD_AUTH and JOBBOARD_AUTH_FILE are set; unset one")
+        raise ConfigError("the config file sets both auth and auth_file; keep auth_file")
+    _rank, name, value = given[0]
+    if name == "auth":
+        return config.parse_auth(value)
+    return config.read_auth_file(value, warn=_warn)
 
 
 def common_options(func: Callable) -> Callable:
-    """The connection options every command shares."""
+    """The connection options every command shares. The command receives
+    ``auth`` already resolved: ``(user, password)`` or None."""
+
+    @functools.wraps(func)
+    def with_auth(*args: Any, auth: str | None, auth_file: str | None, **kwargs: Any) -> Any:
+        return func(*args, auth=_resolve_auth(auth, auth_file), **kwargs)
+
     options = [
         click.option("--zk", envvar="JOBBOARD_ZK", default=config.DEFAULT_ZK,
-                     show_default=True, help="ZooKeeper hosts (host:port,...)."),
+                     show_default=True,
+                     help="ZooKeeper hosts (host:port[,host:port...][/chroot])."),
         click.option("--root", envvar="JOBBOARD_ROOT", default=config.DEFAULT_ROOT,
                      show_default=True, help="Root znode of the board."),
         click.option("--logbook", envvar="JOBBOARD_LOGBOOK",
                      default=config.DEFAULT_LOGBOOK, show_default=True,
                      help="SQLAlchemy URL of the logbook."),
-        click.option("--auth", envvar="JOBBOARD_AUTH", default=None,
-                     help="USER:PASSWORD for ZooKeeper digest ACLs."),
+        click.option("--auth-file", envvar="JOBBOARD_AUTH_FILE", default=None,
+                     metavar="PATH", show_envvar=True,
+                     help="File holding USER:PASSWORD for ZooKeeper digest ACLs "
+                          "(keep it mode 600)."),
+        click.option("--auth", envvar="JOBBOARD_AUTH", default=None, metavar="USER:PASSWORD",
+                     show_envvar=True,
+                     help="ZooKeeper digest credentials. Visible to every user in ps: "
+                          "prefer --auth-file or JOBBOARD_AUTH."),
     ]
     for option in reversed(options):
-        func = option(func)
-    return func
+        with_auth = option(with_auth)
+    return with_auth
 
 
 def _job_id(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -69,13 +131,95 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
             click.echo("  ".join("-" * w for w in widths))
 
 
+# click >= 8.2 raises this for a bare group (`jobboard`): it shows the help.
+_SHOWS_HELP = tuple(kind for kind in (getattr(click.exceptions, "NoArgsIsHelpError", None),)
+                    if kind is not None)
+
+
+def _fail(exc: click.ClickException) -> NoReturn:
+    """A click error as one line (click's own output is usage + hint + error)."""
+    if isinstance(exc, _SHOWS_HELP):
+        exc.show()
+        sys.exit(exc.exit_code)
+    message = f"error: {exc.format_message()}"
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    click.echo(message, err=True)
+    sys.exit(exc.exit_code)
+
+
 class _Group(click.Group):
+    """The top-level group: turns every user error into one ``error:`` line."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.ClickException as exc:   # a bad option of the group itself
+            _fail(exc)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except JobBoardError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
+        except click.ClickException as exc:
+            _fail(exc)
+
+
+def _setting_check(param: click.Option) -> config.Check:
+    """How a config-file value for ``param`` is checked: the TOML type must be
+    the option's (no "8" for an integer), then click's own conversion applies
+    ranges and choices."""
+    kind = param.type
+    if param.is_flag or isinstance(kind, click.types.BoolParamType):
+        expected: tuple[type, ...] = (bool,)
+    elif isinstance(kind, (click.types.IntParamType, click.IntRange)):
+        expected = (int,)
+    elif isinstance(kind, (click.types.FloatParamType, click.FloatRange)):
+        expected = (int, float)
+    else:
+        expected = (str,)
+    names = " or ".join({bool: "true/false", int: "an integer", float: "a number",
+                         str: "a string"}[t] for t in expected)
+
+    def one(value: Any) -> Any:
+        if not isinstance(value, expected) or (bool not in expected and isinstance(value, bool)):
+            raise TypeError(f"must be {names}, not {type(value).__name__} {value!r:.40}")
+        if param.is_flag:
+            return value
+        try:
+            return kind.convert(value, param, None)
+        except click.BadParameter as exc:
+            raise ValueError(f"has a bad value: {exc.message}") from None
+
+    def check(value: Any) -> Any:
+        if not param.multiple:
+            return one(value)
+        if not isinstance(value, list):
+            raise TypeError(f"must be a list, not {type(value).__name__}")
+        return [one(item) for item in value]
+
+    return check
+
+
+def _schema(command: click.Command) -> config.CommandSchema:
+    """The config keys of a command (long option names, with underscores) or
+    of a group's subcommands, derived from the click options."""
+    if isinstance(command, click.Group):
+        return config.CommandSchema(commands={name: _schema(sub)
+                                              for name, sub in command.commands.items()})
+    settings = {}
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.hidden or param.name is None:
+            continue
+        for opt in param.opts:
+            if opt.startswith("--"):
+                settings[opt[2:].replace("-", "_")] = config.Setting(param.name,
+                                                                     _setting_check(param))
+    return config.CommandSchema(settings=settings)
 
 
 @click.group(cls=_Group)
@@ -85,21 +229,79 @@ class _Group(click.Group):
 @click.pass_context
 def main(ctx: click.Context, config_file: str | None, verbose: int) -> None:
     """jobboard: a job-board coordinated worker fleet on ZooKeeper."""
-    import logging
+    import warnings
 
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = config.load_config_file(config.config_path(config_file))
-    ctx.default_map = config.click_default_map(settings, list(main.commands))
+    # kazoo warns (several lines) about a missing chroot; the board says it in one.
+    warnings.filterwarnings("ignore", message="No chroot path exists")
+    ctx.meta["jobboard.verbose"] = verbose
+    path = config.config_path(config_file)
+    settings = config.load_config_file(path)
+    ctx.default_map = config.default_map(settings, _schema(main), source=path or "config")
+
+
+def _listen_error(addr: str, port: int, exc: OSError, flag: str) -> str:
+    """One line for a port that cannot be served."""
+    import errno
+
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {addr}:{port}: address in use; pick another {flag}"
+    if exc.errno == errno.EACCES:
+        return (f"cannot listen on {addr}:{port}: permission denied (ports below 1024 "
+                f"need privileges); pick another {flag}")
+    return f"cannot listen on {addr}:{port}: {exc.strerror or exc}"
 
 
 # ---- board commands ----------------------------------------------------------
 
-def _open_board(zk: str, root: str, auth: str | None, **options: Any) -> Any:
+class _ConnectionNotes(logging.Filter):
+    """Keeps kazoo's per-attempt connection warnings off the terminal while the
+    first connection is made, remembering the last reason for the error line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.WARNING:
+            return True
+        message = record.getMessage()
+        if message.startswith("Connection dropped: "):
+            self.last = message[len("Connection dropped: "):]
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_connect() -> Iterator[None]:
+    """During the first connect: no kazoo retry warnings (unless -v), and an
+    unreachable ZooKeeper reported with the last reason kazoo saw."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.find_root().meta.get("jobboard.verbose"):
+        yield
+        return
+    notes = _ConnectionNotes()
+    logger = logging.getLogger("kazoo.client")
+    logger.addFilter(notes)
+    try:
+        yield
+    except BoardUnavailable as exc:
+        message = str(exc)
+        if notes.last and message.startswith("cannot reach") and ": check" in message:
+            head, _, tail = message.partition(": check")
+            raise BoardUnavailable(f"{head} ({notes.last}): check{tail}") from exc
+        raise
+    finally:
+        logger.removeFilter(notes)
+
+
+def _open_board(zk: str, root: str, auth: Auth, *, timeout: float = CONNECT_TIMEOUT,
+                **options: Any) -> Any:
     from jobboard.board import Board
 
-    return Board.connect(zk, root=root, auth=config.parse_auth(auth), **options)
+    with _quiet_connect():
+        return Board.connect(zk, root=root, auth=auth, timeout=timeout, **options)
 
 
 def _pairs(values: tuple[str, ...], flag: str) -> dict[str, Any]:
@@ -136,7 +338,8 @@ def _outcome_doc(outcome: Any) -> dict:
 @click.option("--arg", "args", multiple=True, metavar="K=V", help="Factory argument.")
 @click.option("--store", "store", multiple=True, metavar="K=V", help="Initial flow input.")
 @click.option("--name", default=None, help="A name for people (default: the function).")
-@click.option("--priority", default=0, show_default=True, type=int, help="Higher runs first.")
+@click.option("--priority", default=0, show_default=True, type=click.IntRange(-9999, 9999),
+              help="Higher runs first (-9999..9999).")
 @click.option("--delay", default=None, type=click.FloatRange(min=0), metavar="SECONDS",
               help="Not claimable before this many seconds.")
 @click.option("--key", default=None, metavar="IDEMPOTENCY_KEY",
@@ -149,7 +352,7 @@ def _outcome_doc(outcome: Any) -> dict:
 def post(factory: str, args: tuple[str, ...], store: tuple[str, ...], name: str | None,
          priority: int, delay: float | None, key: str | None, wait_: bool,
          timeout: float | None, as_json: bool, zk: str, root: str, logbook: str,
-         auth: str | None) -> None:
+         auth: Auth) -> None:
     """Post a job that runs flow FACTORY (package.module:function)."""
     with _open_board(zk, root, auth) as board:
         job = board.post(factory, args=_pairs(args, "--arg"), store=_pairs(store, "--store"),
@@ -169,18 +372,22 @@ def post(factory: str, args: tuple[str, ...], store: tuple[str, ...], name: str 
     sys.exit(0 if outcome.ok else 1)
 
 
+MALFORMED = "MALFORMED"
+
+
 @main.command()
-@click.option("--state", default=None, type=click.Choice([s.value for s in JobState],
-                                                         case_sensitive=False))
+@click.option("--state", default=None, type=click.Choice(
+    [s.value for s in JobState] + [MALFORMED], case_sensitive=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @common_options
 def jobs(state: str | None, as_json: bool, zk: str, root: str, logbook: str,
-         auth: str | None) -> None:
-    """List jobs (waiting ones in claim order). Malformed znodes are listed
-    as MALFORMED with the reason."""
+         auth: Auth) -> None:
+    """List jobs (waiting ones in claim order). Malformed znodes and
+    quarantined records are listed as MALFORMED with the reason."""
+    state = state.upper() if state else None
     with _open_board(zk, root, auth) as board:
-        found = list(board.jobs(state.upper() if state else None))
-        bad = board.malformed()
+        found = [] if state == MALFORMED else list(board.jobs(state))
+        bad = board.malformed() if state in (None, MALFORMED) else {}
     if as_json:
         emit_json({"jobs": [j.to_dict() for j in found],
                    "malformed": [{"path": p, "reason": r} for p, r in sorted(bad.items())]})
@@ -196,7 +403,7 @@ def jobs(state: str | None, as_json: bool, zk: str, root: str, logbook: str,
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @common_options
 def show(job_id: str, as_json: bool, zk: str, root: str, logbook: str,
-         auth: str | None) -> None:
+         auth: Auth) -> None:
     """Show one job: its record, claim and history."""
     with _open_board(zk, root, auth) as board:
         job = board.get(job_id)
@@ -239,9 +446,35 @@ def _current_tasks(logbook_url: str, job_ids: list[str]) -> dict[str, str]:
 
 
 @main.command()
+@click.option("--repair", is_flag=True, help="Put every finding right.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @common_options
-def claims(as_json: bool, zk: str, root: str, logbook: str, auth: str | None) -> None:
+def fsck(repair: bool, as_json: bool, zk: str, root: str, logbook: str, auth: Auth) -> None:
+    """Check every invariant of the board's layout (a job waiting with no
+    queue entry, an entry with no waiting job, a running marker with no claim,
+    records that fail validation, ...); with --repair, put each right.
+    Exits 1 when something was found and left unrepaired."""
+    with _open_board(zk, root, auth) as board:
+        findings = board.fsck(repair=repair)
+    left = [f for f in findings if not f.repaired]
+    if as_json:
+        emit_json({"findings": [f.to_dict() for f in findings], "repair": repair,
+                   "clean": not findings})
+    elif not findings:
+        click.echo("the board is consistent")
+    else:
+        print_table(["FINDING", "PATH", "DETAIL", "REPAIRED"],
+                    [[f.kind, f.path, f.detail, "yes" if f.repaired else "no"]
+                     for f in findings])
+        click.echo(f"{len(findings)} finding(s), {len(findings) - len(left)} repaired",
+                   err=True)
+    sys.exit(1 if left else 0)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@common_options
+def claims(as_json: bool, zk: str, root: str, logbook: str, auth: Auth) -> None:
     """Show current claims: owner, since when, current task."""
     with _open_board(zk, root, auth) as board:
         held = board.claims()
@@ -259,7 +492,7 @@ def claims(as_json: bool, zk: str, root: str, logbook: str, auth: str | None) ->
 @main.command()
 @job_id_argument
 @common_options
-def abandon(job_id: str, zk: str, root: str, logbook: str, auth: str | None) -> None:
+def abandon(job_id: str, zk: str, root: str, logbook: str, auth: Auth) -> None:
     """Release a job's claim so that any conductor picks it up at once."""
     with _open_board(zk, root, auth) as board:
         owner = board.claim_owner(job_id)
@@ -276,7 +509,7 @@ def abandon(job_id: str, zk: str, root: str, logbook: str, auth: str | None) -> 
               help="Name of a live conductor (see `jobboard conductors`).")
 @common_options
 def transfer(job_id: str, to_owner: str, zk: str, root: str, logbook: str,
-             auth: str | None) -> None:
+             auth: Auth) -> None:
     """Move a job's claim to another live conductor, which resumes it."""
     with _open_board(zk, root, auth) as board:
         board.transfer(job_id, None, to_owner)
@@ -286,7 +519,7 @@ def transfer(job_id: str, to_owner: str, zk: str, root: str, logbook: str,
 @main.command()
 @job_id_argument
 @common_options
-def trash(job_id: str, zk: str, root: str, logbook: str, auth: str | None) -> None:
+def trash(job_id: str, zk: str, root: str, logbook: str, auth: Auth) -> None:
     """Delete a job that nobody holds."""
     with _open_board(zk, root, auth) as board:
         board.trash(job_id)
@@ -296,7 +529,7 @@ def trash(job_id: str, zk: str, root: str, logbook: str, auth: str | None) -> No
 @main.command()
 @job_id_argument
 @common_options
-def cancel(job_id: str, zk: str, root: str, logbook: str, auth: str | None) -> None:
+def cancel(job_id: str, zk: str, root: str, logbook: str, auth: Auth) -> None:
     """Cancel a job: a waiting job is removed; a running one is stopped at the
     next task boundary and reverted by its holder."""
     with _open_board(zk, root, auth) as board:
@@ -310,7 +543,7 @@ def cancel(job_id: str, zk: str, root: str, logbook: str, auth: str | None) -> N
 @main.command()
 @job_id_argument
 @common_options
-def retry(job_id: str, zk: str, root: str, logbook: str, auth: str | None) -> None:
+def retry(job_id: str, zk: str, root: str, logbook: str, auth: Auth) -> None:
     """Put a dead-lettered, failed or cancelled job back on the board."""
     with _open_board(zk, root, auth) as board:
         board.retry(job_id)
@@ -320,7 +553,7 @@ def retry(job_id: str, zk: str, root: str, logbook: str, auth: str | None) -> No
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @common_options
-def conductors(as_json: bool, zk: str, root: str, logbook: str, auth: str | None) -> None:
+def conductors(as_json: bool, zk: str, root: str, logbook: str, auth: Auth) -> None:
     """List live conductors."""
     with _open_board(zk, root, auth) as board:
         live = board.conductors()
@@ -338,7 +571,7 @@ def conductors(as_json: bool, zk: str, root: str, logbook: str, auth: str | None
 @click.option("--addr", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @common_options
 def exporter(port: int, addr: str, zk: str, root: str, logbook: str,
-             auth: str | None) -> None:
+             auth: Auth) -> None:
     """Serve the board's gauges (depth by priority, oldest waiting age, live
     conductors) to Prometheus, one exporter per fleet. Stops on SIGTERM or
     SIGINT."""
@@ -352,14 +585,14 @@ def exporter(port: int, addr: str, zk: str, root: str, logbook: str,
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     disable_created_metrics()
-    with _open_board(zk, root, auth) as board:
+    with _open_board(zk, root, auth, timeout=DAEMON_CONNECT_TIMEOUT) as board:
         registry = CollectorRegistry()
         registry.register(BoardCollector(board))
         ProcessCollector(registry=registry)
         try:
             server = serve(port, registry, addr=addr)
         except OSError as exc:
-            raise click.ClickException(f"cannot listen on {addr}:{port}: {exc}") from None
+            raise ConfigError(_listen_error(addr, port, exc, "--port")) from None
         click.echo(f"serving board metrics on http://{addr}:{server.server_port}/metrics",
                    err=True)
         try:
@@ -406,7 +639,7 @@ def logbook_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @common_options
 def logbook_show(job_id: str, as_json: bool, zk: str, root: str, logbook: str,
-                 auth: str | None) -> None:
+                 auth: Auth) -> None:
     """Show a job's flow and every task: state, attempts, timing, failure."""
     with _open_logbook(logbook) as book:
         info = book.get_logbook(job_id)
@@ -456,7 +689,7 @@ def logbook_show(job_id: str, as_json: bool, zk: str, root: str, logbook: str,
               help="How many logbooks, newest first.")
 @common_options
 def logbook_list(as_json: bool, limit: int, zk: str, root: str, logbook: str,
-                 auth: str | None) -> None:
+                 auth: Auth) -> None:
     """List logbooks, newest first."""
     with _open_logbook(logbook) as book:
         infos = book.list_logbooks(limit=limit)
@@ -470,7 +703,7 @@ def logbook_list(as_json: bool, limit: int, zk: str, root: str, logbook: str,
 
 @logbook_group.command("upgrade")
 @common_options
-def logbook_upgrade(zk: str, root: str, logbook: str, auth: str | None) -> None:
+def logbook_upgrade(zk: str, root: str, logbook: str, auth: Auth) -> None:
     """Migrate the logbook schema to the newest revision."""
     with _open_logbook(logbook, auto_upgrade=False) as book:
         book.upgrade()
@@ -481,7 +714,7 @@ def logbook_upgrade(zk: str, root: str, logbook: str, auth: str | None) -> None:
 @click.option("--older-than", "days", required=True, type=click.FloatRange(min=0),
               help="Remove logbooks not updated for this many days.")
 @common_options
-def logbook_prune(days: float, zk: str, root: str, logbook: str, auth: str | None) -> None:
+def logbook_prune(days: float, zk: str, root: str, logbook: str, auth: Auth) -> None:
     """Remove old logbooks (retention)."""
     from datetime import timedelta
 
@@ -509,20 +742,25 @@ def logbook_prune(days: float, zk: str, root: str, logbook: str, auth: str | Non
               help="ZooKeeper session timeout: a dead conductor's jobs are reclaimed after it.")
 @click.option("--max-claims", default=5, show_default=True, type=click.IntRange(1),
               help="Dead-letter a job claimed this many times without finishing.")
+@click.option("--fsck-interval", default=300.0, show_default=True,
+              type=click.FloatRange(min=0),
+              help="Seconds between repair sweeps of the board, run by one elected "
+                   "conductor at a time (0: this one never stands).")
 @common_options
 def conductor(name: str | None, concurrency: int, metrics_port: int | None,
               allow: tuple[str, ...], grace: float, session_timeout: float, max_claims: int,
-              zk: str, root: str, logbook: str, auth: str | None) -> None:
+              fsck_interval: float, zk: str, root: str, logbook: str, auth: Auth) -> None:
     """Run a conductor: claim jobs and run their flows until SIGTERM.
 
     The first SIGTERM/SIGINT stops claiming and lets running jobs finish for
     --grace seconds, then abandons the rest; a second one exits at once.
     """
-    import logging
     import os
     import signal
 
     from jobboard.conductor import Conductor
+    from jobboard.conductor.conductor import default_name
+    from jobboard.errors import BoardError
 
     if not allow:
         raise click.UsageError("no --allow PREFIX given: the conductor would refuse every "
@@ -534,12 +772,27 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
         from jobboard.metrics import Metrics, serve
 
         metrics = Metrics()
-        serve(metrics_port, metrics.registry)
-    board = _open_board(zk, root, auth, session_timeout=session_timeout,
-                        max_claims=max_claims)
-    store = _open_logbook(logbook)
+        try:
+            serve(metrics_port, metrics.registry)
+        except OSError as exc:
+            raise ConfigError(_listen_error("0.0.0.0", metrics_port, exc,
+                                            "--metrics-port")) from None
+    board = _open_board(zk, root, auth, timeout=DAEMON_CONNECT_TIMEOUT,
+                        session_timeout=session_timeout, max_claims=max_claims)
+    try:
+        name = name or default_name()
+        # Registration refuses a duplicate too (below, from the run thread);
+        # checking first makes the usual mistake one clean line.
+        if any(live.get("name") == name for live in board.conductors()):
+            raise BoardError(
+                f"a conductor named {name!r} is already running (see `jobboard conductors`; "
+                "one that just died is listed until its session expires); pick another --name")
+        store = _open_logbook(logbook)
+    except BaseException:
+        board.close()
+        raise
     worker = Conductor(board, store, name=name, concurrency=concurrency, allow=allow,
-                       grace=grace, metrics=metrics)
+                       grace=grace, metrics=metrics, fsck_interval=fsck_interval)
     signals = {"count": 0}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -569,8 +822,12 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
     store.close()
     board.close()
     if crashed:
-        logging.getLogger("jobboard.conductor").error(
-            "conductor %s stopped on an error", worker.name, exc_info=crashed[0])
+        if isinstance(crashed[0], JobBoardError):
+            # e.g. the same --name registered meanwhile: a user error, one line
+            click.echo(f"error: {crashed[0]}", err=True)
+        else:
+            logging.getLogger("jobboard.conductor").error(
+                "conductor %s stopped on an error", worker.name, exc_info=crashed[0])
         os._exit(1)
     if hard:
         os._exit(1)   # task threads may still be running: do not wait for them

@@ -10,6 +10,7 @@ those libraries to handle a failure. Extra data rides on attributes
 
     JobBoardError
      ├── ConfigError                    bad setting or flag
+     ├── InvalidArgument (ValueError)   a bad argument to the Python API
      ├── MalformedData (ValueError)     bytes that do not decode to what was expected
      ├── BoardError
      │    ├── JobNotFound               no such job id on the board
@@ -21,6 +22,7 @@ those libraries to handle a failure. Extra data rides on attributes
      │    ├── NotReady                  a delayed job claimed before its time
      │    ├── PayloadTooLarge           the encoded job exceeds the znode limit
      │    ├── WaitTimeout (TimeoutError) the job did not finish in time
+     │    ├── BoardInsecure             the board's znodes are open to other identities
      │    └── BoardUnavailable          ZooKeeper cannot be reached / session lost
      ├── LogbookError
      │    ├── StaleOwner                a write fenced off by a newer token
@@ -45,6 +47,15 @@ class JobBoardError(Exception):
 
 class ConfigError(JobBoardError):
     """A setting, flag or environment variable has an unusable value."""
+
+
+class InvalidArgument(JobBoardError, ValueError):
+    """An argument of a public call has an unusable value (a bad job id, a
+    priority out of range, a factory reference of the wrong shape)."""
+
+    def __init__(self, message: str, *, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
 
 
 class MalformedData(JobBoardError, ValueError):
@@ -129,6 +140,27 @@ class WaitTimeout(BoardError, TimeoutError):
         self.job_id = job_id
         self.timeout = timeout
         self.state = state
+
+
+class BoardInsecure(BoardError):
+    """A board opened with credentials whose root or containers others can use.
+
+    Raised when an ACL entry grants any permission to an identity other than
+    the board's digest credentials (``world:anyone``, an ``ip:`` range,
+    another digest user), or when the root's ACL shuts the credentials out.
+
+    Attributes:
+        path: the first offending znode (the root when the root is at fault).
+        grants: offending znode -> the foreign ACL entries on it, as
+            ``scheme:id:perms`` (e.g. ``world:anyone:cdrwa``); empty when the
+            root belongs to other credentials and its ACL cannot be read.
+    """
+
+    def __init__(self, message: str, *, path: str,
+                 grants: dict[str, tuple[str, ...]] | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.grants = dict(grants or {})
 
 
 class BoardUnavailable(BoardError):

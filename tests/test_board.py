@@ -423,7 +423,7 @@ def test_claim_sent_as_the_connection_drops(zk_ensemble):
     job is in the state that answer says."""
     with Board.connect(zk_ensemble.address, root="/jobboard", session_timeout=6.0) as board:
         job = board.post(FACTORY)
-        current, stat = board._read(job.uuid)
+        current, stat = board.records.read(job.uuid)
         member = serving_member(zk_ensemble, board)
         member.process.send_signal(signal.SIGSTOP)
         try:

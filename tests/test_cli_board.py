@@ -83,3 +83,30 @@ def test_user_errors_are_one_line_without_traceback(run):
     assert unreachable.exit_code == 1
     assert "cannot reach ZooKeeper at 127.0.0.1:1" in unreachable.output
     assert "Traceback" not in unreachable.output
+
+
+def test_fsck_finds_repairs_and_lists_quarantined_records(run, zk_hosts):
+    with Board.connect(zk_hosts, root="/cli") as board:
+        stranded = board.post("tests.flows:noop")
+        [bucket] = board.client.get_children(board.paths.queue)
+        [entry] = board.client.get_children(f"{board.paths.queue}/{bucket}")
+        board.client.delete(f"{board.paths.queue}/{bucket}/{entry}")
+        bad = board.post("tests.flows:noop")
+        board.client.set(board.paths.job(bad.uuid), b"\xc1not msgpack")
+
+    found = run("fsck", "--json")
+    assert found.exit_code == 1
+    kinds = {(f["kind"], f["job_id"], f["repaired"]) for f in json.loads(found.output)["findings"]}
+    assert kinds == {("unqueued-job", stranded.uuid, False),
+                     ("malformed-record", bad.uuid, False)}
+    repaired = run("fsck", "--repair")
+    assert repaired.exit_code == 0 and "unqueued-job" in repaired.output
+    clean = run("fsck")
+    assert clean.exit_code == 0 and "the board is consistent" in clean.output
+
+    listed = json.loads(run("jobs", "--state", "MALFORMED", "--json").output)
+    assert listed["jobs"] == []
+    assert [m["path"] for m in listed["malformed"]] == [f"/cli/jobs/{bad.uuid[:2]}/{bad.uuid}"]
+    waiting = json.loads(run("jobs", "--state", "UNCLAIMED", "--json").output)
+    assert [j["uuid"] for j in waiting["jobs"]] == [stranded.uuid]
+    assert waiting["malformed"] == []

@@ -1,22 +1,26 @@
 """Admin operations and board-wide views: trash, retry, dead letters,
 cancel, board depth for metrics, and the registry of live conductors.
 
-Mixed into :class:`~jobboard.board.Board`.
+One of the collaborators :class:`~jobboard.board.Board` is made of.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable
+from typing import Any
 
+from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from jobboard.board import _zk
 from jobboard.board.job import Job, check_job_id
-from jobboard.board.layout import Bucket, Entry
-from jobboard.errors import (AlreadyClaimed, BoardError, JobNotFound, MalformedData)
-from jobboard.events import EventKind
+from jobboard.board.layout import Paths
+from jobboard.board.ownership import Ownership
+from jobboard.board.queue import QueueIndex
+from jobboard.board.records import Records
+from jobboard.errors import AlreadyClaimed, BoardError, MalformedData
+from jobboard.events import EventKind, Notifier
 from jobboard.serialization import dumps, loads
 from jobboard.states import JobState
 
@@ -24,7 +28,25 @@ log = logging.getLogger(__name__)
 
 
 class Admin:
-    """Admin operations of a board (see the module docstring)."""
+    """Admin operations of a board (see the module docstring).
+
+    Args:
+        client: the board's started KazooClient.
+        paths: the board's paths.
+        records: reads job records.
+        index: where a retried job gets its queue entry; the board's depth.
+        ownership: who holds a claim.
+        notifier: gets ``job.dead``.
+    """
+
+    def __init__(self, client: KazooClient, paths: Paths, records: Records,
+                 index: QueueIndex, ownership: Ownership, notifier: Notifier) -> None:
+        self.client = client
+        self.paths = paths
+        self.records = records
+        self.index = index
+        self.ownership = ownership
+        self.notifier = notifier
 
     def trash(self, job: Job | str) -> None:
         """Delete a job that nobody holds, with its index entries and key.
@@ -34,9 +56,9 @@ class Admin:
         """
         job_id = check_job_id(job if isinstance(job, str) else job.uuid)
         with _zk.translated(f"trashing job {job_id}"):
-            current, stat = self._read(job_id)
+            current, stat = self.records.read(job_id)
             if current.state is JobState.CLAIMED:
-                raise AlreadyClaimed(job_id, self.claim_owner(job_id))
+                raise AlreadyClaimed(job_id, self.ownership.claim_owner(job_id))
             txn = self.client.transaction()
             txn.delete(self.paths.job(job_id), version=stat.version)
             if current.key is not None:
@@ -54,7 +76,7 @@ class Admin:
         claim count (its logbook keeps what already finished)."""
         job_id = check_job_id(job if isinstance(job, str) else job.uuid)
         with _zk.translated(f"retrying job {job_id}"):
-            current, stat = self._read(job_id)
+            current, stat = self.records.read(job_id)
             if current.state not in (JobState.DEAD, JobState.FAILED, JobState.CANCELLED):
                 raise BoardError(f"job {job_id} is {current.state}; only DEAD, FAILED or "
                                  "CANCELLED jobs can be retried")
@@ -62,8 +84,9 @@ class Admin:
                                          owner=None, outcome=None, finished_at=None,
                                          not_before=None)
             record = revived.encode()
-            if self._commit_requeued(lambda txn: txn.set_data(
-                    self.paths.job(job_id), record, version=stat.version), revived) is not None:
+            if self.index.commit(lambda txn: txn.set_data(
+                    self.paths.job(job_id), record, version=stat.version),
+                    revived, stat.version + 1, restore=True)[1] is not None:
                 raise BoardError(f"job {job_id} changed while retrying it; try again")
             _zk.delete_quietly(self.client, self.paths.dead_marker(job_id))
             return revived
@@ -88,7 +111,7 @@ class Admin:
         next task boundary and reverting it. Returns the state after the call."""
         job_id = check_job_id(job if isinstance(job, str) else job.uuid)
         with _zk.translated(f"cancelling job {job_id}"):
-            current, stat = self._read(job_id)
+            current, stat = self.records.read(job_id)
             if current.finished:
                 return current.state
             if current.state is JobState.UNCLAIMED:
@@ -116,45 +139,18 @@ class Admin:
     # -- depth (for metrics) ----------------------------------------------------
 
     def depth(self) -> dict[str, Any]:
-        """Board gauges from znode stats, without listing the waiting jobs:
-        one stat per bucket, one read for the oldest entry per priority.
+        """Board gauges from znode stats, without listing the waiting jobs.
 
         Returns:
             ``{"waiting": {priority: count}, "delayed": n, "claimed": n,
             "dead": n, "oldest_waiting_age": seconds or None}``
         """
-        waiting: dict[int, int] = {}
-        oldest: float | None = None
         with _zk.translated("measuring the board"):
-            buckets = self._queue_buckets()
-            first_of_priority: dict[int, Bucket] = {}
-            for bucket, stat in zip(buckets, self._stats(self.paths.bucket(b) for b in buckets)):
-                if stat is None or stat.numChildren == 0:
-                    continue
-                waiting[bucket.priority] = waiting.get(bucket.priority, 0) + stat.numChildren
-                first_of_priority.setdefault(bucket.priority, bucket)
-            for bucket in first_of_priority.values():
-                entries = [e for e in map(Entry.parse, self._children(self.paths.bucket(bucket))) if e]
-                if not entries:
-                    continue
-                head = min(entries, key=lambda e: e.seq)
-                try:
-                    job, _ = self._read(head.job_id)
-                except (JobNotFound, MalformedData):
-                    continue
-                oldest = job.created_at if oldest is None else min(oldest, job.created_at)
-            delayed_buckets = [f"{self.paths.delayed}/{name}"
-                               for name in self._children(self.paths.delayed)]
-            delayed = sum(stat.numChildren for stat in self._stats(delayed_buckets) if stat)
+            depth = self.index.depth()
             claimed, dead = (stat.numChildren if stat else 0
-                             for stat in self._stats([self.paths.claims, self.paths.dead]))
-        return {"waiting": waiting, "delayed": delayed, "claimed": claimed, "dead": dead,
-                "oldest_waiting_age": None if oldest is None else max(0.0, time.time() - oldest)}
-
-    def _stats(self, paths: Iterable[str]) -> list[Any]:
-        """The stats of many znodes (None where absent), requests pipelined."""
-        pending = [self.client.exists_async(path) for path in paths]
-        return [result.get(timeout=30) for result in pending]
+                             for stat in _zk.stats(self.client,
+                                                   [self.paths.claims, self.paths.dead]))
+        return {**depth, "claimed": claimed, "dead": dead}
 
     # -- conductors -------------------------------------------------------------
 
@@ -169,7 +165,7 @@ class Admin:
                 self.client.create(path, data, ephemeral=True)
             except NodeExistsError:
                 _, stat = self.client.get(path)
-                if stat.ephemeralOwner != self.session_id:
+                if stat.ephemeralOwner != self.ownership.session_id:
                     raise BoardError(f"a conductor named {name!r} is already running") from None
                 self.client.set(path, data)
 
@@ -183,14 +179,14 @@ class Admin:
     def conductors(self) -> list[dict[str, Any]]:
         out = []
         with _zk.translated("listing conductors"):
-            for name in sorted(self._children(self.paths.conductors)):
+            for name in sorted(_zk.children(self.client, self.paths.conductors)):
                 try:
                     data, stat = self.client.get(self.paths.conductor(name))
                     info = loads(data) if data else {}
                 except NoNodeError:
                     continue
                 except MalformedData as exc:
-                    self.report_malformed(self.paths.conductor(name), str(exc))
+                    self.records.report(self.paths.conductor(name), str(exc))
                     continue
                 out.append({"name": name, **(info if isinstance(info, dict) else {})})
         return out

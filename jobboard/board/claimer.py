@@ -15,8 +15,14 @@ vanished while its running marker stayed is an orphan, put back on the
 board) and on the delayed index (a timer for the next due job).
 
 How it fails: ZooKeeper errors surface as :class:`BoardUnavailable` from
-:meth:`Claimer.claim_next`; a malformed job record is reported once and its
-entry skipped; an entry whose job is gone or no longer waiting is deleted.
+:meth:`Claimer.claim_next`, after the answers of claims already sent were
+collected (a committed claim is never dropped); a job record that does not
+validate is quarantined with its entry, at no cost to the other jobs of the
+batch; an entry whose job is gone or has moved past the entry's record
+version is deleted (an entry naming a newer version than the record read
+means the read was stale: the record is read again, never the entry
+deleted). A claim whose answer could not be read is checked on the next
+call and given back if it landed.
 """
 
 from __future__ import annotations
@@ -31,10 +37,10 @@ from kazoo.recipe.watchers import ChildrenWatch
 
 from jobboard.board import _zk
 from jobboard.board.board import Board
-from jobboard.board.job import Job
-from jobboard.board.layout import (RESTORE_BUCKET, Bucket, DelayedBucket,
-                                   DelayedEntry, Entry)
-from jobboard.errors import JobNotFound, MalformedData
+from jobboard.board.job import Job, is_job_id
+from jobboard.board.layout import Entry
+from jobboard.board.records import READ_TIMEOUT
+from jobboard.errors import BoardError, MalformedData
 from jobboard.states import JobState
 
 log = logging.getLogger(__name__)
@@ -75,6 +81,7 @@ class Claimer:
         self._delayed_dirty = True
         self._next_due: float | None = None
         self._last_sweep = float("-inf")     # the first claim sweeps for orphans
+        self._unsure: set[str] = set()       # claims sent whose answer was not read
         self._watches: list[ChildrenWatch] = []
         self._started = False
         self._stopped = False
@@ -161,24 +168,60 @@ class Claimer:
             self.start()
         with _zk.translated("claiming"):
             self._refresh_members()
+            self._settle_unsure()
             orphan = self._handle_orphans()
             if orphan is not None:
                 return [orphan]
             self._promote_due()
             for _ in range(MAX_ATTEMPTS_PER_CALL):
-                answers = []
-                while len(answers) < limit:
-                    entry = self._next_entry(read_ahead=max(READ_AHEAD, limit))
-                    if entry is None:
-                        break
-                    answer = self._send(entry)
-                    if answer is not None:
-                        answers.append(answer)
-                claimed = [job for job in (answer() for answer in answers) if job is not None]
-                self.conflicts += len(answers) - len(claimed)
+                answers: list[tuple[str, Callable[[], Job | None]]] = []
+                error: Exception | None = None
+                try:
+                    while len(answers) < limit:
+                        entry = self._next_entry(read_ahead=max(READ_AHEAD, limit))
+                        if entry is None:
+                            break
+                        answer = self._send(entry)
+                        if answer is not None:
+                            answers.append(answer)
+                except Exception as exc:  # noqa: BLE001 - collect what was sent first
+                    error = exc
+                claimed = self._collect(answers)
+                if error is not None and not claimed:
+                    raise error
                 if claimed or not answers:
                     return claimed
         return []
+
+    def _collect(self, answers: list[tuple[str, Callable[[], Job | None]]]) -> list[Job]:
+        """Read every answer; one that cannot be read costs its own job only
+        (it is checked on the next call and given back if it landed)."""
+        claimed = []
+        for job_id, answer in answers:
+            try:
+                job = answer()
+            except Exception as exc:  # noqa: BLE001 - that job alone
+                log.warning("claim of job %s: no answer (%s); checking it later", job_id, exc)
+                self._unsure.add(job_id)
+                continue
+            if job is None:
+                self.conflicts += 1
+            else:
+                claimed.append(job)
+        return claimed
+
+    def _settle_unsure(self) -> None:
+        """Give back claims that landed although their answer was lost."""
+        for job_id in sorted(self._unsure):
+            try:
+                if self.board.holds_claim(job_id):
+                    self.board.abandon(job_id, self.owner)
+                    log.info("job %s: a claim whose answer was lost had landed; "
+                             "given back", job_id)
+            except BoardError as exc:
+                log.warning("job %s: cannot settle a lost claim answer yet: %s", job_id, exc)
+                continue
+            self._unsure.discard(job_id)
 
     # -- orphans and delayed jobs ------------------------------------------------
 
@@ -195,12 +238,13 @@ class Claimer:
             return None
         # A suspect claimed again since (a transfer, another claimer's restore)
         # is no orphan: only the rest cost a round trip.
-        suspects = self._suspects - self.board.released_recently() - self._claims_seen
+        suspects = {job_id for job_id in self._suspects - self.board.released_recently()
+                    - self._claims_seen if is_job_id(job_id)}
         self._suspects = set()
         client = self.board.client
         markers = [(job_id, client.exists_async(self.board.paths.running_marker(job_id)))
                    for job_id in suspects]
-        orphans = [job_id for job_id, result in markers if result.get(timeout=30)]
+        orphans = [job_id for job_id, result in markers if result.get(timeout=READ_TIMEOUT)]
         for n, job_id in enumerate(orphans):
             job = self.board.restore_orphan(job_id, me=self.owner)
             if job is not None:
@@ -213,62 +257,8 @@ class Claimer:
         if not self._delayed_dirty and (self._next_due is None or self._next_due > time.time()):
             return
         self._delayed_dirty = False
-        paths, report = self.board.paths, self.board.report_malformed
-        now = time.time()
-        later: list[float] = []
-        for name in sorted(self.board._children(paths.delayed)):
-            bucket = DelayedBucket.parse(name)
-            if bucket is None:
-                report(f"{paths.delayed}/{name}", "not a delayed bucket name")
-                continue
-            if bucket.due_second > now:
-                later.append(bucket.due_second)
-                break
-            bucket_path = paths.delayed_bucket(bucket)
-            remaining = False
-            for child in sorted(self.board._children(bucket_path)):
-                entry = DelayedEntry.parse(child)
-                if entry is None:
-                    report(f"{bucket_path}/{child}", "not a delayed entry name")
-                    remaining = True
-                elif entry.due_ms > now * 1000:
-                    later.append(entry.due_ms / 1000)
-                    remaining = True
-                else:
-                    self._promote(f"{bucket_path}/{child}", entry.job_id)
-            if not remaining:
-                _zk.delete_quietly(self.board.client, bucket_path)
-        self._next_due = min(later, default=None)
+        self._next_due = self.board.index.promote_due()
         self._replan = True
-
-    def _promote(self, entry_path: str, job_id: str) -> None:
-        """Move a due job from the delayed index into the queue."""
-        try:
-            job, _ = self.board._read(job_id)
-        except MalformedData as exc:
-            self.board.report_malformed(self.board.paths.job(job_id), str(exc))
-            return
-        except JobNotFound:
-            _zk.delete_quietly(self.board.client, entry_path)
-            return
-        if job.state is not JobState.UNCLAIMED:
-            _zk.delete_quietly(self.board.client, entry_path)
-            return
-        while True:
-            bucket = Bucket(job.priority, self.board._current_bucket(job.priority))
-            prefix = self.board.paths.entry_prefix(bucket, job_id)
-            txn = self.board.client.transaction()
-            txn.delete(entry_path)
-            txn.create(prefix, b"", sequence=True)
-            results = txn.commit()
-            error = _zk.first_error(results)
-            if error is None:
-                self.board._note_entry(("queue", prefix, job.priority), results[1])
-                return
-            if isinstance(error, NoNodeError) and results.index(error) == 1:
-                self.board._repair_post_target(("queue", prefix, job.priority))
-                continue
-            return  # another claimer promoted it
 
     # -- the queue ----------------------------------------------------------------
 
@@ -290,73 +280,67 @@ class Claimer:
         self._replan = False
         self._candidates = []
         self._read_ahead = {}
-        client = self.board.client
-        paths = self.board.paths
-        for bucket in self.board._queue_buckets(watch=self._on_queue_change):
-            path = paths.bucket(bucket)
-            try:
-                children, stat = client.get_children(path, include_data=True)
-            except NoNodeError:
+        index = self.board.index
+        for bucket in index.buckets(watch=self._on_queue_change):
+            listed = index.entries(bucket)
+            if listed is None:
                 continue
-            entries = []
-            for child in children:
-                entry = Entry.parse(child)
-                if entry is None:
-                    self.board.report_malformed(f"{path}/{child}", "not a queue entry name")
-                elif f"{path}/{child}" not in self._skip:
-                    entries.append(entry)
+            path = self.board.paths.bucket(bucket)
+            entries = [e for e in listed[0] if f"{path}/{e.name}" not in self._skip]
             if entries:
                 self._candidates = self._order(path, entries)
                 return
-            if children:
-                continue  # only garbage here
-            if bucket.number == RESTORE_BUCKET or stat.cversion >= self.board.bucket_size:
-                if _zk.delete_quietly(self.board.client, path):   # drained for good: posters moved on
-                    continue
+            if listed[1].numChildren:
+                continue  # only garbage or quarantine leftovers here
+            if index.drop_if_drained(bucket, listed[1]):
+                continue   # drained for good: posters moved on
             # Empty but current: a post here must re-plan us (it may outrank
             # the bucket we are about to work on).
-            try:
-                if client.get_children(path, watch=self._on_queue_change):
-                    self._replan = True
-            except NoNodeError:
-                pass
+            if index.watch_bucket(bucket, self._on_queue_change):
+                self._replan = True
 
     def _order(self, path: str, entries: list[Entry]) -> list[str]:
         """Our share of the bucket, oldest first; only when it is empty (in a
         fresh listing) the others' shares, from the far end."""
-        entries.sort(key=lambda e: e.seq)
         members = self._members
         count = len(members)
         index = members.index(self.owner) if self.owner in members else hash(self.owner) % count
         ordered = [e for e in entries if e.seq % count == index]
         if not ordered:
             ordered = entries[::-1]
-        return [f"{path}/{e.job_id}-{e.seq:010d}" for e in ordered]
+        return [f"{path}/{e.name}" for e in ordered]
 
-    def _send(self, entry_path: str) -> Callable[[], Job | None] | None:
+    def _send(self, entry_path: str) -> tuple[str, Callable[[], Job | None]] | None:
         """Send the claim for one entry (its record read ahead); None when the
-        entry turned out stale, malformed or dead-lettered."""
-        job_id = entry_path.rsplit("/", 1)[1][:36]
-        path = self.board.paths.job(job_id)
+        entry turned out stale, its record malformed, or the job dead-lettered."""
+        entry = Entry.parse(entry_path.rsplit("/", 1)[1])
+        board = self.board
+        path = board.paths.job(entry.job_id)
         pending = self._read_ahead.pop(entry_path, None)
-        try:
-            data, stat = (pending.get(timeout=30) if pending is not None
-                          else self.board.client.get(path))
-            job = Job.decode(data, path=path)
-        except NoNodeError:   # trashed: the entry is stale
-            _zk.delete_quietly(self.board.client, entry_path)
+        for fresh in (False, True):
+            try:
+                data, stat = (pending.get(timeout=READ_TIMEOUT) if pending is not None and not fresh
+                              else board.client.retry(board.client.get, path))
+            except NoNodeError:   # trashed or quarantined: the entry is stale
+                board.index.remove(entry_path)
+                return None
+            try:
+                job = board.records.decode(entry.job_id, data)
+            except MalformedData as exc:
+                self._skip.add(entry_path)
+                board.records.quarantine(path, str(exc), version=stat.version, data=data,
+                                         also_delete=(entry_path,))
+                return None
+            if board.index.is_live(job, stat.version, entry.version):
+                break
+            if entry.version is not None and entry.version > stat.version and not fresh:
+                continue    # the read ahead is older than the entry: read again
+            if entry.version is None or entry.version <= stat.version:
+                board.index.remove(entry_path)   # the record moved past this entry
             return None
-        except MalformedData as exc:
-            self.board.report_malformed(path, str(exc))
-            self._skip.add(entry_path)
+        if job.claims >= board.max_claims:
+            board.dead_letter(job, stat.version, entry_path,
+                              f"claimed {job.claims} times without finishing "
+                              f"(limit {board.max_claims})")
             return None
-        if job.state is not JobState.UNCLAIMED:
-            _zk.delete_quietly(self.board.client, entry_path)
-            return None
-        if job.claims >= self.board.max_claims:
-            self.board.dead_letter(job, stat.version, entry_path,
-                                   f"claimed {job.claims} times without finishing "
-                                   f"(limit {self.board.max_claims})")
-            return None
-        return self.board.take_async(job, stat.version, self.owner, entry=entry_path)
-
+        return job.uuid, board.take_async(job, stat.version, self.owner, entry=entry_path)

@@ -5,8 +5,9 @@
     {root}/layout                      format marker, written once when the board is set up
     {root}/jobs/{xx}/{uuid}            the job record (msgpack), sharded by the uuid's first
                                        two hex digits (256 shards), for every job in any state
-    {root}/queue/{bucket}/{uuid}-{seq} waiting index: one entry per claimable job
-    {root}/delayed/{bucket}/{due}_{uuid}-{seq}
+    {root}/queue/{bucket}/{uuid}_{version}-{seq}
+                                       waiting index: one entry per claimable job
+    {root}/delayed/{bucket}/{due}_{uuid}_{version}-{seq}
                                        not-before index: promoted into the queue when due
     {root}/claims/{uuid}               ephemeral claim, data = owner; czxid = fencing token
     {root}/running/{uuid}              persistent twin of a claim: outlives the claim's
@@ -16,6 +17,9 @@
     {root}/dead/{uuid}                 index of dead-lettered jobs (for counts and listing)
     {root}/conductors/{name}           ephemeral registration of a live conductor
     {root}/locks/...                   named distributed locks (jobboard.locks)
+    {root}/leaders/{duty}              elections of the conductor running a fleet duty
+    {root}/malformed/{n}               quarantine: a record that failed validation, moved
+                                       aside with its path, the reason and its bytes
 
 Queue buckets are named ``{inverted priority:05d}-{n:010d}`` so that sorting
 bucket names gives claim order: higher priority first, then older buckets. A
@@ -26,6 +30,14 @@ priority receives jobs put back by abandon and reclaim, ahead of the rest.
 No listing on the claim path returns more than one bucket, so no
 ``get_children`` approaches ZooKeeper's 1 MB packet limit, whatever the
 backlog. Delayed buckets are named ``{due second:011d}-{n:06d}``.
+
+An entry names the job and the version its record has while the entry is
+live (the record version written in the same transaction as the entry).
+Every change of a record bumps its version, so an entry name is never used
+twice for the life of a board, even when a drained bucket is deleted and made
+again and its sequence counter restarts: a claimer holding a stale entry can
+only ever delete that stale entry, never a fresh one. Entries written by
+layout 1 (``{uuid}-{seq}``, no version) are still read.
 """
 
 from __future__ import annotations
@@ -33,7 +45,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-LAYOUT_VERSION = 1
+from jobboard.errors import InvalidArgument
+
+LAYOUT_VERSION = 2
 BUCKET_SIZE = 1000
 RESTORE_BUCKET = 0
 PRIORITY_MIN = -9999
@@ -44,9 +58,11 @@ UUID_LEN = 36
 
 def check_priority(priority: int) -> int:
     if not isinstance(priority, int) or isinstance(priority, bool):
-        raise TypeError(f"priority must be an int, not {type(priority).__name__}")
+        raise InvalidArgument(f"priority must be an int, not {type(priority).__name__}",
+                              argument="priority")
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-        raise ValueError(f"priority {priority} outside [{PRIORITY_MIN}, {PRIORITY_MAX}]")
+        raise InvalidArgument(f"priority {priority} is outside {PRIORITY_MIN}..{PRIORITY_MAX}",
+                              argument="priority")
     return priority
 
 
@@ -86,38 +102,60 @@ class DelayedBucket:
         return cls(int(due), int(number))
 
 
+def _parse_entry_tail(name: str) -> tuple[str, int | None, int] | None:
+    """``{uuid}_{version}-{seq}`` (or layout 1's ``{uuid}-{seq}``) ->
+    (job id, version or None, seq); None for anything else."""
+    job_id, rest = name[:UUID_LEN], name[UUID_LEN:]
+    if len(job_id) != UUID_LEN or len(rest) < SEQ_DIGITS + 2:
+        return None
+    head, seq = rest[:-SEQ_DIGITS], rest[-SEQ_DIGITS:]
+    if not seq.isdigit() or not head.endswith("-"):
+        return None
+    head = head[:-1]
+    if head == "":
+        return job_id, None, int(seq)
+    if head[0] != "_" or not head[1:].isdigit() or len(head) > 12:
+        return None
+    return job_id, int(head[1:]), int(seq)
+
+
 @dataclass(frozen=True)
 class Entry:
-    """A queue entry name: ``{uuid}-{seq}``."""
+    """A queue entry name: ``{uuid}_{version}-{seq}`` (version None: layout 1)."""
 
+    name: str
     job_id: str
+    version: int | None
     seq: int
+
+    @staticmethod
+    def prefix(job_id: str, version: int) -> str:
+        return f"{job_id}_{version}-"
 
     @classmethod
     def parse(cls, name: str) -> "Entry | None":
-        job_id, seq = name[:UUID_LEN], name[UUID_LEN + 1:]
-        if len(name) != UUID_LEN + 1 + SEQ_DIGITS or name[UUID_LEN] != "-" or not seq.isdigit():
-            return None
-        return cls(job_id, int(seq))
+        parsed = _parse_entry_tail(name)
+        return None if parsed is None else cls(name, *parsed)
 
 
 @dataclass(frozen=True)
 class DelayedEntry:
-    """A delayed entry name: ``{due ms:013d}_{uuid}-{seq}``."""
+    """A delayed entry name: ``{due ms:013d}_{uuid}_{version}-{seq}``."""
 
+    name: str
     due_ms: int
     job_id: str
+    version: int | None
 
     @staticmethod
-    def prefix(due_ms: int, job_id: str) -> str:
-        return f"{due_ms:013d}_{job_id}-"
+    def prefix(due_ms: int, job_id: str, version: int) -> str:
+        return f"{due_ms:013d}_{Entry.prefix(job_id, version)}"
 
     @classmethod
     def parse(cls, name: str) -> "DelayedEntry | None":
         due, sep, rest = name.partition("_")
-        if not sep or not due.isdigit() or len(rest) != UUID_LEN + 1 + SEQ_DIGITS:
-            return None
-        return cls(int(due), rest[:UUID_LEN])
+        parsed = _parse_entry_tail(rest) if sep and due.isdigit() and len(due) == 13 else None
+        return None if parsed is None else cls(name, int(due), parsed[0], parsed[1])
 
 
 class Paths:
@@ -126,7 +164,7 @@ class Paths:
     def __init__(self, root: str) -> None:
         root = "/" + root.strip("/")
         if root == "/":
-            raise ValueError("the board root cannot be '/'")
+            raise InvalidArgument("the board root cannot be '/'", argument="root")
         self.root = root
         self.layout = f"{root}/layout"
         self.jobs = f"{root}/jobs"
@@ -139,10 +177,13 @@ class Paths:
         self.dead = f"{root}/dead"
         self.conductors = f"{root}/conductors"
         self.locks = f"{root}/locks"
+        self.quarantine = f"{root}/malformed"
+        self.leaders = f"{root}/leaders"
 
     def containers(self) -> list[str]:
         return [self.jobs, self.queue, self.delayed, self.claims, self.running,
-                self.keys, self.cancel_requests, self.dead, self.conductors, self.locks]
+                self.keys, self.cancel_requests, self.dead, self.conductors, self.locks,
+                self.quarantine]
 
     def shards(self) -> list[str]:
         return [f"{self.jobs}/{n:02x}" for n in range(256)]
@@ -153,8 +194,6 @@ class Paths:
     def bucket(self, bucket: Bucket) -> str:
         return f"{self.queue}/{bucket.name}"
 
-    def entry_prefix(self, bucket: Bucket, job_id: str) -> str:
-        return f"{self.queue}/{bucket.name}/{job_id}-"
 
     def delayed_bucket(self, bucket: DelayedBucket) -> str:
         return f"{self.delayed}/{bucket.name}"

@@ -1,6 +1,7 @@
 """Claims and their ends: claim, consume, abandon, transfer, reclaim.
 
-Mixed into :class:`~jobboard.board.Board`. Each is one multi-op transaction
+One of the collaborators :class:`~jobboard.board.Board` is made of. Each is
+one multi-op transaction
 that also rewrites the job record with a version check: every change of owner
 bumps the record's version, so a holder acting on a claim it no longer has
 fails (:class:`ClaimLost`, :class:`NotOwner`) instead of clobbering the new
@@ -9,21 +10,25 @@ owner. A claim's fencing token is the zxid of its transaction.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from dataclasses import replace
 from typing import Any, Callable
 
+from kazoo.client import KazooClient
 from kazoo.exceptions import ConnectionLoss, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from jobboard.board import _zk
 from jobboard.board.job import Claim, Job, check_job_id
-from jobboard.board.layout import RESTORE_BUCKET, Bucket
+from jobboard.board.layout import Paths
+from jobboard.board.queue import QueueIndex
+from jobboard.board.records import READ_TIMEOUT, Records
 from jobboard.errors import (AlreadyClaimed, BoardError, ClaimLost, JobNotFound,
                              MalformedData, NotClaimed, NotOwner, NotReady,
                              OwnerNotFound)
-from jobboard.events import EventKind
+from jobboard.events import EventKind, Notifier
 from jobboard.serialization import dumps
 from jobboard.states import JobState
 
@@ -33,7 +38,36 @@ CONSUME_ATTEMPTS = 5
 
 
 class Ownership:
-    """The claim operations of a board (see the module docstring)."""
+    """The claim operations of a board (see the module docstring).
+
+    Args:
+        client: the board's started KazooClient.
+        paths: the board's paths.
+        records: reads (and quarantines) job records.
+        index: where a job put back gets its queue entry.
+        notifier: gets the ``job.*`` events of claims and their ends.
+        max_record_bytes: a finished record's limit (results are dropped past it).
+    """
+
+    def __init__(self, client: KazooClient, paths: Paths, records: Records,
+                 index: QueueIndex, notifier: Notifier, *, max_record_bytes: int) -> None:
+        self.client = client
+        self.paths = paths
+        self.records = records
+        self.index = index
+        self.notifier = notifier
+        self.max_record_bytes = max_record_bytes
+        # Jobs this board released lately (consume/abandon), so its claimer does
+        # not mistake its own releases for vanished claims.
+        self._released: collections.deque[str] = collections.deque(maxlen=4096)
+
+    @property
+    def session_id(self) -> int | None:
+        client_id = self.client.client_id
+        return client_id[0] if client_id else None
+
+    def released_recently(self) -> set[str]:
+        return set(self._released)
 
     def claim(self, job: Job | str, owner: str) -> Job:
         """Claim a job directly (conductors use :class:`Claimer`, which picks
@@ -46,7 +80,7 @@ class Ownership:
         """
         job_id = job if isinstance(job, str) else job.uuid
         with _zk.translated(f"claiming job {job_id}"):
-            current, stat = self._read(check_job_id(job_id))
+            current, stat = self.records.read(check_job_id(job_id))
             if current.state is not JobState.UNCLAIMED:
                 if current.state is JobState.CLAIMED:
                     raise AlreadyClaimed(job_id, self.claim_owner(job_id))
@@ -86,18 +120,19 @@ class Ownership:
 
         def answer() -> Job | None:
             try:
-                results = pending.get(timeout=30)
+                results = pending.get(timeout=READ_TIMEOUT)
             except (ConnectionLoss, KazooTimeoutError):
                 return self._claim_after_connection_loss(job.uuid, owner)
             if _zk.first_error(results) is not None:
                 return None
             stat = results[-1]
+            held = replace(claimed, claim=Claim(owner, stat.mzxid, stat.version, now))
             kind = EventKind.JOB_RECLAIMED if job.claims else EventKind.JOB_CLAIMED
             self.notifier.emit(kind, job_id=job.uuid, owner=owner,
                                details={"posted_at": max(job.created_at, job.not_before or 0),
                                         "priority": job.priority,
                                         "claims": claimed.claims})
-            return replace(claimed, claim=Claim(owner, stat.mzxid, stat.version, now))
+            return held
 
         return answer
 
@@ -106,7 +141,7 @@ class Ownership:
         claim node tells."""
         if not self.holds_claim(job_id):
             return None
-        job, record_stat = self._read(job_id)
+        job, record_stat = self.records.read(job_id)
         return replace(job, claim=Claim(owner, record_stat.mzxid, record_stat.version,
                                         job.claimed_at or time.time()))
 
@@ -140,7 +175,7 @@ class Ownership:
         job_id = job if isinstance(job, str) else job.uuid
         if not isinstance(job, str) and job.claim is not None and job.claim.owner == owner:
             return job, job.claim.record_version
-        current, stat = self._read(job_id)
+        current, stat = self.records.read(job_id)
         if current.state is not JobState.CLAIMED:
             raise NotClaimed(job_id)
         actual = self.claim_owner(job_id)
@@ -150,7 +185,7 @@ class Ownership:
 
     def _ownership_failure(self, job_id: str, owner: str) -> BoardError:
         try:
-            current, _ = self._read(job_id)
+            current, _ = self.records.read(job_id)
         except JobNotFound:
             return JobNotFound(job_id)
         if current.state is not JobState.CLAIMED:
@@ -191,7 +226,7 @@ class Ownership:
                     # Not landed: the claim is still ours while the session
                     # lives, so committing again is safe (the version check
                     # refuses it otherwise).
-                    if self._read(job_id)[0].finished_at == finished.finished_at:
+                    if self.records.read(job_id)[0].finished_at == finished.finished_at:
                         break
                     if attempt + 1 == CONSUME_ATTEMPTS:
                         raise
@@ -229,42 +264,15 @@ class Ownership:
                                           owner=None, transfer_to=None)
             self._released.append(job_id)
 
-            def release(txn) -> None:
+            def release(txn: Any) -> None:
                 txn.delete(self.paths.claim(job_id))
                 txn.delete(self.paths.running_marker(job_id))
                 txn.set_data(self.paths.job(job_id), released.encode(), version=version)
 
-            if self._commit_requeued(release, released) is not None:
+            if self.index.commit(release, released, version + 1, restore=True)[1] is not None:
                 raise self._ownership_failure(job_id, owner)
         self.notifier.emit(EventKind.JOB_ABANDONED, job_id=job_id, owner=owner)
         return released
-
-    def _commit_requeued(self, add_ops: Callable[[Any], None], job: Job) -> Exception | None:
-        """Commit a transaction of ``add_ops`` plus, last, the index entry
-        putting ``job`` back. A missing parent (a bucket drained and
-        deleted by claimers, a delayed bucket) is created and the transaction sent again. Returns the
-        error that failed it, None on success."""
-        while True:
-            txn = self.client.transaction()
-            add_ops(txn)
-            parent = self._requeue_op(txn, job)
-            results = txn.commit()
-            error = _zk.first_error(results)
-            if isinstance(error, NoNodeError) and results.index(error) == len(results) - 1:
-                _zk.ensure(self.client, parent)
-                continue
-            return error
-
-    def _requeue_op(self, txn, job: Job) -> str:
-        """Add the create of ``job``'s index entry, for a job put back: the
-        restore bucket of its priority, or the delayed index if not yet due.
-        Returns the parent that must exist."""
-        if job.not_before is not None and job.not_before > time.time():
-            kind, prefix, _ = self._entry_target(job)
-        else:
-            prefix = self.paths.entry_prefix(Bucket(job.priority, RESTORE_BUCKET), job.uuid)
-        txn.create(prefix, b"", sequence=True)
-        return prefix.rsplit("/", 1)[0]
 
     def restore_orphan(self, job_id: str, *, me: str | None = None) -> Job | None:
         """Put back a job whose claim vanished (its holder's session ended) but
@@ -277,12 +285,13 @@ class Ownership:
             if running is None or self.client.exists(self.paths.claim(job_id)):
                 return None
             try:
-                current, stat = self._read(job_id)
+                current, stat = self.records.read(job_id)
             except JobNotFound:
                 _zk.delete_quietly(self.client, self.paths.running_marker(job_id))
                 return None
             except MalformedData as exc:
-                self.report_malformed(self.paths.job(job_id), str(exc))
+                self.records.quarantine(self.paths.job(job_id), str(exc),
+                                        also_delete=(self.paths.running_marker(job_id),))
                 return None
             target = current.transfer_to
             if target and target == me:
@@ -292,14 +301,14 @@ class Ownership:
             released = current.with_event("reclaimed", state=JobState.UNCLAIMED,
                                           owner=None, transfer_to=None)
 
-            def release(txn) -> None:
+            def release(txn: Any) -> None:
                 claim = self.paths.claim(job_id)
                 txn.create(claim, b"")   # asserts nobody holds a claim right now
                 txn.delete(claim)
                 txn.delete(self.paths.running_marker(job_id), version=running.version)
                 txn.set_data(self.paths.job(job_id), released.encode(), version=stat.version)
 
-            if self._commit_requeued(release, released) is None:
+            if self.index.commit(release, released, stat.version + 1, restore=True)[1] is None:
                 log.info("job %s lost its holder %s; put back on the board",
                          job_id, current.owner)
             return None
@@ -307,10 +316,10 @@ class Ownership:
     def orphans(self) -> list[str]:
         """Jobs marked running whose claim is gone."""
         with _zk.translated("listing claims"):
-            running = set(self._children(self.paths.running))
+            running = set(_zk.children(self.client, self.paths.running))
             if not running:
                 return []
-            claimed = set(self._children(self.paths.claims))
+            claimed = set(_zk.children(self.client, self.paths.claims))
         return sorted(running - claimed)
 
     def transfer(self, job: Job | str, from_owner: str | None, to_owner: str) -> Job:
@@ -326,7 +335,7 @@ class Ownership:
         with _zk.translated(f"transferring job {job_id}"):
             if self.client.exists(self.paths.conductor(to_owner)) is None:
                 raise OwnerNotFound(to_owner)
-            current, stat = self._read(check_job_id(job_id))
+            current, stat = self.records.read(check_job_id(job_id))
             if current.state is not JobState.CLAIMED:
                 raise NotClaimed(job_id)
             actual = self.claim_owner(job_id)
@@ -345,7 +354,7 @@ class Ownership:
         """Current claims: job id, owner, since (epoch seconds), fencing token."""
         out = []
         with _zk.translated("listing claims"):
-            for job_id in sorted(self._children(self.paths.claims)):
+            for job_id in sorted(_zk.children(self.client, self.paths.claims)):
                 try:
                     data, stat = self.client.get(self.paths.claim(job_id))
                 except NoNodeError:

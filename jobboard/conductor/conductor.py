@@ -31,9 +31,10 @@ from typing import Any, Iterator, Sequence
 
 from jobboard import __version__
 from jobboard.board import Board, Claimer, Job
+from jobboard.conductor.leader import Duty
 from jobboard.conductor.run import JobRun
 from jobboard.conductor.session import SessionWatch
-from jobboard.errors import BoardError, BoardUnavailable, Cancelled
+from jobboard.errors import BoardError, BoardUnavailable, Cancelled, InvalidArgument
 from jobboard.locks import Locks
 from jobboard.logbook import Logbook
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 IDLE_WAIT = 5.0
 REGISTRATION_INTERVAL = 2.0
+DEFAULT_FSCK_INTERVAL = 300.0
 
 
 def default_name() -> str:
@@ -60,14 +62,17 @@ class Conductor:
         task_width: threads per job for tasks that may run in parallel.
         lock_timeout: seconds to wait for the locks a flow or task declares.
         metrics: a :class:`jobboard.metrics.Metrics` to feed, or None.
+        fsck_interval: seconds between two repair sweeps of the board, run
+            by one conductor of the fleet at a time (0: this one never does).
     """
 
     def __init__(self, board: Board, logbook: Logbook, *, name: str | None = None,
                  concurrency: int = 4, allow: Sequence[str] = (), grace: float = 30.0,
                  task_width: int = 4, lock_timeout: float = 60.0,
-                 metrics: Any | None = None) -> None:
+                 metrics: Any | None = None,
+                 fsck_interval: float = DEFAULT_FSCK_INTERVAL) -> None:
         if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+            raise InvalidArgument("concurrency must be at least 1", argument="concurrency")
         self.board = board
         self.logbook = logbook
         self.name = name or default_name()
@@ -89,6 +94,8 @@ class Conductor:
         self._registered_info: dict[str, Any] = {}
         self._registration_due = 0.0
         self.claimer = Claimer(board, self.name)
+        self.fsck_interval = fsck_interval
+        self._repair_duty: Duty | None = None
         self.session = SessionWatch(board.client, on_lost=self._on_session_lost,
                                     on_state=self._on_state)
         if metrics is not None:
@@ -105,6 +112,11 @@ class Conductor:
         try:
             self._register()
             self.claimer.start()
+            if self.fsck_interval > 0:
+                self._repair_duty = Duty(
+                    self.board.client, f"{self.board.paths.leaders}/fsck", self.name,
+                    interval=self.fsck_interval, work=self._repair_board,
+                    generation=lambda: self.session.generation).start()
             self._loop()
         finally:
             self._shutdown()
@@ -197,6 +209,8 @@ class Conductor:
             for run in left:
                 run.finished.wait(max(5.0, self.lock_timeout))
         self.claimer.stop()
+        if self._repair_duty is not None:
+            self._repair_duty.stop()
         self.session.close()
         try:
             self.board.client.delete(self.board.paths.conductor(self.name))
@@ -204,6 +218,13 @@ class Conductor:
             pass
         log.info("conductor %s stopped", self.name)
         self._stopped.set()
+
+    def _repair_board(self) -> None:
+        """The repair sweep, while this conductor leads it."""
+        findings = self.board.fsck(repair=True)
+        if findings:
+            log.warning("repair sweep: %d finding(s), %d repaired", len(findings),
+                        sum(f.repaired for f in findings))
 
     # -- session ------------------------------------------------------------------
 

@@ -1,0 +1,357 @@
+"""The queue index: where waiting jobs are found, in claim order.
+
+One class owns the index (see :mod:`jobboard.board.layout` for the names):
+the queue buckets of each priority and the restore bucket ahead of them, the
+delayed buckets, the entry names, the promotion of due delayed jobs, and the
+repair of an entry whose bucket went missing.
+
+An entry is always written in the same transaction as the record version it
+stands for (a post, a put-back) or with a check of that version (a
+promotion), and is named after it, so an entry name is never reused and
+"a live entry" has one meaning: its job is UNCLAIMED at the version the
+entry names. Anything else is a stale entry, safe to delete.
+
+How it fails: ZooKeeper errors surface as
+:class:`~jobboard.errors.BoardUnavailable`; a bucket drained and deleted by
+claimers while a poster was about to use it is repaired and the transaction
+sent again; a name that is not an entry or bucket is reported, never read as
+one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Iterator, NamedTuple
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+
+from jobboard.board import _zk
+from jobboard.board.job import Job
+from jobboard.board.layout import (BUCKET_SIZE, RESTORE_BUCKET, Bucket, DelayedBucket,
+                                   DelayedEntry, Entry, Paths)
+from jobboard.board.records import Records
+from jobboard.errors import JobNotFound, MalformedData
+from jobboard.states import JobState
+
+Watch = Callable[[Any], None]
+
+
+class EntryTarget(NamedTuple):
+    """Where the entry of one job version goes."""
+
+    kind: str        # "queue", "restore" or "delayed"
+    parent: str      # the bucket's path
+    prefix: str      # the sequential path the entry is created with
+    group: int       # priority (queue, restore) or due second (delayed)
+    number: int      # the bucket's number
+
+
+class QueueIndex:
+    """The waiting and delayed index of one board.
+
+    Args:
+        client: the board's started KazooClient.
+        paths: the board's paths.
+        records: the board's records (bad names are reported there).
+        bucket_size: entries per queue bucket before posters move on.
+    """
+
+    def __init__(self, client: KazooClient, paths: Paths, records: Records, *,
+                 bucket_size: int = BUCKET_SIZE) -> None:
+        self.client = client
+        self.paths = paths
+        self.records = records
+        self.bucket_size = bucket_size
+        self._post_buckets: dict[int, int] = {}
+        self._delayed_buckets: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    # -- writing entries --------------------------------------------------------
+
+    def target(self, job: Job, version: int, *, restore: bool = False,
+               due: bool = False) -> EntryTarget:
+        """Where the entry for ``job`` at record ``version`` goes: the delayed
+        index when not yet due (unless ``due``), else the restore bucket of its
+        priority (``restore``: a put-back goes ahead) or the current one."""
+        if not due and job.not_before is not None and job.not_before > time.time():
+            due_ms = int(job.not_before * 1000)
+            second = due_ms // 1000
+            delayed = DelayedBucket(second, self._delayed_buckets.get(second, 1))
+            parent = self.paths.delayed_bucket(delayed)
+            return EntryTarget("delayed", parent,
+                               f"{parent}/{DelayedEntry.prefix(due_ms, job.uuid, version)}",
+                               second, delayed.number)
+        number = RESTORE_BUCKET if restore else self._current_bucket(job.priority)
+        parent = self.paths.bucket(Bucket(job.priority, number))
+        return EntryTarget("restore" if restore else "queue", parent,
+                           f"{parent}/{Entry.prefix(job.uuid, version)}", job.priority, number)
+
+    def add_entry(self, txn: Any, target: EntryTarget) -> None:
+        txn.create(target.prefix, b"", sequence=True)
+
+    def commit(self, add_ops: Callable[[Any], None], job: Job, version: int, *,
+               restore: bool = False, due: bool = False) -> tuple[list, Exception | None]:
+        """Commit a transaction of ``add_ops`` plus, last, the entry for
+        ``job`` at record ``version``. A missing bucket is repaired and the
+        transaction sent again. Returns the results and the error that
+        failed it (None on success)."""
+        while True:
+            target = self.target(job, version, restore=restore, due=due)
+            txn = self.client.transaction()
+            add_ops(txn)
+            self.add_entry(txn, target)
+            results = txn.commit()
+            error = _zk.first_error(results)
+            if isinstance(error, NoNodeError) and results.index(error) == len(results) - 1:
+                self.repair(target)
+                continue
+            if error is None:
+                self.note_created(target, results[-1])
+            return results, error
+
+    def note_created(self, target: EntryTarget, created_path: str) -> None:
+        """Move posting on to the next bucket once this one's counter is full."""
+        if target.kind == "restore" or int(created_path[-10:]) < self.bucket_size:
+            return
+        buckets = self._post_buckets if target.kind == "queue" else self._delayed_buckets
+        with self._lock:
+            if buckets.get(target.group, 1) > target.number:
+                return
+            buckets[target.group] = target.number + 1
+        if target.kind == "queue":   # open the next bucket before anyone posts to it
+            _zk.ensure(self.client, self.paths.bucket(Bucket(target.group, target.number + 1)))
+
+    def repair(self, target: EntryTarget) -> None:
+        """The bucket of ``target`` is missing. A queue bucket is missing
+        because claimers drained and deleted it after posters moved on:
+        forget it (the next target re-reads the current one; making it again
+        would leave an empty bucket nobody posts to, for good). A restore or
+        delayed bucket is made again."""
+        if target.kind == "queue":
+            with self._lock:
+                self._post_buckets.pop(target.group, None)
+        else:
+            _zk.ensure(self.client, target.parent)
+
+    def _current_bucket(self, priority: int) -> int:
+        """The bucket posts of ``priority`` go to; made sure to exist when it
+        is (re)chosen, so that a post never has to create a bucket itself."""
+        number = self._post_buckets.get(priority)
+        if number is None:
+            numbers = [b.number for b in self.buckets() if b.priority == priority]
+            number = max(numbers, default=1) or 1
+            if number not in numbers:
+                _zk.ensure(self.client, self.paths.bucket(Bucket(priority, number)))
+            with self._lock:
+                self._post_buckets[priority] = number
+        return number
+
+    def remove(self, entry_path: str) -> bool:
+        """Delete an entry (stale, or taken by a transaction that failed)."""
+        with _zk.translated(f"removing {entry_path}"):
+            return _zk.delete_quietly(self.client, entry_path)
+
+    # -- reading ----------------------------------------------------------------
+
+    def buckets(self, watch: Watch | None = None) -> list[Bucket]:
+        """The queue's buckets in claim order (bad names reported, skipped)."""
+        buckets = []
+        for name in _zk.children(self.client, self.paths.queue, watch=watch):
+            bucket = Bucket.parse(name)
+            if bucket is None:
+                self.records.report(f"{self.paths.queue}/{name}", "not a queue bucket name")
+            else:
+                buckets.append(bucket)
+        return sorted(buckets, key=lambda b: b.name)
+
+    def entries(self, bucket: Bucket) -> tuple[list[Entry], Any] | None:
+        """A bucket's entries (oldest first) and its stat; None when it is
+        gone. Names that are not entries are reported."""
+        path = self.paths.bucket(bucket)
+        try:
+            names, stat = self.client.retry(self.client.get_children, path,
+                                            include_data=True)
+        except NoNodeError:
+            return None
+        entries = []
+        for name in names:
+            entry = Entry.parse(name)
+            if entry is None:
+                self.records.report(f"{path}/{name}", "not a queue entry name")
+            else:
+                entries.append(entry)
+        entries.sort(key=lambda e: e.seq)
+        return entries, stat
+
+    def drop_if_drained(self, bucket: Bucket, stat: Any) -> bool:
+        """Delete an empty bucket posters no longer use (the restore bucket,
+        or one whose counter passed the bucket size). True when deleted."""
+        if bucket.number == RESTORE_BUCKET or stat.cversion >= self.bucket_size:
+            return _zk.delete_quietly(self.client, self.paths.bucket(bucket))
+        return False
+
+    def watch_bucket(self, bucket: Bucket, watch: Watch) -> bool:
+        """Set a child watch on an empty bucket; True when it is not empty
+        any more (or gone)."""
+        try:
+            return bool(self.client.retry(self.client.get_children,
+                                          self.paths.bucket(bucket), watch=watch))
+        except NoNodeError:
+            return True
+
+    def delayed_entries(self) -> Iterator[tuple[str, DelayedEntry | None]]:
+        """(path, parsed entry) of every delayed entry, earliest bucket first;
+        a name that is not a delayed entry comes with None (and is reported)."""
+        for name in sorted(_zk.children(self.client, self.paths.delayed)):
+            bucket = DelayedBucket.parse(name)
+            if bucket is None:
+                self.records.report(f"{self.paths.delayed}/{name}", "not a delayed bucket name")
+                continue
+            parent = self.paths.delayed_bucket(bucket)
+            for child in sorted(_zk.children(self.client, parent)):
+                entry = DelayedEntry.parse(child)
+                if entry is None:
+                    self.records.report(f"{parent}/{child}", "not a delayed entry name")
+                yield f"{parent}/{child}", entry
+
+    def waiting_ids(self) -> Iterator[str]:
+        """Job ids with an entry, in claim order, then the delayed ones."""
+        seen: set[str] = set()
+        for bucket in self.buckets():
+            listed = self.entries(bucket)
+            for entry in listed[0] if listed else ():
+                if entry.job_id not in seen:
+                    seen.add(entry.job_id)
+                    yield entry.job_id
+        for _, entry in self.delayed_entries():
+            if entry is not None and entry.job_id not in seen:
+                seen.add(entry.job_id)
+                yield entry.job_id
+
+    def scan(self) -> tuple[dict[str, list[tuple[str, int | None]]], list[str]]:
+        """Every entry and every name that is not one, for a repair sweep:
+        ``({job id: [(entry path, version)]}, [garbage paths])``. The delayed
+        index is listed before the queue, so a promotion that happens
+        meanwhile is seen on one side or the other."""
+        found: dict[str, list[tuple[str, int | None]]] = {}
+        garbage: list[str] = []
+        for name in sorted(_zk.children(self.client, self.paths.delayed)):
+            parent = f"{self.paths.delayed}/{name}"
+            if DelayedBucket.parse(name) is None:
+                garbage.append(parent)
+                continue
+            for child in sorted(_zk.children(self.client, parent)):
+                entry = DelayedEntry.parse(child)
+                if entry is None:
+                    garbage.append(f"{parent}/{child}")
+                else:
+                    found.setdefault(entry.job_id, []).append((f"{parent}/{child}",
+                                                               entry.version))
+        for name in sorted(_zk.children(self.client, self.paths.queue)):
+            parent = f"{self.paths.queue}/{name}"
+            if Bucket.parse(name) is None:
+                garbage.append(parent)
+                continue
+            for child in _zk.children(self.client, parent):
+                entry = Entry.parse(child)
+                if entry is None:
+                    garbage.append(f"{parent}/{child}")
+                else:
+                    found.setdefault(entry.job_id, []).append((f"{parent}/{child}",
+                                                               entry.version))
+        return found, garbage
+
+    @staticmethod
+    def is_live(job: Job, version: int, entry_version: int | None) -> bool:
+        """Whether an entry naming ``entry_version`` stands for ``job`` as
+        read at record ``version`` (layout-1 entries name no version)."""
+        return job.state is JobState.UNCLAIMED and entry_version in (None, version)
+
+    # -- delayed jobs -----------------------------------------------------------
+
+    def promote_due(self) -> float | None:
+        """Move due delayed jobs into the queue. Returns when the next one is
+        due (epoch seconds), None when none is waiting."""
+        now = time.time()
+        later: list[float] = []
+        for name in sorted(_zk.children(self.client, self.paths.delayed)):
+            bucket = DelayedBucket.parse(name)
+            if bucket is None:
+                self.records.report(f"{self.paths.delayed}/{name}", "not a delayed bucket name")
+                continue
+            if bucket.due_second > now:
+                later.append(bucket.due_second)
+                break
+            parent = self.paths.delayed_bucket(bucket)
+            remaining = False
+            for child in sorted(_zk.children(self.client, parent)):
+                entry = DelayedEntry.parse(child)
+                if entry is None:
+                    self.records.report(f"{parent}/{child}", "not a delayed entry name")
+                    remaining = True
+                elif entry.due_ms > now * 1000:
+                    later.append(entry.due_ms / 1000)
+                    remaining = True
+                else:
+                    self._promote(f"{parent}/{child}", entry)
+            if not remaining:
+                _zk.delete_quietly(self.client, parent)
+        return min(later, default=None)
+
+    def _promote(self, entry_path: str, entry: DelayedEntry) -> None:
+        """Move one due job from the delayed index into the queue, checking
+        that its record is still at the version the entry names."""
+        try:
+            job, stat = self.records.read(entry.job_id)
+        except MalformedData as exc:
+            self.records.quarantine(self.paths.job(entry.job_id), str(exc),
+                                    also_delete=(entry_path,))
+            return
+        except JobNotFound:
+            _zk.delete_quietly(self.client, entry_path)
+            return
+        if not self.is_live(job, stat.version, entry.version):
+            _zk.delete_quietly(self.client, entry_path)
+            return
+        record = self.paths.job(job.uuid)
+
+        def move(txn: Any) -> None:
+            txn.delete(entry_path)
+            txn.check(record, stat.version)
+
+        self.commit(move, job, stat.version, due=True)   # a lost race: someone else moved it
+
+    # -- gauges -----------------------------------------------------------------
+
+    def depth(self) -> dict[str, Any]:
+        """Waiting jobs per priority, delayed jobs, and the age of the oldest
+        waiting job, from znode stats: one stat per bucket and one record
+        read per priority, never a listing of the backlog."""
+        waiting: dict[int, int] = {}
+        oldest: float | None = None
+        buckets = self.buckets()
+        first_of_priority: dict[int, Bucket] = {}
+        stats = _zk.stats(self.client, [self.paths.bucket(b) for b in buckets])
+        for bucket, stat in zip(buckets, stats):
+            if stat is None or stat.numChildren == 0:
+                continue
+            waiting[bucket.priority] = waiting.get(bucket.priority, 0) + stat.numChildren
+            first_of_priority.setdefault(bucket.priority, bucket)
+        for bucket in first_of_priority.values():
+            listed = self.entries(bucket)
+            if not listed or not listed[0]:
+                continue
+            try:
+                job, _ = self.records.read(listed[0][0].job_id)
+            except (JobNotFound, MalformedData):
+                continue
+            oldest = job.created_at if oldest is None else min(oldest, job.created_at)
+        delayed_buckets = [f"{self.paths.delayed}/{name}"
+                           for name in _zk.children(self.client, self.paths.delayed)]
+        delayed = sum(stat.numChildren for stat in _zk.stats(self.client, delayed_buckets)
+                      if stat)
+        return {"waiting": waiting, "delayed": delayed,
+                "oldest_waiting_age": None if oldest is None else max(0.0, time.time() - oldest)}
+

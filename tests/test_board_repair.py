@@ -1,0 +1,231 @@
+"""Entry names never reused, the repair sweep (fsck), and poison records
+next to healthy jobs: on a real ZooKeeper, with real conductors."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jobboard.board import Board, Claimer
+from jobboard.board.job import Job
+from jobboard.board.layout import RESTORE_BUCKET, Bucket
+from jobboard.serialization import pack_record
+from jobboard.states import JobState
+from test_conductor import Fleet, logbook_url  # noqa: F401  (fixture)
+
+FACTORY = "jobboard.testing.flows:noop"
+
+
+@pytest.fixture
+def board(zk_hosts):   # the fleet's root, so conductors see these jobs
+    with Board.connect(zk_hosts, root="/fleet") as board:
+        yield board
+
+
+@pytest.fixture
+def fleet(zk_hosts, logbook_url):  # noqa: F811
+    fleet = Fleet(zk_hosts, logbook_url)
+    yield fleet
+    fleet.stop_all()
+
+
+def restore_entries(board: Board, priority: int = 0) -> list[str]:
+    bucket = board.paths.bucket(Bucket(priority, RESTORE_BUCKET))
+    return sorted(board.client.get_children(bucket)) if board.client.exists(bucket) else []
+
+
+def entry_paths(board: Board) -> list[str]:
+    out = []
+    for bucket in board.client.get_children(board.paths.queue):
+        parent = f"{board.paths.queue}/{bucket}"
+        out += [f"{parent}/{name}" for name in board.client.get_children(parent)]
+    return out
+
+
+def test_entry_names_are_never_reused(board):
+    """The interleaving that stranded jobs: a restore bucket drained and
+    deleted, made again by the next abandon (its sequence counter restarts),
+    and a claimer holding the old entry path deletes it as stale. The new
+    entry has another name, so the stale delete misses it."""
+    job = board.post(FACTORY)
+    board.abandon(board.claim(job.uuid, "alice"), "alice")
+    [first] = restore_entries(board)
+    restore = board.paths.bucket(Bucket(0, RESTORE_BUCKET))
+    stale_path = f"{restore}/{first}"
+    # alice takes it again directly (the entry stays behind, stale), a claimer
+    # drops the stale entry and the drained bucket
+    board.claim(job.uuid, "alice")
+    board.client.delete(stale_path)
+    board.client.delete(restore)
+    board.abandon(job.uuid, "alice")              # the bucket is made again
+    [second] = restore_entries(board)
+    assert second != first and second.endswith("-0000000000")   # same counter value
+    # the stale claimer's delete of its old path hits nothing
+    assert board.index.remove(stale_path) is False
+    claimed = Claimer(board, "bob").claim_next()
+    assert claimed is not None and claimed.uuid == job.uuid
+
+
+def test_a_stale_read_ahead_never_deletes_a_fresh_entry(board):
+    """A claimer that read the record while it was claimed, then meets the
+    entry of its next put-back, reads again instead of deleting the entry."""
+    job = board.post(FACTORY)
+    claimer = Claimer(board, "bob")
+    claimer.start()
+    held = board.claim(job.uuid, "alice")
+    stale_record = board.client.get(board.paths.job(job.uuid))  # CLAIMED, version 1
+    board.abandon(held, "alice")
+    [entry] = restore_entries(board)
+    assert board.index.is_live(board.get(job.uuid), 2, 2)
+    assert Job.decode(stale_record[0]).state is JobState.CLAIMED
+    assert entry.startswith(f"{job.uuid}_2-")
+    got = claimer.claim_next()
+    assert got is not None and got.uuid == job.uuid
+
+
+def test_fsck_requeues_a_stranded_job(board):
+    job = board.post(FACTORY)
+    [entry] = entry_paths(board)
+    board.client.delete(entry)                    # what the old bug left behind
+    assert Claimer(board, "alice").claim_next() is None
+    [finding] = board.fsck()
+    assert (finding.kind, finding.job_id, finding.repaired) == ("unqueued-job", job.uuid, False)
+    [repaired] = board.fsck(repair=True)
+    assert repaired.repaired
+    assert Claimer(board, "alice").claim_next().uuid == job.uuid
+    assert board.fsck() == []
+
+
+def corrupt(board: Board, job: Job, **fields) -> None:
+    body = {**job.to_dict(), **fields}
+    board.client.set(board.paths.job(job.uuid), pack_record(body))
+
+
+def test_fsck_finds_and_repairs_every_inconsistency(zk_hosts, board):
+    paths = board.paths
+    stranded = board.post(FACTORY)
+    board.client.delete(entry_paths(board)[0])
+    trashed = board.post(FACTORY)
+    trashed_entry = [p for p in entry_paths(board) if trashed.uuid in p]
+    board.client.delete(paths.job(trashed.uuid))               # entry left: stale
+    orphan = board.post(FACTORY)
+    with Board.connect(zk_hosts, root=paths.root, session_timeout=4.0) as gone:
+        gone.claim(orphan.uuid, "gone")                         # session ends: orphan
+    holderless = board.post(FACTORY)
+    board.claim(holderless.uuid, "alice")
+    board.client.delete(paths.claim(holderless.uuid))
+    board.client.delete(paths.running_marker(holderless.uuid))
+    finished = board.post(FACTORY)
+    board.consume(board.claim(finished.uuid, "alice"), "alice", {})
+    board.client.create(paths.claim(finished.uuid), b"ghost")
+    keyed = board.post(FACTORY, key="k1")
+    board.trash(keyed.uuid)
+    board.client.create(paths.key("k1"), keyed.uuid.encode())    # key pointing nowhere
+    board.client.create(paths.dead_marker(finished.uuid))
+    waiting = board.post(FACTORY)
+    board.client.create(paths.cancel_request(waiting.uuid))
+    malformed = board.post(FACTORY)
+    corrupt(board, malformed, not_before="tomorrow")
+    board.client.create(f"{paths.jobs}/7f/not-a-job", b"?")
+    board.client.create(f"{paths.queue}/garbage-bucket", b"?")
+
+    found = {(f.kind, f.job_id) for f in board.fsck()}
+    expected = {
+        ("unqueued-job", stranded.uuid), ("stale-entry", trashed.uuid),
+        ("orphan", orphan.uuid), ("claimed-without-holder", holderless.uuid),
+        ("claim-not-running", finished.uuid), ("dangling-key", keyed.uuid),
+        ("dead-marker", finished.uuid), ("stale-cancel", waiting.uuid),
+        ("malformed-record", malformed.uuid), ("stray-znode", None),
+    }
+    assert expected <= found, expected - found
+    assert trashed_entry and all(board.client.exists(p) for p in trashed_entry)
+
+    report = board.fsck(repair=True)
+    assert all(f.repaired for f in report), [f for f in report if not f.repaired]
+    assert board.fsck() == []
+    # what was put back is claimable; what was garbage is quarantined and named
+    claimer = Claimer(board, "carol")
+    claimed = set()
+    while (job := claimer.claim_next()) is not None:
+        claimed.add(job.uuid)
+    assert {stranded.uuid, orphan.uuid, holderless.uuid, waiting.uuid} <= claimed
+    assert board.cancel_requested(waiting.uuid) is False
+    assert board.post(FACTORY, key="k1").uuid != keyed.uuid
+    problems = board.malformed()
+    assert "not_before" in problems[paths.job(malformed.uuid)]
+    assert f"{paths.jobs}/7f/not-a-job" in problems
+    assert not board.client.exists(f"{paths.jobs}/7f/not-a-job")
+
+
+def test_conductors_sweep_the_board(board, fleet):
+    """A stranded job is back on the queue within one sweep interval, run by
+    the one conductor that leads the sweep."""
+    job = board.post(FACTORY)
+    board.client.delete(entry_paths(board)[0])
+    fleet.start("c1", fsck_interval=0.5)
+    fleet.start("c2", fsck_interval=0.5)
+    assert board.wait(job.uuid, timeout=30).state is JobState.COMPLETE
+    contenders = board.client.get_children(f"{board.paths.leaders}/fsck")
+    assert len(contenders) == 2
+
+
+POISON = {
+    "not_before": "tomorrow", "priority": "high", "args": ["not", "a", "map"],
+    "created_at": "now", "state": "RUNNING-ISH", "claims": -1, "history": "oops",
+    "store": 7, "factory": "no colon here", "owner": 5, "outcome": [1],
+}
+
+
+def test_poison_records_cost_only_themselves(board, fleet):
+    """Records that fail validation in every field, and one whose uuid is not
+    its znode's name, at a higher priority than 10 healthy jobs: the 10
+    complete, the poison ones are quarantined and listed, none is stranded."""
+    healthy = [board.post(FACTORY) for _ in range(10)]
+    poison = []
+    for field, value in POISON.items():
+        job = board.post(FACTORY, priority=5)
+        corrupt(board, job, **{field: value})
+        poison.append(job)
+    impostor = board.post(FACTORY, priority=5)
+    corrupt(board, impostor, uuid=healthy[0].uuid)
+    poison.append(impostor)
+    fleet.start("c1", concurrency=8)
+    for job in healthy:
+        assert board.wait(job.uuid, timeout=60).state is JobState.COMPLETE
+    problems = board.malformed()
+    for job in poison:
+        assert board.paths.job(job.uuid) in problems
+    assert entry_paths(board) == [] and board.claims() == []
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.one_of(
+    st.binary(max_size=64),
+    st.builds(lambda value: pack_record({"value": value}), st.recursive(
+        st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats()
+        | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=8)),
+    st.builds(lambda field, value: {field: value},
+              st.sampled_from(sorted(POISON) + ["uuid", "name", "key", "details",
+                                                 "claimed_at", "finished_at"]),
+              st.none() | st.integers(-2**63, 2**63) | st.text(max_size=8) | st.floats()
+              | st.lists(st.integers(-9, 9), max_size=2))))
+def test_any_record_under_a_job_path_never_breaks_a_claim(board, garbage):
+    """Whatever sits in a job's znode, the claim path neither raises nor
+    strands the healthy job posted beside it."""
+    bad = board.post(FACTORY, priority=1)
+    if isinstance(garbage, dict):
+        corrupt(board, bad, **garbage)
+    else:
+        board.client.set(board.paths.job(bad.uuid), garbage)
+    good = board.post(FACTORY)
+    claimer = Claimer(board, "alice")
+    claimed = claimer.claim_batch(4)
+    claimed += claimer.claim_batch(4)
+    assert good.uuid in {job.uuid for job in claimed}
+    for job in claimed:
+        board.consume(job, "alice", {})
+    assert entry_paths(board) == []
