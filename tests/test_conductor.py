@@ -291,3 +291,33 @@ def test_declared_locks_serialize_jobs_across_the_fleet(board, fleet, tmp_path):
     assert board.wait(a.uuid, timeout=60).ok and board.wait(b.uuid, timeout=60).ok
     assert read_journal(second).count("step1") == 1
     assert board.client.get_children(contenders) == []   # released on every path
+
+
+def expire_session(board: Board, zk_hosts: str) -> None:
+    """Expire ``board``'s ZooKeeper session from the server's side (a second
+    client takes the session over and closes it), and wait until it is LOST."""
+    from kazoo.client import KazooClient, KazooState
+
+    lost = threading.Event()
+    board.client.add_listener(lambda state: lost.set() if state == KazooState.LOST else None)
+    thief = KazooClient(hosts=zk_hosts, client_id=board.client.client_id)
+    thief.start(timeout=10)
+    thief.stop()
+    thief.close()
+    assert lost.wait(20), "the session did not expire"
+
+
+def test_a_conductor_claims_again_after_its_session_expired(board, fleet, zk_hosts, tmp_path):
+    """Every watch the conductor relies on is set again on its new session:
+    a job posted after the expiry runs, and so does a delayed one (the
+    delayed index's watch)."""
+    conductor = fleet.start("c1")
+    first = board.post(FIVE, args={"journal": str(tmp_path / "j1")})
+    assert board.wait(first.uuid, timeout=60).ok
+    expire_session(conductor.board, zk_hosts)
+    wait_until(lambda: conductor.session.connected and conductor.board.conductors(),
+               timeout=30, what="a new session and registration")
+    delayed = board.post(FIVE, args={"journal": str(tmp_path / "j2")}, delay=1.0)
+    later = board.post(FIVE, args={"journal": str(tmp_path / "j3")})
+    assert board.wait(later.uuid, timeout=30).ok
+    assert board.wait(delayed.uuid, timeout=30).ok

@@ -83,6 +83,7 @@ class Claimer:
         self._last_sweep = float("-inf")     # the first claim sweeps for orphans
         self._unsure: set[str] = set()       # claims sent whose answer was not read
         self._watches: list[ChildrenWatch] = []
+        self._generation = 0
         self._started = False
         self._stopped = False
 
@@ -90,18 +91,37 @@ class Claimer:
         """Set the watches. Idempotent."""
         if self._started:
             return self
-        paths = self.board.paths
-        with _zk.translated("watching the board"):
-            if self._members_fn is None:
-                self._watches.append(ChildrenWatch(self.board.client, paths.conductors,
-                                                   self._on_members))
-            self._watches.append(ChildrenWatch(self.board.client, paths.claims,
-                                               self._on_claims))
-            self._watches.append(ChildrenWatch(self.board.client, paths.delayed,
-                                               self._on_delayed))
+        self._set_watches()
         self._started = True
         self._wake.set()
         return self
+
+    def restart(self) -> None:
+        """Set every watch again, on a new session (the old session's watches
+        are gone, and kazoo's child watches may have died with it), and look
+        at the whole board afresh: replan, promote, sweep for orphans."""
+        self._replan = True
+        self._delayed_dirty = True
+        self._last_sweep = float("-inf")
+        self._set_watches()
+        self._wake.set()
+
+    def _set_watches(self) -> None:
+        self._generation += 1
+        generation = self._generation
+
+        def current(callback: Callable[[list[str]], bool]) -> Callable[[list[str]], bool]:
+            # an earlier generation's watch returns False: kazoo drops it
+            return lambda children: generation == self._generation and callback(children)
+
+        paths = self.board.paths
+        client = self.board.client
+        with _zk.translated("watching the board"):
+            watches = [] if self._members_fn is not None else [
+                ChildrenWatch(client, paths.conductors, current(self._on_members))]
+            watches.append(ChildrenWatch(client, paths.claims, current(self._on_claims)))
+            watches.append(ChildrenWatch(client, paths.delayed, current(self._on_delayed)))
+        self._watches = watches
 
     def stop(self) -> None:
         self._stopped = True  # the watch callbacks return False: kazoo drops them

@@ -267,6 +267,7 @@ class Conductor:
         per job; not when idle: a write every few seconds per conductor)."""
         if self._registered_generation != self.session.generation:
             self._register()
+            self.claimer.restart()
             return
         now = time.monotonic()
         if now >= self._registration_due:
