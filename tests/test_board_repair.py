@@ -229,3 +229,30 @@ def test_any_record_under_a_job_path_never_breaks_a_claim(board, garbage):
     for job in claimed:
         board.consume(job, "alice", {})
     assert entry_paths(board) == []
+
+
+def test_a_failed_answer_costs_its_own_job_and_is_given_back(board):
+    """A claim batch where one answer fails after its claim committed: the
+    other jobs of the batch are claimed; the failed one is checked on the
+    next call and given back, then claimed like any waiting job."""
+    from jobboard.errors import Cancelled
+    from jobboard.events import EventKind
+
+    jobs = [board.post(FACTORY) for _ in range(3)]
+    unlucky = jobs[1].uuid
+    failed = []
+
+    def listener(event):
+        if event.kind is EventKind.JOB_CLAIMED and event.job_id == unlucky and not failed:
+            failed.append(event.job_id)
+            raise Cancelled("this answer is lost")
+
+    board.notifier.subscribe(listener)
+    claimer = Claimer(board, "alice")
+    first = claimer.claim_batch(3)
+    assert {job.uuid for job in first} == {jobs[0].uuid, jobs[2].uuid}
+    assert failed == [unlucky] and board.claim_owner(unlucky) == "alice"   # it landed
+    again = claimer.claim_batch(3)                # given back, then claimed afresh
+    assert [job.uuid for job in again] == [unlucky]
+    assert [h["event"] for h in board.get(unlucky).history][-3:] == [
+        "claimed", "abandoned", "claimed"]
