@@ -25,7 +25,8 @@ def translated(action: str) -> Iterator[None]:
     try:
         yield
     except NoAuthError as exc:
-        raise BoardError(f"{action}: not authorized; pass the board's credentials (--auth)") from exc
+        raise BoardError(f"{action}: not authorized; pass the board's credentials "
+                         "(--auth-file or JOBBOARD_AUTH)") from exc
     except _UNAVAILABLE as exc:
         raise BoardUnavailable(f"{action}: ZooKeeper unavailable ({type(exc).__name__})") from exc
     except ZookeeperError as exc:
