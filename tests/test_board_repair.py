@@ -256,3 +256,26 @@ def test_a_failed_answer_costs_its_own_job_and_is_given_back(board):
     assert [job.uuid for job in again] == [unlucky]
     assert [h["event"] for h in board.get(unlucky).history][-3:] == [
         "claimed", "abandoned", "claimed"]
+
+
+def test_an_entry_that_cannot_be_deleted_does_not_hold_the_claimer(board):
+    """A stale entry with a child (a delete fails with NotEmpty) at a higher
+    priority: the claimer skips it and claims the next job, once."""
+    stale = board.post(FACTORY, priority=5)
+    [entry] = entry_paths(board)
+    board.client.create(f"{entry}/child", b"")
+    board.client.delete(board.paths.job(stale.uuid))
+    waiting = board.post(FACTORY)
+    claimer = Claimer(board, "alice")
+    assert claimer.claim_next().uuid == waiting.uuid
+    assert claimer.claim_next() is None
+
+
+def test_a_stray_running_marker_does_not_bring_a_finished_job_back(board):
+    job = board.post(FACTORY)
+    board.consume(board.claim(job.uuid, "alice"), "alice", {})
+    board.client.create(board.paths.running_marker(job.uuid), b"ghost")
+    assert Claimer(board, "bob").claim_next() is None
+    assert board.restore_orphan(job.uuid, me="bob") is None
+    assert board.get(job.uuid).state is JobState.COMPLETE
+    assert not board.client.exists(board.paths.running_marker(job.uuid))

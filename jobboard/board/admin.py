@@ -84,11 +84,17 @@ class Admin:
                                          owner=None, outcome=None, finished_at=None,
                                          not_before=None)
             record = revived.encode()
-            if self.index.commit(lambda txn: txn.set_data(
-                    self.paths.job(job_id), record, version=stat.version),
-                    revived, stat.version + 1, restore=True)[1] is not None:
+            marker = self.paths.dead_marker(job_id)
+            dead_marked = self.client.exists(marker) is not None
+
+            def revive(txn: Any) -> None:
+                txn.set_data(self.paths.job(job_id), record, version=stat.version)
+                if dead_marked:
+                    txn.delete(marker)
+
+            if self.index.commit(revive, revived, stat.version + 1,
+                                 restore=True)[1] is not None:
                 raise BoardError(f"job {job_id} changed while retrying it; try again")
-            _zk.delete_quietly(self.client, self.paths.dead_marker(job_id))
             return revived
 
     def dead_letter(self, job: Job, version: int, entry: str | None, reason: str) -> Job:
@@ -99,7 +105,8 @@ class Admin:
         if entry is not None:
             txn.delete(entry)
         txn.set_data(self.paths.job(job.uuid), dead.encode(), version=version)
-        txn.create(self.paths.dead_marker(job.uuid))
+        if self.client.exists(self.paths.dead_marker(job.uuid)) is None:
+            txn.create(self.paths.dead_marker(job.uuid))
         if _zk.first_error(txn.commit()) is None:
             log.warning("job %s dead-lettered: %s", job.uuid, reason)
             self.notifier.emit(EventKind.JOB_DEAD, job_id=job.uuid, details={"reason": reason})

@@ -49,7 +49,7 @@ from jobboard.board.queue import QueueIndex
 from jobboard.board.records import Records
 from jobboard.board.repair import Finding, Repair
 from jobboard.board.security import verify_board_acl
-from jobboard.errors import InvalidArgument, MalformedData, WaitTimeout
+from jobboard.errors import BoardError, InvalidArgument, MalformedData, WaitTimeout
 from jobboard.events import Notifier
 from jobboard.serialization import dumps, loads
 from jobboard.states import JobState
@@ -175,6 +175,9 @@ class Board:
                 version = loads(marker).get("layout")
             except (NoNodeError, MalformedData, AttributeError):   # absent or unreadable
                 version = None
+            if isinstance(version, int) and version > LAYOUT_VERSION:
+                raise BoardError(f"the board at {self.paths.root} has layout {version}, newer "
+                                 f"than this release's {LAYOUT_VERSION}: upgrade jobboard")
             if version != LAYOUT_VERSION:
                 self.client.retry(self.client.ensure_path, self.paths.root)
                 pending = [self.client.create_async(path)

@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Callable
 
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import NoAuthError, NoNodeError
 from kazoo.recipe.watchers import ChildrenWatch
 
 from jobboard.board import _zk
@@ -197,7 +197,9 @@ class Claimer:
                 answers: list[tuple[str, Callable[[], Job | None]]] = []
                 error: Exception | None = None
                 try:
-                    while len(answers) < limit:
+                    for _ in range(limit + MAX_ATTEMPTS_PER_CALL):
+                        if len(answers) >= limit:
+                            break
                         entry = self._next_entry(read_ahead=max(READ_AHEAD, limit))
                         if entry is None:
                             break
@@ -277,7 +279,11 @@ class Claimer:
         if not self._delayed_dirty and (self._next_due is None or self._next_due > time.time()):
             return
         self._delayed_dirty = False
-        self._next_due = self.board.index.promote_due()
+        try:
+            self._next_due = self.board.index.promote_due()
+        except Exception:
+            self._delayed_dirty = True    # look again on the next call
+            raise
         self._replan = True
 
     # -- the queue ----------------------------------------------------------------
@@ -319,6 +325,12 @@ class Claimer:
             if index.watch_bucket(bucket, self._on_queue_change):
                 self._replan = True
 
+    def _drop(self, entry_path: str) -> None:
+        """Delete a stale entry; one that cannot be deleted (it has children)
+        is skipped from now on, never met again on every pass."""
+        if not self.board.index.remove(entry_path):
+            self._skip.add(entry_path)
+
     def _order(self, path: str, entries: list[Entry]) -> list[str]:
         """Our share of the bucket, oldest first; only when it is empty (in a
         fresh listing) the others' shares, from the far end."""
@@ -342,7 +354,11 @@ class Claimer:
                 data, stat = (pending.get(timeout=READ_TIMEOUT) if pending is not None and not fresh
                               else board.client.retry(board.client.get, path))
             except NoNodeError:   # trashed or quarantined: the entry is stale
-                board.index.remove(entry_path)
+                self._drop(entry_path)
+                return None
+            except NoAuthError:   # a record this client may not read: skip it, alone
+                board.records.report(path, "not readable with this board's credentials")
+                self._drop(entry_path)
                 return None
             try:
                 job = board.records.decode(entry.job_id, data)
@@ -356,9 +372,12 @@ class Claimer:
             if entry.version is not None and entry.version > stat.version and not fresh:
                 continue    # the read ahead is older than the entry: read again
             if entry.version is None or entry.version <= stat.version:
-                board.index.remove(entry_path)   # the record moved past this entry
+                self._drop(entry_path)   # the record moved past this entry
+            else:
+                self._skip.add(entry_path)   # newer than its record: never claimable
             return None
         if job.claims >= board.max_claims:
+            self._skip.add(entry_path)
             board.dead_letter(job, stat.version, entry_path,
                               f"claimed {job.claims} times without finishing "
                               f"(limit {board.max_claims})")

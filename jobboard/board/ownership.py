@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import ConnectionLoss, NoNodeError
+from kazoo.exceptions import BadVersionError, ConnectionLoss, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from jobboard.board import _zk
@@ -25,7 +25,8 @@ from jobboard.board.job import Claim, Job, check_job_id
 from jobboard.board.layout import Paths
 from jobboard.board.queue import QueueIndex
 from jobboard.board.records import READ_TIMEOUT, Records
-from jobboard.errors import (AlreadyClaimed, BoardError, ClaimLost, JobNotFound,
+from jobboard.errors import (AlreadyClaimed, BoardError, BoardUnavailable, ClaimLost,
+                             JobNotFound,
                              MalformedData, NotClaimed, NotOwner, NotReady,
                              OwnerNotFound)
 from jobboard.events import EventKind, Notifier
@@ -121,8 +122,11 @@ class Ownership:
         def answer() -> Job | None:
             try:
                 results = pending.get(timeout=READ_TIMEOUT)
-            except (ConnectionLoss, KazooTimeoutError):
+            except ConnectionLoss:
                 return self._claim_after_connection_loss(job.uuid, owner)
+            except KazooTimeoutError as exc:   # may still land: the claimer settles it later
+                raise BoardUnavailable(f"no answer to the claim of job {job.uuid} "
+                                       f"within {READ_TIMEOUT:g}s") from exc
             if _zk.first_error(results) is not None:
                 return None
             stat = results[-1]
@@ -292,6 +296,13 @@ class Ownership:
             except MalformedData as exc:
                 self.records.quarantine(self.paths.job(job_id), str(exc),
                                         also_delete=(self.paths.running_marker(job_id),))
+                return None
+            if current.state is not JobState.CLAIMED:   # a stray marker: drop it alone
+                try:
+                    self.client.delete(self.paths.running_marker(job_id),
+                                       version=running.version)
+                except (NoNodeError, BadVersionError):
+                    pass
                 return None
             target = current.transfer_to
             if target and target == me:

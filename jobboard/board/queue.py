@@ -25,14 +25,14 @@ import time
 from typing import Any, Callable, Iterator, NamedTuple
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import NoAuthError, NoNodeError
 
 from jobboard.board import _zk
 from jobboard.board.job import Job
 from jobboard.board.layout import (BUCKET_SIZE, RESTORE_BUCKET, Bucket, DelayedBucket,
                                    DelayedEntry, Entry, Paths)
 from jobboard.board.records import Records
-from jobboard.errors import JobNotFound, MalformedData
+from jobboard.errors import BoardError, BoardUnavailable, JobNotFound, MalformedData
 from jobboard.states import JobState
 
 Watch = Callable[[Any], None]
@@ -175,6 +175,9 @@ class QueueIndex:
                                             include_data=True)
         except NoNodeError:
             return None
+        except NoAuthError:
+            self.records.report(path, "not readable with this board's credentials")
+            return None
         entries = []
         for name in names:
             entry = Entry.parse(name)
@@ -305,6 +308,11 @@ class QueueIndex:
         that its record is still at the version the entry names."""
         try:
             job, stat = self.records.read(entry.job_id)
+        except BoardError as exc:   # not readable with our credentials: skip it
+            if isinstance(exc, BoardUnavailable):
+                raise
+            self.records.report(self.paths.job(entry.job_id), str(exc))
+            return
         except MalformedData as exc:
             self.records.quarantine(self.paths.job(entry.job_id), str(exc),
                                     also_delete=(entry_path,))

@@ -30,6 +30,8 @@ finding                    repair
                            made or deleted
 ``stale-cancel``           a cancel request for a job that is not CLAIMED:
                            deleted
+``unreadable``             a record this client may not read (another ACL):
+                           reported, left alone
 =========================  ==================================================
 
 Why it is safe to run beside live conductors and posters: every state change
@@ -52,7 +54,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import BadVersionError, NoAuthError, NoNodeError, ZookeeperError
 
 from jobboard.board import _zk
 from jobboard.board.admin import Admin
@@ -129,6 +131,8 @@ class _Sweep:
                 finding.repaired = bool(action())
             except MalformedData as exc:
                 finding.detail += f" (record turned out malformed: {exc})"
+            except ZookeeperError as exc:   # this znode alone (e.g. not ours to touch)
+                finding.detail += f" (not repaired: ZooKeeper refused, {type(exc).__name__})"
         self.findings.append(finding)
         log.warning("fsck: %s %s: %s%s", kind, path, detail,
                     " (repaired)" if finding.repaired else "")
@@ -175,6 +179,11 @@ class _Sweep:
                 try:
                     data, stat = result.get(timeout=READ_TIMEOUT)
                 except NoNodeError:
+                    continue
+                except NoAuthError:
+                    self.found("unreadable", r.paths.job(job_id),
+                               "not readable with this board's credentials", job_id,
+                               lambda: False)
                     continue
                 try:
                     self.jobs[job_id] = (r.records.decode(job_id, data), stat.version)
@@ -254,23 +263,37 @@ class _Sweep:
                            "CLAIMED with neither claim nor running marker", job_id,
                            lambda job_id=job_id, version=version: self.release(job_id, version))
 
+    def guarded(self, job_id: str, version: int, add_ops: Callable[[Any], None]) -> bool:
+        """Commit ``add_ops`` only while the record is still at ``version``
+        (every claim and end of a claim bumps it); a gone record (-1) has
+        nothing to guard: job ids are never used again."""
+        txn = self.r.client.transaction()
+        if version >= 0:
+            txn.check(self.r.paths.job(job_id), version)
+        add_ops(txn)
+        return _zk.first_error(txn.commit()) is None
+
+    def existing(self, *paths: str) -> list[str]:
+        return [path for path, stat in zip(paths, _zk.stats(self.r.client, list(paths)))
+                if stat is not None]
+
     def drop_claim(self, job_id: str) -> bool:
-        job, _ = self.fresh(job_id)
+        job, version = self.fresh(job_id)
         if job is not None and job.state is JobState.CLAIMED:
             return False
-        dropped = _zk.delete_quietly(self.r.client, self.r.paths.claim(job_id))
-        return _zk.delete_quietly(self.r.client, self.r.paths.running_marker(job_id)) or dropped
+        present = self.existing(self.r.paths.claim(job_id), self.r.paths.running_marker(job_id))
+        return self.guarded(job_id, version, lambda txn: [txn.delete(p) for p in present])
 
     def restore(self, job_id: str) -> bool:
         self.r.ownership.restore_orphan(job_id)
         return self.r.client.exists(self.r.paths.running_marker(job_id)) is None
 
     def mark_running(self, job_id: str) -> bool:
-        job, _ = self.fresh(job_id)
+        job, version = self.fresh(job_id)
         if job is None or job.state is not JobState.CLAIMED:
             return False
-        _zk.ensure(self.r.client, self.r.paths.running_marker(job_id))
-        return True
+        return self.guarded(job_id, version, lambda txn: txn.create(
+            self.r.paths.running_marker(job_id), (job.owner or "").encode()))
 
     def release(self, job_id: str, version: int) -> bool:
         job, now = self.fresh(job_id)
@@ -312,7 +335,14 @@ class _Sweep:
             job, _ = self.fresh(job_id)
             if job is not None and job.key is not None and self.r.paths.key(job.key) == path:
                 return False
-        return _zk.delete_quietly(self.r.client, path)
+        try:   # only while it still names that job (not a key posted again since)
+            data, stat = self.r.client.retry(self.r.client.get, path)
+            if data.decode("ascii", errors="replace") != job_id:
+                return False
+            self.r.client.delete(path, version=stat.version)
+            return True
+        except (NoNodeError, BadVersionError):
+            return False
 
     def check_markers(self, parent: str, kind: str, belongs: Callable[[Job], bool]) -> None:
         names = _zk.children(self.r.client, parent)
@@ -328,15 +358,16 @@ class _Sweep:
                                                                              belongs))
 
     def drop_marker(self, path: str, job_id: str, belongs: Callable[[Job], bool]) -> bool:
-        if is_job_id(job_id):
-            job, _ = self.fresh(job_id)
-            if job is not None and belongs(job):
-                return False
-        return _zk.delete_quietly(self.r.client, path)
+        if not is_job_id(job_id):
+            return _zk.delete_quietly(self.r.client, path)
+        job, version = self.fresh(job_id)
+        if job is not None and belongs(job):
+            return False
+        return self.guarded(job_id, version, lambda txn: txn.delete(path))
 
     def make_dead_marker(self, job_id: str) -> bool:
-        job, _ = self.fresh(job_id)
+        job, version = self.fresh(job_id)
         if job is None or job.state is not JobState.DEAD:
             return False
-        _zk.ensure(self.r.client, self.r.paths.dead_marker(job_id))
-        return True
+        return self.guarded(job_id, version,
+                            lambda txn: txn.create(self.r.paths.dead_marker(job_id)))
