@@ -12,7 +12,7 @@ from jobboard.board.job import Job
 from jobboard.board.layout import RESTORE_BUCKET, Bucket
 from jobboard.serialization import pack_record
 from jobboard.states import JobState
-from test_conductor import Fleet, logbook_url  # noqa: F401  (fixture)
+from test_conductor import Fleet, logbook_url, wait_until  # noqa: F401  (fixture)
 
 FACTORY = "jobboard.testing.flows:noop"
 
@@ -166,8 +166,9 @@ def test_conductors_sweep_the_board(board, fleet):
     fleet.start("c1", fsck_interval=0.5)
     fleet.start("c2", fsck_interval=0.5)
     assert board.wait(job.uuid, timeout=30).state is JobState.COMPLETE
-    contenders = board.client.get_children(f"{board.paths.leaders}/fsck")
-    assert len(contenders) == 2
+    election = f"{board.paths.leaders}/fsck"
+    wait_until(lambda: len(board.client.get_children(election)) == 2, timeout=15,
+               what="both conductors standing for the sweep")   # one leads, one waits
 
 
 POISON = {
