@@ -41,7 +41,6 @@ from jobboard.board.job import Job, is_job_id
 from jobboard.board.layout import Entry
 from jobboard.board.records import READ_TIMEOUT
 from jobboard.errors import BoardError, MalformedData
-from jobboard.states import JobState
 
 log = logging.getLogger(__name__)
 

@@ -23,16 +23,14 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from jobboard.board import _zk
-from jobboard.board.job import Job, check_factory, is_job_id, new_job_id
+from jobboard.board.job import NAME_MAX_LENGTH, Job, check_factory, is_job_id, new_job_id
 from jobboard.board.layout import Paths, check_priority
 from jobboard.board.queue import QueueIndex
-from jobboard.board.records import Records
+from jobboard.board.records import PIPELINE_WINDOW, Records
 from jobboard.errors import (BoardError, InvalidArgument, JobNotFound, MalformedData,
                              PayloadTooLarge)
 from jobboard.events import EventKind, Notifier
 
-PIPELINE_WINDOW = 256
-MAX_TEXT_LENGTH = 1000
 
 
 def _mapping(value: Any, argument: str) -> dict[str, Any]:
@@ -47,9 +45,9 @@ def _mapping(value: Any, argument: str) -> dict[str, Any]:
 def _text(value: Any, argument: str) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value) > MAX_TEXT_LENGTH:
+    if not isinstance(value, str) or not value or len(value) > NAME_MAX_LENGTH:
         raise InvalidArgument(f"{argument} must be a non-empty str of at most "
-                              f"{MAX_TEXT_LENGTH} characters", argument=argument)
+                              f"{NAME_MAX_LENGTH} characters", argument=argument)
     return value
 
 
