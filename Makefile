@@ -33,7 +33,7 @@ demo: venv zookeeper
 test: venv zookeeper
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) --ignore=tests/chaos tests
 
-# The chaos suite (~1 min): a 3-node ensemble, a PostgreSQL logbook and a
+# The chaos suite (~2 min): a 3-node ensemble, a PostgreSQL logbook and a
 # fleet of conductors under kill -9, pauses and ZooKeeper restarts.
 chaos: venv zookeeper
 	$(BIN)/python -m pytest -q -s $(PYTEST_ARGS) tests/chaos

@@ -109,9 +109,9 @@ def claim_with_half_held(board: Board, other: Board, count: int) -> dict[str, An
 def raw_kazoo(address: str, count: int = 300) -> dict[str, int]:
     """The machine's yardstick: plain kazoo creates, sync and pipelined (the
     disk's fsync latency bounds every figure above)."""
-    from kazoo.client import KazooClient
+    from jobboard.zkhandler import bounded_client
 
-    client = KazooClient(hosts=address)
+    client = bounded_client(address)
     client.start(timeout=30)
     path = client.create("/bench-raw", b"", makepath=True)
     try:

@@ -9,7 +9,10 @@ stdout.
 How it fails: every user error (a bad flag or config file, an unreachable
 ZooKeeper, a refused operation) is one line on stderr starting with
 ``error:``, exit code 1 (2 for usage errors), never a traceback. Only an
-unexpected crash of a conductor prints a traceback.
+unexpected crash of a conductor prints a traceback. The admin commands
+(``abandon``, ``transfer``, ``cancel``, ``retry``, ``trash``) act or refuse
+by the job's state (the table in :mod:`jobboard.cli_admin`); a conductor
+refuses to start on a logbook it cannot use (:mod:`jobboard.cli_preflight`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, Callable, Iterator, NoReturn
 import click
 from click.core import ParameterSource
 
+from jobboard import cli_preflight as preflight
 from jobboard import config
 from jobboard.errors import BoardUnavailable, ConfigError, JobBoardError
 from jobboard.states import JobState
@@ -182,8 +186,8 @@ def _setting_check(param: click.Option) -> config.Check:
         expected = (int, float)
     else:
         expected = (str,)
-    names = " or ".join({bool: "true/false", int: "an integer", float: "a number",
-                         str: "a string"}[t] for t in expected)
+    names = "a number" if float in expected else \
+        {bool: "true/false", int: "an integer", str: "a string"}[expected[0]]
 
     def one(value: Any) -> Any:
         if not isinstance(value, expected) or (bool not in expected and isinstance(value, bool)):
@@ -392,10 +396,11 @@ def jobs(state: str | None, as_json: bool, zk: str, root: str, logbook: str,
         emit_json({"jobs": [j.to_dict() for j in found],
                    "malformed": [{"path": p, "reason": r} for p, r in sorted(bad.items())]})
         return
-    rows = [[j.uuid, j.name, j.state.value, j.priority, j.claims, j.owner or "-",
-             _age(j.created_at)] for j in found]
-    rows += [[path, "-", "MALFORMED", "-", "-", "-", reason] for path, reason in sorted(bad.items())]
-    print_table(["JOB", "NAME", "STATE", "PRIO", "CLAIMS", "OWNER", "AGE"], rows)
+    rows = [[j.uuid, j.name, j.state.value, j.priority, j.attempt, j.claims,
+             j.owner or "-", _age(j.created_at)] for j in found]
+    rows += [[path, "-", "MALFORMED", "-", "-", "-", "-", reason]
+             for path, reason in sorted(bad.items())]
+    print_table(["JOB", "NAME", "STATE", "PRIO", "ATTEMPT", "CLAIMS", "OWNER", "AGE"], rows)
 
 
 @main.command()
@@ -410,11 +415,15 @@ def show(job_id: str, as_json: bool, zk: str, root: str, logbook: str,
         holder = board.claim_owner(job.uuid)
     doc = job.to_dict()
     doc["holder"] = holder
+    attempts, note = _logbook_attempts(logbook, job.uuid)
+    doc["attempts"] = attempts          # None when the logbook cannot be read
+    if note is not None:
+        doc["logbook_note"] = note
     if as_json:
         emit_json(doc)
         return
-    for field_name in ("uuid", "name", "factory", "state", "priority", "claims", "holder",
-                       "key", "args", "store", "details", "outcome"):
+    for field_name in ("uuid", "name", "factory", "state", "priority", "attempt", "claims",
+                       "deaths", "holder", "key", "args", "store", "details", "outcome"):
         click.echo(f"{field_name:>9}: {doc[field_name]}")
     click.echo(f"{'created':>9}: {_age(job.created_at)} ago")
     if job.not_before:
@@ -423,26 +432,78 @@ def show(job_id: str, as_json: bool, zk: str, root: str, logbook: str,
     for entry in job.history:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["at"]))
         click.echo(f"    {stamp} {entry['event']} {entry.get('owner', '')}".rstrip())
+    if attempts is None:
+        click.echo(f"  attempts: ? ({note})")
+        return
+    click.echo(f"  attempts: {len(attempts)} in the logbook (current {job.attempt})")
+    for entry in attempts:
+        click.echo(f"    #{entry['attempt']} {entry['state']} created {entry['created_at']}"
+                   f" updated {entry['updated_at']}")
 
 
-def _current_tasks(logbook_url: str, job_ids: list[str]) -> dict[str, str]:
-    """The running task of each job, from the logbook ("?" when unreachable)."""
-    if not job_ids:
-        return {}
-    from jobboard.errors import LogbookError
+#: Seconds ``jobboard claims`` waits for the logbook before it lists the
+#: claims without their tasks.
+LOGBOOK_READ_TIMEOUT = 3.0
+
+
+def _running_tasks(logbook_url: str, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """What each job is running now, from the logbook: ``{job_id: {"task",
+    "progress", "note", "heartbeat_at", "tasks"}}`` (``task`` None when no task
+    runs; ``tasks`` every running one, for flows running tasks side by side).
+
+    Raises:
+        LogbookError: the logbook cannot be read (within about
+            :data:`LOGBOOK_READ_TIMEOUT` seconds).
+    """
+    from jobboard.logbook import Logbook
     from jobboard.states import AtomState
 
-    try:
-        with _open_logbook(logbook_url, auto_upgrade=False) as store:
-            current = {}
-            for job_id in job_ids:
-                flow = store.load_flow(job_id)
-                running = [a.name for a in (flow.atoms.values() if flow else ())
-                           if a.state in (AtomState.RUNNING, AtomState.REVERTING)]
-                current[job_id] = ",".join(running) or "-"
-            return current
-    except LogbookError:
-        return {job_id: "?" for job_id in job_ids}
+    if not job_ids:
+        return {}
+    path = _sqlite_path(logbook_url)
+    if path is not None and not path.exists():
+        return {}    # no logbook yet: nothing has run (and reading must not create one)
+    current: dict[str, dict[str, Any]] = {}
+    with Logbook(logbook_url, auto_upgrade=False, retry_attempts=2,
+                 retry_max_delay=LOGBOOK_READ_TIMEOUT) as store:
+        for job_id in job_ids:
+            flow = store.load_flow(job_id)
+            running = [{"name": a.name, "state": a.state.value,
+                        "progress": (a.meta or {}).get("progress"),
+                        "note": (a.meta or {}).get("note"),
+                        "heartbeat_at": (a.meta or {}).get("heartbeat_at")}
+                       for a in (flow.atoms.values() if flow else ())
+                       if a.state in (AtomState.RUNNING, AtomState.REVERTING)]
+            # the freshest heartbeat speaks for the job
+            latest = max(running, key=lambda t: t["heartbeat_at"] or 0, default=None)
+            current[job_id] = {
+                "task": ",".join(t["name"] for t in running) or None,
+                "progress": latest["progress"] if latest else None,
+                "note": latest["note"] if latest else None,
+                "heartbeat_at": latest["heartbeat_at"] if latest else None,
+                "tasks": running}
+    return current
+
+
+# The file of a SQLite logbook URL, or None (also used by `show`).
+_sqlite_path = preflight.sqlite_path
+
+
+def _percent(progress: Any) -> str:
+    if isinstance(progress, bool) or not isinstance(progress, (int, float)):
+        return "-"
+    return f"{progress * 100:.0f}%"
+
+
+def _ago(epoch: Any) -> str:
+    """``3s ago``, ``5m ago``; ``-`` for none."""
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or epoch <= 0:
+        return "-"
+    seconds = max(0.0, time.time() - epoch)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
 
 
 @main.command()
@@ -475,32 +536,82 @@ def fsck(repair: bool, as_json: bool, zk: str, root: str, logbook: str, auth: Au
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @common_options
 def claims(as_json: bool, zk: str, root: str, logbook: str, auth: Auth) -> None:
-    """Show current claims: owner, since when, current task."""
+    """Show current claims: owner, since when, and from the logbook the
+    running task, its last progress and note, and when it last sent a
+    heartbeat. When the logbook cannot be read the claims are still listed
+    (task columns "?", one warning on stderr)."""
+    from jobboard.errors import LogbookError
+
     with _open_board(zk, root, auth) as board:
         held = board.claims()
-    tasks = _current_tasks(logbook, [c["job_id"] for c in held])
+    problem: str | None = None
+    try:
+        running = _running_tasks(logbook, [c["job_id"] for c in held])
+    except LogbookError as exc:
+        problem = " ".join(str(exc).split())
+        _warn(f"cannot read the logbook, so tasks are shown as ?: {problem}")
+        running = {}
+    nothing = {"task": None, "progress": None, "note": None, "heartbeat_at": None,
+               "tasks": []}
     for claim in held:
-        claim["task"] = tasks.get(claim["job_id"], "-")
+        claim.update(running.get(claim["job_id"], nothing))
     if as_json:
-        emit_json({"claims": held})
+        emit_json({"claims": held, "logbook_error": problem})
         return
-    print_table(["JOB", "OWNER", "SINCE", "TOKEN", "TASK"],
-                [[c["job_id"], c["owner"], _age(c["since"]) + " ago", c["token"], c["task"]]
-                 for c in held])
+
+    def task_cells(claim: dict[str, Any]) -> list[str]:
+        if problem is not None:
+            return ["?"] * 4
+        note = " ".join(str(claim["note"]).split()) if claim["note"] else "-"
+        return [claim["task"] or "-", _percent(claim["progress"]),
+                _ago(claim["heartbeat_at"]), note]
+
+    print_table(["JOB", "OWNER", "SINCE", "TOKEN", "TASK", "PROGRESS", "HEARTBEAT", "NOTE"],
+                [[c["job_id"], c["owner"], _age(c["since"]) + " ago", c["token"],
+                  *task_cells(c)] for c in held])
+
+
+def _admin_target(board: Any, action: Any, job_id: str) -> tuple[Any, str | None]:
+    """The job an admin command acts on and who holds its claim, once the
+    command's table (:mod:`jobboard.cli_admin`) allows the action.
+
+    Raises:
+        click.ClickException: refused; one line saying why and what to do.
+        JobNotFound: no such job.
+    """
+    from jobboard.cli_admin import malformed_refusal, refusal
+    from jobboard.errors import MalformedData
+
+    try:
+        job = board.get(job_id)
+    except MalformedData as exc:
+        raise click.ClickException(malformed_refusal(action, job_id, str(exc))) from None
+    holder = board.claim_owner(job_id) if job.state is JobState.CLAIMED else None
+    why = refusal(action, job, holder)
+    if why is not None:
+        raise click.ClickException(why)
+    return job, holder
 
 
 @main.command()
 @job_id_argument
 @common_options
 def abandon(job_id: str, zk: str, root: str, logbook: str, auth: Auth) -> None:
-    """Release a job's claim so that any conductor picks it up at once."""
+    """Release a job's claim so that any conductor picks it up at once.
+    Only a CLAIMED job can be abandoned."""
+    from jobboard.cli_admin import Action
+
     with _open_board(zk, root, auth) as board:
-        owner = board.claim_owner(job_id)
-        if owner is None:
-            from jobboard.errors import NotClaimed
-            raise NotClaimed(job_id)
-        board.abandon(job_id, owner)
-    click.echo(f"abandoned {job_id} (was held by {owner})")
+        _job, holder = _admin_target(board, Action.ABANDON, job_id)
+        if holder is None:
+            # the holder's session ended: put it back now rather than at the
+            # next conductor's orphan pass
+            board.restore_orphan(job_id)
+            click.echo(f"abandoned {job_id} (its holder was gone); any conductor may "
+                       "claim it now")
+            return
+        board.abandon(job_id, holder)
+    click.echo(f"abandoned {job_id} (was held by {holder}); any conductor may claim it now")
 
 
 @main.command()
@@ -510,59 +621,109 @@ def abandon(job_id: str, zk: str, root: str, logbook: str, auth: Auth) -> None:
 @common_options
 def transfer(job_id: str, to_owner: str, zk: str, root: str, logbook: str,
              auth: Auth) -> None:
-    """Move a job's claim to another live conductor, which resumes it."""
+    """Move a CLAIMED job's claim to another live conductor, which resumes it."""
+    from jobboard.cli_admin import Action
+    from jobboard.errors import OwnerNotFound
+
     with _open_board(zk, root, auth) as board:
-        board.transfer(job_id, None, to_owner)
-    click.echo(f"transferred {job_id} to {to_owner}")
+        _job, holder = _admin_target(board, Action.TRANSFER, job_id)
+        if holder == to_owner:
+            raise click.ClickException(f"job {job_id} is already held by {to_owner}; "
+                                       "nothing to transfer")
+        try:
+            board.transfer(job_id, holder, to_owner)
+        except OwnerNotFound as exc:
+            raise click.ClickException(f"{exc}; see `jobboard conductors` for the live "
+                                       "ones") from None
+    click.echo(f"transferred {job_id} from {holder or 'its departed holder'} to {to_owner}")
 
 
 @main.command()
 @job_id_argument
 @common_options
 def trash(job_id: str, zk: str, root: str, logbook: str, auth: Auth) -> None:
-    """Delete a job that nobody holds."""
+    """Delete a job that nobody holds (any state but CLAIMED)."""
+    from jobboard.cli_admin import Action
+
     with _open_board(zk, root, auth) as board:
+        job, _holder = _admin_target(board, Action.TRASH, job_id)
         board.trash(job_id)
-    click.echo(f"trashed {job_id}")
+    click.echo(f"trashed {job_id} (was {job.state.value})")
 
 
 @main.command()
 @job_id_argument
 @common_options
 def cancel(job_id: str, zk: str, root: str, logbook: str, auth: Auth) -> None:
-    """Cancel a job: a waiting job is removed; a running one is stopped at the
-    next task boundary and reverted by its holder."""
+    """Cancel a job: a waiting job is cancelled at once; a running one is
+    stopped by its holder at the next task boundary and reverted."""
+    from jobboard.cli_admin import Action
+
     with _open_board(zk, root, auth) as board:
+        job, holder = _admin_target(board, Action.CANCEL, job_id)
+        if job.state is JobState.CANCELLED:
+            click.echo(f"job {job_id} is already CANCELLED; nothing to do")
+            return
         state = board.cancel(job_id)
     if state is JobState.CLAIMED:
-        click.echo(f"asked the holder of {job_id} to stop and revert it")
-    else:
-        click.echo(f"{job_id} is {state.value}")
+        click.echo(f"asked {holder or 'the holder'} to stop job {job_id}: it stops at the "
+                   "next task boundary, reverts what ran and records CANCELLED")
+    elif state is JobState.CANCELLED:
+        click.echo(f"cancelled {job_id} (it was waiting)")
+    else:   # it finished meanwhile
+        raise click.ClickException(f"job {job_id} finished ({state.value}) before it "
+                                   "could be cancelled")
 
 
 @main.command()
 @job_id_argument
 @common_options
 def retry(job_id: str, zk: str, root: str, logbook: str, auth: Auth) -> None:
-    """Put a dead-lettered, failed or cancelled job back on the board."""
+    """Put a FAILED, CANCELLED or DEAD job back on the board as a new attempt
+    (its logbook keeps what earlier attempts finished)."""
+    from jobboard.cli_admin import Action
+
     with _open_board(zk, root, auth) as board:
-        board.retry(job_id)
-    click.echo(f"{job_id} is waiting again")
+        _admin_target(board, Action.RETRY, job_id)
+        revived = board.retry(job_id)
+    click.echo(f"job {job_id} queued again as attempt {revived.attempt}")
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @common_options
 def conductors(as_json: bool, zk: str, root: str, logbook: str, auth: Auth) -> None:
-    """List live conductors."""
+    """List live conductors: READY, or NOT READY with the reason (a conductor
+    whose logbook is unavailable claims nothing until it is back)."""
     with _open_board(zk, root, auth) as board:
-        live = board.conductors()
+        live = [_readiness(c) for c in board.conductors()]
     if as_json:
         emit_json({"conductors": live})
         return
-    print_table(["NAME", "HOST", "PID", "UP", "VERSION", "IN FLIGHT"],
-                [[c["name"], c.get("host"), c.get("pid"), _age(c.get("started_at")),
-                  c.get("version"), len(c.get("jobs") or [])] for c in live])
+    print_table(["NAME", "STATE", "HOST", "PID", "UP", "VERSION", "IN FLIGHT", "REASON"],
+                [[c["name"], "READY" if c["ready"] else "NOT READY", c.get("host"),
+                  c.get("pid"), _age(c.get("started_at")), c.get("version"),
+                  len(c.get("jobs") or []), _not_ready_reason(c)] for c in live])
+
+
+def _readiness(record: dict[str, Any]) -> dict[str, Any]:
+    """A registration record with ``ready``, ``reason`` and
+    ``not_ready_since`` always present (records of older conductors lack
+    them and mean ready)."""
+    ready = record.get("ready", True) is not False
+    return {**record, "ready": ready,
+            "reason": None if ready else record.get("reason"),
+            "not_ready_since": None if ready else record.get("not_ready_since")}
+
+
+def _not_ready_reason(record: dict[str, Any]) -> str:
+    if record["ready"]:
+        return "-"
+    reason = " ".join(str(record.get("reason") or "no reason given").split())
+    since = record.get("not_ready_since")
+    if isinstance(since, (int, float)) and since > 0:
+        reason += f" (for {_age(since)})"
+    return reason
 
 
 @main.command()
@@ -608,10 +769,12 @@ def exporter(port: int, addr: str, zk: str, root: str, logbook: str,
 # ---- logbook commands --------------------------------------------------------
 
 
-def _open_logbook(url: str, *, auto_upgrade: bool | None = None) -> Any:
+def _open_logbook(url: str, *, auto_upgrade: bool | None = None, retry_attempts: int = 6,
+                  retry_max_delay: float = 20.0) -> Any:
     from jobboard.logbook import Logbook
 
-    return Logbook(url, auto_upgrade=auto_upgrade)
+    return Logbook(url, auto_upgrade=auto_upgrade, retry_attempts=retry_attempts,
+                   retry_max_delay=retry_max_delay)
 
 
 def _iso(value: Any) -> str | None:
@@ -624,9 +787,41 @@ def _failure_doc(failure: Any) -> dict | None:
 
 def _logbook_info_doc(info: Any) -> dict:
     return {"job_id": info.job_id, "name": info.name, "owner": info.owner,
-            "token": info.token,
+            "token": info.token, "attempt": info.attempt,
             "flow_state": None if info.flow_state is None else info.flow_state.value,
             "created_at": _iso(info.created_at), "updated_at": _iso(info.updated_at)}
+
+
+def _atom_doc(a: Any) -> dict:
+    return {"name": a.name, "kind": a.kind, "state": a.state.value,
+            "attempts": a.attempts, "result": a.result, "meta": a.meta,
+            "failure": _failure_doc(a.failure),
+            "revert_failure": _failure_doc(a.revert_failure),
+            "created_at": _iso(a.created_at), "updated_at": _iso(a.updated_at),
+            "started_at": _iso(a.started_at), "finished_at": _iso(a.finished_at),
+            "duration": a.duration}
+
+
+def _attempt_summary(flow: Any) -> dict:
+    return {"attempt": flow.attempt, "name": flow.name, "state": flow.state.value,
+            "created_at": _iso(flow.created_at), "updated_at": _iso(flow.updated_at)}
+
+
+def _logbook_attempts(url: str, job_id: str) -> tuple[list[dict] | None, str | None]:
+    """For ``jobboard show``: the summary of every attempt in the logbook
+    (oldest first), or None and a one-line note saying why it cannot be read
+    (each read bounded by about :data:`LOGBOOK_READ_TIMEOUT` seconds)."""
+    from jobboard.errors import LogbookError
+
+    path = _sqlite_path(url)
+    if path is not None and not path.exists():
+        return [], None          # no logbook yet (and reading must not create one)
+    try:
+        with _open_logbook(url, auto_upgrade=False, retry_attempts=2,
+                           retry_max_delay=LOGBOOK_READ_TIMEOUT) as book:
+            return [_attempt_summary(flow) for flow in book.attempts(job_id)], None
+    except LogbookError as exc:
+        return None, f"logbook not read: {exc}"
 
 
 @main.group("logbook")
@@ -640,35 +835,42 @@ def logbook_group() -> None:
 @common_options
 def logbook_show(job_id: str, as_json: bool, zk: str, root: str, logbook: str,
                  auth: Auth) -> None:
-    """Show a job's flow and every task: state, attempts, timing, failure."""
+    """Show every attempt of a job's flow and each task: state, attempts,
+    timing, failure. The current attempt comes last."""
     with _open_logbook(logbook) as book:
         info = book.get_logbook(job_id)
-        flow = book.load_flow(job_id)
-    atoms = list(flow.atoms.values()) if flow else []
+        flows = book.attempts(job_id)
+    current = next((f for f in flows if f.attempt == info.attempt), None)
     if as_json:
         emit_json({
+            "job_id": info.job_id,
             "logbook": _logbook_info_doc(info),
-            "flow": None if flow is None else {
-                "name": flow.name, "state": flow.state.value, "meta": flow.meta,
-                "created_at": _iso(flow.created_at), "updated_at": _iso(flow.updated_at)},
-            "atoms": [{
-                "name": a.name, "kind": a.kind, "state": a.state.value,
-                "attempts": a.attempts, "result": a.result, "meta": a.meta,
-                "failure": _failure_doc(a.failure),
-                "revert_failure": _failure_doc(a.revert_failure),
-                "created_at": _iso(a.created_at), "updated_at": _iso(a.updated_at),
-                "started_at": _iso(a.started_at), "finished_at": _iso(a.finished_at),
-                "duration": a.duration} for a in atoms],
+            "attempts": [{**_attempt_summary(f), "meta": f.meta,
+                          "tasks": [_atom_doc(a) for a in f.atoms.values()]} for f in flows],
+            # The current attempt, as before attempts were kept.
+            "flow": None if current is None else {
+                "name": current.name, "state": current.state.value, "meta": current.meta,
+                "attempt": current.attempt, "created_at": _iso(current.created_at),
+                "updated_at": _iso(current.updated_at)},
+            "atoms": [] if current is None else [_atom_doc(a) for a in current.atoms.values()],
         })
         return
     click.echo(f"job:    {info.job_id}  {info.name}".rstrip())
     click.echo(f"owner:  {info.owner or '-'} (token {info.token})")
-    if flow is None:
+    click.echo(f"attempts: {len(flows)} (current {info.attempt})")
+    if not flows:
         click.echo("flow:   (none yet)")
-        return
-    click.echo(f"flow:   {flow.name}  {flow.state.value}")
-    click.echo(f"updated: {_iso(flow.updated_at)}")
-    click.echo("")
+    for flow in flows:
+        click.echo("")
+        click.echo(f"attempt {flow.attempt}: {flow.name}  {flow.state.value}  "
+                   f"(created {_iso(flow.created_at)}, updated {_iso(flow.updated_at)})")
+        _print_tasks(list(flow.atoms.values()))
+    if flows and current is None:
+        click.echo(f"\nattempt {info.attempt}: (no flow yet)")
+
+
+def _print_tasks(atoms: list[Any]) -> None:
+    """One attempt's tasks as a table, then their tracebacks."""
     rows = []
     for a in atoms:
         duration = a.duration
@@ -696,17 +898,19 @@ def logbook_list(as_json: bool, limit: int, zk: str, root: str, logbook: str,
     if as_json:
         emit_json([_logbook_info_doc(i) for i in infos])
         return
-    print_table(["JOB", "NAME", "FLOW STATE", "OWNER", "TOKEN", "UPDATED"],
-                [[i.job_id, i.name, i.flow_state.value if i.flow_state else "-",
+    print_table(["JOB", "NAME", "ATTEMPT", "FLOW STATE", "OWNER", "TOKEN", "UPDATED"],
+                [[i.job_id, i.name, i.attempt, i.flow_state.value if i.flow_state else "-",
                   i.owner or "-", i.token, _iso(i.updated_at)] for i in infos])
 
 
 @logbook_group.command("upgrade")
 @common_options
 def logbook_upgrade(zk: str, root: str, logbook: str, auth: Auth) -> None:
-    """Migrate the logbook schema to the newest revision."""
+    """Migrate the logbook schema to the newest revision (SQLite, PostgreSQL,
+    MySQL; processes upgrading together migrate once, under a database lock)."""
     with _open_logbook(logbook, auto_upgrade=False) as book:
         book.upgrade()
+        book.check()
     click.echo("logbook schema is up to date")
 
 
@@ -746,11 +950,28 @@ def logbook_prune(days: float, zk: str, root: str, logbook: str, auth: Auth) -> 
               type=click.FloatRange(min=0),
               help="Seconds between repair sweeps of the board, run by one elected "
                    "conductor at a time (0: this one never stands).")
+@click.option("--executor", default="thread", show_default=True, envvar="JOBBOARD_EXECUTOR",
+              show_envvar=True, type=click.Choice(["thread", "process"]),
+              help="Where tasks run: threads of the conductor, or worker processes "
+                   "(a task that crashes or hangs costs only its process).")
+@click.option("--task-timeout", default=None, envvar="JOBBOARD_TASK_TIMEOUT",
+              show_envvar=True, type=preflight.Seconds(), metavar="SECONDS",
+              help="Time limit of every task call (default: none; Task(timeout=) "
+                   "sets one per task).")
+@click.option("--stop-timeout", default=30.0, show_default=True,
+              envvar="JOBBOARD_STOP_TIMEOUT", show_envvar=True, type=preflight.Seconds(),
+              metavar="SECONDS",
+              help="How long a task asked to stop (cancel, transfer, time limit) gets "
+                   "before it is abandoned (thread) or killed (process).")
 @common_options
 def conductor(name: str | None, concurrency: int, metrics_port: int | None,
               allow: tuple[str, ...], grace: float, session_timeout: float, max_claims: int,
-              fsck_interval: float, zk: str, root: str, logbook: str, auth: Auth) -> None:
+              fsck_interval: float, executor: str, task_timeout: float | None,
+              stop_timeout: float, zk: str, root: str, logbook: str, auth: Auth) -> None:
     """Run a conductor: claim jobs and run their flows until SIGTERM.
+
+    It refuses to start (one line, exit 1) when its logbook cannot be reached
+    or its schema cannot be brought up to date.
 
     The first SIGTERM/SIGINT stops claiming and lets running jobs finish for
     --grace seconds, then abandons the rest; a second one exits at once.
@@ -758,6 +979,7 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
     import os
     import signal
 
+    from jobboard.cli_preflight import check_logbook
     from jobboard.conductor import Conductor
     from jobboard.conductor.conductor import default_name
     from jobboard.errors import BoardError
@@ -765,6 +987,7 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
     if not allow:
         raise click.UsageError("no --allow PREFIX given: the conductor would refuse every "
                                "flow factory (for example --allow myapp.flows)")
+    check_logbook(logbook)
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger("jobboard").setLevel(logging.INFO)
     metrics = None
@@ -792,7 +1015,9 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
         board.close()
         raise
     worker = Conductor(board, store, name=name, concurrency=concurrency, allow=allow,
-                       grace=grace, metrics=metrics, fsck_interval=fsck_interval)
+                       grace=grace, metrics=metrics, fsck_interval=fsck_interval,
+                       executor=executor, task_timeout=task_timeout,
+                       stop_timeout=stop_timeout)
     signals = {"count": 0}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -805,7 +1030,8 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    click.echo(f"conductor {worker.name} running (concurrency {concurrency})", err=True)
+    click.echo(f"conductor {worker.name} running (concurrency {concurrency}, "
+               f"{executor} executor)", err=True)
     crashed: list[BaseException] = []
 
     def run() -> None:

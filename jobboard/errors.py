@@ -17,6 +17,7 @@ those libraries to handle a failure. Extra data rides on attributes
      │    ├── AlreadyClaimed            somebody else holds the claim
      │    ├── NotOwner                  the caller does not hold the claim
      │    ├── NotClaimed                the job has no claim to act on
+     │    ├── InvalidTransition         an admin action its state does not allow
      │    ├── ClaimLost                 a claim vanished under its holder
      │    ├── OwnerNotFound             transfer to a conductor that is not alive
      │    ├── NotReady                  a delayed job claimed before its time
@@ -27,12 +28,17 @@ those libraries to handle a failure. Extra data rides on attributes
      ├── LogbookError
      │    ├── StaleOwner                a write fenced off by a newer token
      │    ├── LogbookNotFound           no logbook for that job
+     │    ├── LogbookSchemaError        no schema, or not at this release's revision
      │    └── LogbookUnavailable        the database stays unreachable
      ├── EngineError
      │    ├── FlowInvalid               cycles, missing inputs, duplicate names
      │    ├── FactoryNotAllowed         factory outside the allowed prefixes
      │    ├── FactoryNotFound           factory cannot be imported
+     │    ├── TaskTimeout (TimeoutError) a task call ran past its time limit
+     │    ├── WorkerDied                a worker process exited under a running task
+     │    ├── NotPicklable              a task, its arguments or result cannot cross to a process
      │    └── Cancelled                 the run was asked to stop
+     │         └── TaskInterrupted      a running task was asked to stop (or killed)
      └── LockTimeout (TimeoutError)     a distributed lock was not acquired in time
 """
 
@@ -99,9 +105,22 @@ class NotOwner(BoardError):
 
 
 class NotClaimed(BoardError):
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"job {job_id} is not claimed")
+    def __init__(self, job_id: str, state: Any = None) -> None:
+        now = f" (it is {state})" if state is not None else ""
+        super().__init__(f"job {job_id} is not claimed{now}")
         self.job_id = job_id
+        self.state = state
+
+
+class InvalidTransition(BoardError):
+    """An admin action that the job's state does not allow (retry of a
+    COMPLETE job, say); ``why`` says what would."""
+
+    def __init__(self, job_id: str, state: Any, action: str, why: str) -> None:
+        super().__init__(f"job {job_id} is {state}: cannot {action} it; {why}")
+        self.job_id = job_id
+        self.state = state
+        self.action = action
 
 
 class ClaimLost(BoardError):
@@ -194,6 +213,24 @@ class LogbookUnavailable(LogbookError):
     """The database could not be reached after bounded retries."""
 
 
+class LogbookSchemaError(LogbookError):
+    """The database is reachable but holds no logbook schema, or one at another
+    revision than this release needs (run ``jobboard logbook upgrade``).
+
+    Attributes:
+        url: the database URL without its password.
+        revision: the schema's revision (None: no schema at all, or unknown).
+        head: the revision this release needs (None when not known).
+    """
+
+    def __init__(self, message: str, *, url: str, revision: str | None = None,
+                 head: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.revision = revision
+        self.head = head
+
+
 # -- engine ------------------------------------------------------------------
 
 
@@ -224,6 +261,69 @@ class FactoryNotFound(EngineError, LookupError):
 
 class Cancelled(EngineError):
     """The engine was asked to stop (claim lost, shutdown, admin cancel)."""
+
+
+class TaskInterrupted(Cancelled):
+    """A running task was asked to stop (engine cancel, claim lost, admin
+    cancel, time limit): raised by ``Task.heartbeat`` once the task is
+    asked to stop, and the failure of a task whose worker process was killed."""
+
+    def __init__(self, message: str, *, task: str | None = None) -> None:
+        super().__init__(message)
+        self.task = task
+
+    def __reduce__(self) -> Any:      # pickles across a worker process's pipe
+        return (_rebuild, (type(self), (str(self),), {"task": self.task}))
+
+
+class TaskTimeout(EngineError, TimeoutError):
+    """A task's execute or revert ran past its time limit."""
+
+    def __init__(self, task: str, limit: float, *, phase: str = "execute") -> None:
+        super().__init__(f"task {task!r} {phase} exceeded its time limit of {limit:g}s")
+        self.task = task
+        self.limit = limit
+        self.phase = phase
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.task, self.limit), {"phase": self.phase,
+                                                       "args": self.args})
+
+
+class WorkerDied(EngineError):
+    """The worker process running a task exited (``os._exit``, a signal, the
+    OOM killer) before it answered; only that task fails."""
+
+    def __init__(self, task: str, exitcode: int | None) -> None:
+        super().__init__(f"task {task!r}: worker process exited with code {exitcode}")
+        self.task = task
+        self.exitcode = exitcode
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.task, self.exitcode))
+
+
+class NotPicklable(EngineError):
+    """A task object, its arguments or its result cannot be pickled, so it
+    cannot run on (or come back from) a worker process."""
+
+    def __init__(self, task: str, what: str, reason: str) -> None:
+        super().__init__(f"task {task!r} cannot run in a worker process: its {what} "
+                         f"cannot be pickled ({reason}); define tasks at module level "
+                         f"and pass plain data")
+        self.task = task
+        self.what = what
+        self.reason = reason
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.task, self.what, self.reason))
+
+
+def _rebuild(cls: type, args: tuple[Any, ...], attrs: dict[str, Any]) -> BaseException:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(attrs)
+    return error
 
 
 # -- locks -------------------------------------------------------------------

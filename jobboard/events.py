@@ -41,6 +41,7 @@ class EventKind(str, Enum):
     TASK_SKIPPED = "task.skipped"
     TASK_REVERTING = "task.reverting"
     TASK_REVERTED = "task.reverted"
+    TASK_HEARTBEAT = "task.heartbeat"
 
     def __str__(self) -> str:
         return self.value

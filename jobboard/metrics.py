@@ -171,6 +171,15 @@ class Metrics:
         self.info = Gauge(
             "jobboard_conductor_info", "Always 1; labels name a running conductor.",
             ["conductor", "version"], **r)
+        self.ready = Gauge(
+            "jobboard_conductor_ready",
+            "1 while the conductor claims work: ZooKeeper connected and the logbook "
+            "answering; 0 while it waits for a dependency (`jobboard conductors` says why).",
+            ["conductor"], **r)
+        self.heartbeats = Counter(
+            "jobboard_task_heartbeats",
+            "Heartbeats saved for running tasks, by flow (`jobboard claims` shows each "
+            "task's progress and note).", ["flow"], **r)
 
         self._lock = threading.Lock()
         self._task_started: _Bounded = _Bounded(max_tracked)
@@ -185,6 +194,10 @@ class Metrics:
         self.info.labels(conductor=conductor, version=version).set(1)
         self.in_flight.labels(conductor=conductor).set(0)
         self.zookeeper_state(conductor, "CONNECTED")
+        self.conductor_ready(conductor, True)
+
+    def conductor_ready(self, conductor: str, ready: bool) -> None:
+        self.ready.labels(conductor=conductor).set(1 if ready else 0)
 
     def observe_lock_wait(self, kind: str, seconds: float) -> None:
         """A lock of ``kind`` (mutex, read, write, semaphore) was acquired
@@ -307,6 +320,9 @@ class Metrics:
         with self._lock:
             self._task_started.put((event.job_id, event.task), event.at)
 
+    def _on_heartbeat(self, event: Event) -> None:
+        self.heartbeats.labels(flow=self._flow_of(event)).inc()
+
     def _on_task_ended(self, event: Event) -> None:
         if event.kind is EventKind.TASK_SUCCEEDED:
             outcome = "succeeded"
@@ -341,6 +357,7 @@ _HANDLERS = {
     EventKind.TASK_FAILED: Metrics._on_task_ended,
     EventKind.TASK_RETRYING: Metrics._on_task_ended,
     EventKind.TASK_REVERTED: Metrics._on_task_ended,
+    EventKind.TASK_HEARTBEAT: Metrics._on_heartbeat,
 }
 
 

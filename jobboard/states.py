@@ -1,4 +1,34 @@
-"""The states of jobs, flows and atoms (tasks and retry controllers)."""
+"""The states of jobs, flows and atoms (tasks and retry controllers).
+
+The job state machine. Rows are the states a job record can be in, columns
+who pushes on it; a cell is the state after, or the one-line refusal
+(a :class:`~jobboard.errors.BoardError`) the caller gets::
+
+  state      | claim          | holder ends it       | holder dies / crashes | abandon     | transfer       | cancel            | retry           | trash
+  -----------+----------------+----------------------+-----------------------+-------------+----------------+-------------------+-----------------+------------
+  UNCLAIMED  | CLAIMED        | -                    | -                     | NotClaimed  | NotClaimed     | CANCELLED         | InvalidTrans.   | deleted
+  CLAIMED    | AlreadyClaimed | COMPLETE, FAILED or  | UNCLAIMED, deaths+1;  | UNCLAIMED   | CLAIMED by the | the holder stops  | InvalidTrans.   | AlreadyClaimed
+             |                | CANCELLED (consume)  | DEAD at the next      | (hand-off)  | target         | the running task, |                 |
+             |                |                      | claim once deaths >=  |             | (hand-off)     | reverts: CANCELLED|                 |
+             |                |                      | max_claims            |             |                |                   |                 |
+  COMPLETE   | refused        | -                    | -                     | NotClaimed  | NotClaimed     | no-op             | InvalidTrans.   | deleted
+  FAILED     | refused        | -                    | -                     | NotClaimed  | NotClaimed     | no-op             | UNCLAIMED,      | deleted
+  CANCELLED  |                |                      |                       |             |                |                   | attempt+1       |
+  DEAD       |                |                      |                       |             |                |                   |                 |
+  MALFORMED  | quarantined (moved to ``{root}/malformed``): every action is JobNotFound; listed with its reason
+
+* A **hand-off** (abandon, transfer, or the holder's loss of its claim): the
+  old holder asks its running task to stop (``Task.cancelled``; killed with
+  the process executor) and the new holder starts only after the old one's
+  tasks stopped or ``stop_timeout`` passed; a dead holder hands over at once.
+* A **dependency outage** (logbook unreachable or its schema missing) is not
+  the job's fault: the holder gives it back (CLAIMED -> UNCLAIMED, not
+  counted) and turns NOT READY until the logbook answers.
+* Only a holder's death (its session ended with the claim) or a crash of the
+  conductor on the job counts against ``max_claims``.
+* ``retry`` starts a new attempt: the flow runs afresh and the logbook keeps
+  the earlier attempts.
+"""
 
 from __future__ import annotations
 

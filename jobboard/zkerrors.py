@@ -21,7 +21,8 @@ _UNAVAILABLE = (ConnectionLoss, SessionExpiredError, OperationTimeoutError, Retr
 def translated(action: str) -> Iterator[None]:
     """Turn kazoo errors raised inside the block into jobboard errors: missing
     credentials and server refusals -> BoardError; connection loss, expired
-    session (including a closed client), timeouts -> BoardUnavailable."""
+    session (including a closed client), timeouts (kazoo's, and a bounded
+    client's :class:`~jobboard.zkhandler.CallTimeout`) -> BoardUnavailable."""
     try:
         yield
     except NoAuthError as exc:

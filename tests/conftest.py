@@ -6,9 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from kazoo.client import KazooClient
-
-from jobboard.testing.zookeeper import ZooKeeperEnsemble, ZooKeeperServer
+from jobboard.testing.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, connected_client
 
 
 @pytest.fixture(scope="session")
@@ -21,13 +19,8 @@ def zk_server():
 def zk_hosts(zk_server) -> str:
     """Connection string with a chroot of its own, so tests never collide."""
     chroot = f"/t-{uuid.uuid4().hex[:12]}"
-    admin = KazooClient(hosts=zk_server.address)
-    admin.start(timeout=15)
-    try:
+    with connected_client(zk_server.address) as admin:
         admin.ensure_path(chroot)
-    finally:
-        admin.stop()
-        admin.close()
     return zk_server.address + chroot
 
 

@@ -7,18 +7,18 @@ Usage: python lock_holder.py HOSTS ROOT NAME
 import sys
 import threading
 
-from kazoo.client import KazooClient
-
 from jobboard.locks import Locks
+from jobboard.testing.zookeeper import zk_client
 
 
 def main() -> None:
     hosts, root, name = sys.argv[1:4]
-    client = KazooClient(hosts=hosts, timeout=1.0)
+    client = zk_client(hosts, timeout=1.0)
     client.start(timeout=15)
     held = Locks(client, root=root, identifier="holder").mutex(name, timeout=15)
     print(f"HELD {held.token}", flush=True)
-    threading.Event().wait()  # until killed
+    while True:   # until killed
+        threading.Event().wait(3600)
 
 
 if __name__ == "__main__":

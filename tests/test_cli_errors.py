@@ -103,10 +103,13 @@ def test_bad_connection_string_in_the_api_is_a_config_error(monkeypatch):
     with pytest.raises(ConfigError, match="host:port"):
         _zk.make_client("127.0.0.1:99999")
 
-    def refuse(**_options):
+    def refuse(*_args, **_options):
         raise ValueError("bad hostname")
 
-    monkeypatch.setattr(_zk, "KazooClient", refuse)
+    # kazoo's own host parsing is what raises; the client is built through
+    # the bounded-call factory when there is one
+    monkeypatch.setattr(_zk, "bounded_client" if hasattr(_zk, "bounded_client")
+                        else "KazooClient", refuse)
     with pytest.raises(ConfigError, match="bad hostname") as caught:
         _zk.make_client("zk1:2181", auth=("svc", "s3cret-pw"))
     assert isinstance(caught.value.__cause__, ValueError)
@@ -140,6 +143,12 @@ def test_refused_connection_fails_soon_with_one_line(tmp_path):
     (["post", "tests.flows:noop", "--priority", "100000"], "--priority"),
     (["conductor"], "--allow"),
     (["logbook", "prune"], "--older-than"),
+    (["conductor", "--allow", "x", "--executor", "fork"], "'fork' is not one of"),
+    (["conductor", "--allow", "x", "--task-timeout", "0"], "'0' is not a positive number"),
+    (["conductor", "--allow", "x", "--task-timeout", "-5"], "'-5' is not a positive number"),
+    (["conductor", "--allow", "x", "--task-timeout", "inf"], "'inf' is not a positive number"),
+    (["conductor", "--allow", "x", "--stop-timeout", "nan"], "'nan' is not a positive number"),
+    (["conductor", "--allow", "x", "--stop-timeout", "soon"], "'soon' is not a positive"),
 ])
 def test_usage_errors_are_one_line_with_exit_code_2(cli, args, says):
     result = cli(*args)
@@ -316,6 +325,98 @@ def test_second_conductor_with_the_same_name_is_one_line(zk_hosts, tmp_path):
     finally:
         _stop(first)
     assert first.returncode == 0
+
+
+def test_bad_conductor_settings_from_the_environment_are_one_line(cli):
+    result = cli("conductor", "--allow", "x", env_extra={"JOBBOARD_STOP_TIMEOUT": "0"})
+    assert result.exit_code == 2
+    line = _error_line(result.stderr)
+    assert "--stop-timeout" in line and "JOBBOARD_STOP_TIMEOUT" in line
+    result = cli("conductor", "--allow", "x", env_extra={"JOBBOARD_EXECUTOR": "green"})
+    assert result.exit_code == 2 and "'green' is not one of" in _error_line(result.stderr)
+
+
+def _postgres_url(database: str, password: str | None = None) -> str:
+    """The test PostgreSQL server's URL naming ``database``; skips (fails
+    under CI=true) when the server is not there."""
+    from sqlalchemy.engine import make_url
+
+    from jobboard.testing.databases import (DatabaseUnavailable, isolated_database,
+                                            postgres_base_url)
+
+    try:
+        with isolated_database("postgresql"):
+            pass
+    except DatabaseUnavailable as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL is required under CI=true: {exc}")
+        pytest.skip(str(exc))
+    url = make_url(postgres_base_url()).set(database=database)
+    if password is not None:
+        url = url.set(password=password)
+    return url.render_as_string(hide_password=False)
+
+
+def _refused(zk_hosts: str, tmp_path: Path, logbook: str) -> tuple[str, float]:
+    """Start a conductor on ``logbook``; it must exit 1 with one line."""
+    started = time.monotonic()
+    done = _run(_conductor_args(zk_hosts, tmp_path, "--logbook", logbook), tmp_path,
+                timeout=60)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    line = _error_line(done.stderr)
+    assert line.startswith("error: conductor not started: "), line
+    assert "conductor" not in done.stdout
+    return line, elapsed
+
+
+def test_conductor_refuses_a_postgresql_database_that_does_not_exist(zk_hosts, tmp_path):
+    url = _postgres_url("jobboard_no_such_database", password="s3cret-pw")
+    line, _ = _refused(zk_hosts, tmp_path, url)
+    assert "jobboard_no_such_database" in line and "does not exist" in line
+    assert "s3cret-pw" not in line and "postgres:***@" in line
+    assert "check the database name, user and password in --logbook" in line
+
+
+def test_conductor_refuses_a_database_port_where_nothing_listens(zk_hosts, tmp_path):
+    port = free_port()
+    url = f"postgresql+psycopg://jobboard:s3cret-pw@127.0.0.1:{port}/jobboard"
+    line, elapsed = _refused(zk_hosts, tmp_path, url)
+    assert f"127.0.0.1:{port}" in line and "s3cret-pw" not in line
+    assert "check that the database server is up" in line
+    assert elapsed < 20     # bounded: a few seconds of retries plus start-up
+
+
+def test_conductor_refuses_a_sqlite_file_in_a_missing_directory(zk_hosts, tmp_path):
+    missing = tmp_path / "no" / "such" / "dir"
+    line, _ = _refused(zk_hosts, tmp_path, f"sqlite:///{missing}/logbook.db")
+    assert f"directory {missing} does not exist" in line
+    assert not missing.exists()
+
+
+def test_conductor_brings_an_empty_postgresql_logbook_up_to_date(zk_hosts, tmp_path):
+    from jobboard.logbook import Logbook
+    from jobboard.testing.databases import isolated_database
+
+    _postgres_url("probe")      # skips when there is no PostgreSQL
+    with isolated_database("postgresql") as url:
+        proc = _spawn(_conductor_args(zk_hosts, tmp_path, "--name", "fresh",
+                                      "--logbook", url), tmp_path)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, proc.communicate()
+                listed = _run(["conductors", "--json", "--zk", zk_hosts, "--root", "/fleet"],
+                              tmp_path)
+                if "fresh" in [c["name"] for c in json.loads(listed.stdout)["conductors"]]:
+                    break
+                assert time.monotonic() < deadline, "the conductor never registered"
+                time.sleep(0.2)
+        finally:
+            _stop(proc)
+        assert proc.returncode == 0
+        with Logbook(url, auto_upgrade=False) as book:
+            book.check()        # the schema is current
 
 
 def test_busy_metrics_port_is_one_line(zk_hosts, tmp_path):

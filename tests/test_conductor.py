@@ -296,11 +296,13 @@ def test_declared_locks_serialize_jobs_across_the_fleet(board, fleet, tmp_path):
 def expire_session(board: Board, zk_hosts: str) -> None:
     """Expire ``board``'s ZooKeeper session from the server's side (a second
     client takes the session over and closes it), and wait until it is LOST."""
-    from kazoo.client import KazooClient, KazooState
+    from kazoo.client import KazooState
+
+    from jobboard.testing.zookeeper import zk_client
 
     lost = threading.Event()
     board.client.add_listener(lambda state: lost.set() if state == KazooState.LOST else None)
-    thief = KazooClient(hosts=zk_hosts, client_id=board.client.client_id)
+    thief = zk_client(zk_hosts, client_id=board.client.client_id)
     thief.start(timeout=10)
     thief.stop()
     thief.close()

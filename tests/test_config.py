@@ -176,3 +176,56 @@ def test_missing_auth_file(tmp_path):
         config.read_auth_file(tmp_path / "missing")
     with pytest.raises(ConfigError, match="directory"):
         config.read_auth_file(tmp_path)
+
+
+def _conductor_params(args: list[str], settings: dict) -> dict:
+    """The parameters `jobboard conductor` would run with, given its flags and
+    a config file's settings (the environment from the test)."""
+    import click
+
+    from jobboard.cli import _schema, conductor
+
+    parent = click.Context(main, info_name="jobboard",
+                           default_map=config.default_map(settings, _schema(main)))
+    with parent:
+        return conductor.make_context("conductor", ["--allow", "x", *args],
+                                      parent=parent).params
+
+
+def test_conductor_execution_settings_flag_env_config_default(monkeypatch):
+    for key in ("JOBBOARD_EXECUTOR", "JOBBOARD_TASK_TIMEOUT", "JOBBOARD_STOP_TIMEOUT"):
+        monkeypatch.delenv(key, raising=False)
+    defaults = _conductor_params([], {})
+    assert (defaults["executor"], defaults["task_timeout"], defaults["stop_timeout"]) == \
+        ("thread", None, 30.0)
+
+    from_file = {"conductor": {"executor": "process", "task_timeout": 600,
+                               "stop_timeout": 5.5}}
+    params = _conductor_params([], from_file)
+    assert (params["executor"], params["task_timeout"], params["stop_timeout"]) == \
+        ("process", 600.0, 5.5)
+
+    monkeypatch.setenv("JOBBOARD_STOP_TIMEOUT", "7")
+    monkeypatch.setenv("JOBBOARD_EXECUTOR", "thread")
+    params = _conductor_params([], from_file)
+    assert (params["executor"], params["stop_timeout"]) == ("thread", 7.0)
+    assert params["task_timeout"] == 600.0
+
+    params = _conductor_params(["--stop-timeout", "9", "--task-timeout", "1.5"], from_file)
+    assert (params["stop_timeout"], params["task_timeout"]) == (9.0, 1.5)
+
+
+@pytest.mark.parametrize("settings, says", [
+    ({"conductor": {"executor": "fork"}}, "conductor.executor has a bad value"),
+    ({"conductor": {"task_timeout": 0}}, "conductor.task_timeout has a bad value"),
+    ({"conductor": {"stop_timeout": -1}}, "conductor.stop_timeout has a bad value"),
+    ({"conductor": {"stop_timeout": "30"}}, "conductor.stop_timeout must be a number"),
+    ({"conductor": {"task_timeout": float("inf")}}, "conductor.task_timeout has a bad value"),
+    ({"conductor": {"task_timeout": True}}, "conductor.task_timeout must be a number"),
+])
+def test_conductor_execution_settings_are_checked_in_the_config_file(settings, says):
+    from jobboard.cli import _schema
+
+    with pytest.raises(ConfigError, match=says) as caught:
+        config.default_map(settings, _schema(main), source="jobboard.toml")
+    assert "\n" not in str(caught.value)

@@ -20,6 +20,7 @@ from kazoo.exceptions import KazooException
 from jobboard.errors import BoardUnavailable, LockTimeout
 from jobboard.locks import Held, Locks, decode_name, encode_name
 from jobboard.testing.waiting import wait_until
+from jobboard.testing.zookeeper import zk_client
 
 ROOT = "/jobboard/locks"
 HOLDER = Path(__file__).with_name("lock_holder.py")
@@ -30,7 +31,7 @@ def connect(zk_hosts: str) -> Iterator[Callable[..., KazooClient]]:
     clients: list[KazooClient] = []
 
     def make(**options: object) -> KazooClient:
-        client = KazooClient(hosts=zk_hosts, **options)
+        client = zk_client(zk_hosts, **options)
         client.start(timeout=15)
         clients.append(client)
         return client
@@ -259,7 +260,7 @@ def test_session_expiry_frees_the_lock_and_invalidates_the_holder(
     held = Locks(client, root=ROOT).mutex("volume/42", timeout=5)
     held.check()
     # A second client on the same session id + password, closed: expires the first.
-    twin = KazooClient(hosts=zk_hosts, client_id=client.client_id)
+    twin = zk_client(zk_hosts, client_id=client.client_id)
     twin.start(timeout=15)
     twin.stop()
     twin.close()

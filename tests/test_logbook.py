@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import text, update
 
 import jobboard.logbook as logbook_pkg
-from jobboard.errors import (LogbookError, LogbookNotFound, LogbookUnavailable,
-                             MalformedData, StaleOwner)
+from jobboard.errors import (LogbookError, LogbookNotFound, LogbookSchemaError,
+                             LogbookUnavailable, MalformedData, StaleOwner)
 from jobboard.logbook import AtomDetail, Failure, FlowDetail, Logbook, LogBookInfo
-from jobboard.logbook._db import VERSION_TABLE, is_transient
+from jobboard.logbook._db import VERSION_TABLE, is_transient, translate
 from jobboard.logbook.models import Base, LogBookRow
 from jobboard.states import AtomState, FlowState
 
@@ -211,7 +211,7 @@ def test_upgrade_reaches_the_models(logbook):
     with logbook._engine.connect() as conn:
         context = MigrationContext.configure(
             conn, opts={"version_table": VERSION_TABLE, "compare_type": True})
-        assert context.get_current_revision() == "0001"
+        assert context.get_current_revision() == "0002"
         assert compare_metadata(context, Base.metadata) == []
 
 
@@ -252,7 +252,7 @@ def test_server_databases_are_not_migrated_implicitly(logbook_url):
             assert book.current_token("j") == 1
         return
     with Logbook(logbook_url, retry_attempts=1) as book:
-        with pytest.raises(LogbookError, match="jobboard logbook upgrade"):
+        with pytest.raises(LogbookSchemaError, match="jobboard logbook upgrade"):
             book.take_over("j", 1, "a")
         book.upgrade()
         book.take_over("j", 1, "a")
@@ -317,3 +317,24 @@ def test_is_transient_classifies():
     missing = sa_exc.OperationalError("SELECT", {}, Exception("no such table: logbooks"))
     assert is_transient(locked) and not is_transient(missing)
     assert not is_transient(ValueError("x"))
+    assert isinstance(translate(missing, "load_flow", "sqlite:///x.db"), LogbookSchemaError)
+
+
+def test_postgres_down_stays_transient_and_a_missing_database_does_not():
+    """psycopg reports a failed connection without a SQLSTATE: transient,
+    unless the server answered that the database or role does not exist."""
+    import psycopg
+    from sqlalchemy import exc as sa_exc
+
+    def failed(message: str) -> sa_exc.OperationalError:
+        return sa_exc.OperationalError("connect", {}, psycopg.OperationalError(message))
+
+    down = failed('connection to server at "127.0.0.1", port 5432 failed: Connection refused')
+    starting = failed("FATAL:  the database system is starting up")
+    absent = failed('connection to server at "127.0.0.1", port 5432 failed: '
+                    'FATAL:  database "nope" does not exist')
+    assert is_transient(down) and is_transient(starting) and not is_transient(absent)
+    unavailable = translate(down, "take_over", "postgresql+psycopg://u:pw@h/db")
+    assert isinstance(unavailable, LogbookUnavailable) and "pw" not in str(unavailable)
+    config = translate(absent, "take_over", "postgresql+psycopg://u:pw@h/nope")
+    assert type(config) is LogbookError and "cannot use logbook database" in str(config)

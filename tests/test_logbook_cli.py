@@ -76,3 +76,114 @@ def test_list_upgrade_and_prune(filled, logbook_url):
     pruned = _run(["prune", "--older-than", "0"], logbook_url)
     assert pruned.exit_code == 0 and "removed 1" in pruned.output
     assert "(none)" in _run(["list"], logbook_url).output
+
+
+@pytest.fixture
+def retried(filled):
+    """job-1's first attempt failed (``filled``); the second one is running."""
+    filled.take_over("job-1", 7, "conductor-b", attempt=2)
+    filled.save_flow("job-1", "provision", FlowState.RUNNING, token=7)
+    filled.save_atom("job-1", AtomDetail(name="attach", state=AtomState.RUNNING,
+                                         attempts=1, started_at=T0), token=7)
+    return filled
+
+
+def test_show_lists_every_attempt(retried, logbook_url):
+    result = _run(["show", "job-1"], logbook_url)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "attempts: 2 (current 2)" in out
+    first, second = out.split("attempt 1: ")[1].split("attempt 2: ")
+    assert first.startswith("provision  FAILURE") and "builtins.ValueError: boom" in first
+    assert second.startswith("provision  RUNNING") and "notify" not in second
+    attach = [line for line in out.splitlines() if line.startswith("attach")]
+    assert "SUCCESS" in attach[0] and "RUNNING" in attach[1]
+
+
+def test_show_json_has_every_attempt_and_the_current_flow(retried, logbook_url):
+    result = _run(["show", "job-1", "--json"], logbook_url)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["job_id"] == "job-1" and doc["logbook"]["attempt"] == 2
+    assert [a["attempt"] for a in doc["attempts"]] == [1, 2]
+    first, second = doc["attempts"]
+    assert (first["state"], second["state"]) == ("FAILURE", "RUNNING")
+    assert [t["name"] for t in first["tasks"]] == ["attach", "notify"]
+    assert first["tasks"][1]["failure"]["message"] == "boom"
+    assert [t["state"] for t in second["tasks"]] == ["RUNNING"]
+    assert set(first) >= {"attempt", "name", "state", "created_at", "updated_at", "meta",
+                          "tasks"}
+    # the keys from before attempts were kept describe the current attempt
+    assert doc["flow"]["state"] == "RUNNING" and doc["flow"]["attempt"] == 2
+    assert [a["name"] for a in doc["atoms"]] == ["attach"]
+
+
+def test_show_of_a_new_attempt_without_flow(filled, logbook_url):
+    filled.take_over("job-1", 9, "conductor-c", attempt=2)
+    text = _run(["show", "job-1"], logbook_url).output
+    assert "attempts: 1 (current 2)" in text and "attempt 2: (no flow yet)" in text
+    doc = json.loads(_run(["show", "job-1", "--json"], logbook_url).output)
+    assert doc["flow"] is None and doc["atoms"] == [] and len(doc["attempts"]) == 1
+
+
+def test_list_shows_the_attempt(retried, logbook_url):
+    listed = json.loads(_run(["list", "--json"], logbook_url).output)
+    assert [(i["job_id"], i["attempt"], i["flow_state"]) for i in listed] == \
+        [("job-1", 2, "RUNNING")]
+    assert "ATTEMPT" in _run(["list"], logbook_url).output
+
+
+def test_schema_errors_name_the_fix(logbook_url):
+    """A server logbook nobody migrated: one line saying what to run, then
+    `logbook upgrade` migrates it (on every backend)."""
+    shown = _run(["show", "job-1"], logbook_url)
+    if not logbook_url.startswith("sqlite"):      # SQLite files migrate themselves
+        assert shown.exit_code == 1
+        assert "run `jobboard logbook upgrade`" in shown.output
+        assert "Traceback" not in shown.output
+    upgraded = _run(["upgrade"], logbook_url)
+    assert upgraded.exit_code == 0 and "up to date" in upgraded.output
+    assert "no logbook for job job-1" in _run(["show", "job-1"], logbook_url).output
+
+
+# -- `jobboard show JOB` mentions the attempts ----------------------------------
+
+
+def _show(board, zk_hosts: str, logbook_url: str, *args: str):
+    return CliRunner().invoke(main, ["show", *args, "--zk", zk_hosts, "--root", "/jobboard",
+                                     "--logbook", logbook_url])
+
+
+def test_board_show_lists_the_attempts(board, zk_hosts, logbook, logbook_url):
+    job = board.post("tests.flows:noop")
+    for token, attempt, state in ((1, 1, FlowState.FAILURE), (2, 2, FlowState.RUNNING)):
+        logbook.take_over(job.uuid, token, "c", attempt=attempt)
+        logbook.save_flow(job.uuid, "noop", state, token=token)
+    shown = _show(board, zk_hosts, logbook_url, job.uuid)
+    assert shown.exit_code == 0, shown.output
+    assert "attempts: 2 in the logbook (current 1)" in shown.output   # the board's count
+    assert "#1 FAILURE" in shown.output and "#2 RUNNING" in shown.output
+    doc = json.loads(_show(board, zk_hosts, logbook_url, job.uuid, "--json").output)
+    assert [(a["attempt"], a["state"]) for a in doc["attempts"]] == \
+        [(1, "FAILURE"), (2, "RUNNING")]
+    assert set(doc["attempts"][0]) >= {"attempt", "state", "created_at", "updated_at"}
+    assert "logbook_note" not in doc
+
+
+@pytest.mark.parametrize("logbook_url", ["sqlite"], indirect=True)
+def test_board_show_without_a_readable_logbook(board, zk_hosts, logbook_url, tmp_path):
+    import time
+
+    job = board.post("tests.flows:noop")
+    fresh = _show(board, zk_hosts, f"sqlite:///{tmp_path}/absent.db", job.uuid)
+    assert fresh.exit_code == 0 and "attempts: 0 in the logbook" in fresh.output
+    assert not (tmp_path / "absent.db").exists()
+    started = time.monotonic()
+    down = _show(board, zk_hosts, "postgresql+psycopg://postgres@127.0.0.1:1/x", job.uuid)
+    assert time.monotonic() - started < 10
+    assert down.exit_code == 0, down.output
+    note = [line for line in down.output.splitlines() if "attempts:" in line]
+    assert len(note) == 1 and "logbook not read" in note[0] and "127.0.0.1:1" in note[0]
+    doc = json.loads(_show(board, zk_hosts, "postgresql+psycopg://postgres@127.0.0.1:1/x",
+                           job.uuid, "--json").output)
+    assert doc["attempts"] is None and "unavailable" in doc["logbook_note"]

@@ -202,6 +202,33 @@ def test_conductor_methods(registry, metrics):
     metrics.fenced_write()
     assert value(registry, "jobboard_logbook_fenced_writes_total") == 1
 
+    assert value(registry, "jobboard_conductor_ready", conductor="c1") == 1
+    metrics.conductor_ready("c1", False)
+    assert value(registry, "jobboard_conductor_ready", conductor="c1") == 0
+
+
+def test_heartbeats_are_counted_by_flow(registry, notifier, tmp_path):
+    """The real engine's heartbeat events (a task reporting progress)."""
+    from jobboard.engine import Engine, task
+    from jobboard.engine.control import current
+
+    saved = threading.Event()
+    notifier.subscribe(lambda event: saved.set()
+                       if event.kind is EventKind.TASK_HEARTBEAT else None)
+
+    @task
+    def report() -> None:      # beats until the engine saved one (bounded)
+        for _ in range(500):
+            current().heartbeat(progress=0.5, note="half")
+            if saved.wait(0.01):
+                return
+
+    with Logbook(f"sqlite:///{tmp_path}/logbook.db") as book:
+        engine = Engine(flows.linear("beating", report), logbook=book, job_id="j1", token=1,
+                        notifier=notifier, heartbeat_interval=0)
+        assert engine.run().ok
+    assert value(registry, "jobboard_task_heartbeats_total", flow="beating") >= 1
+
 
 def test_logbook_hook_times_writes_and_counts_fencing(registry, metrics, tmp_path):
     with Logbook(f"sqlite:///{tmp_path}/logbook.db") as book:

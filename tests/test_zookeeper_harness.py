@@ -1,6 +1,6 @@
 """The test harness itself: a ZooKeeper that fails to come up leaves no
 process behind (its JVM runs in a session of its own, so nothing else would
-reap it)."""
+reap it); a frozen server is really stopped, and stops when told to."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jobboard.testing.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, ZooKeeperStartError
+from jobboard.testing.zookeeper import (ZooKeeperEnsemble, ZooKeeperServer, ZooKeeperStartError,
+                                        process_state)
 
 
 def processes_using(data_dir: Path) -> list[int]:
@@ -47,3 +48,25 @@ def test_an_ensemble_that_does_not_start_in_time_is_stopped():
             assert processes_using(member.data_dir) == []
     finally:
         ensemble.destroy()
+
+
+def test_freeze_stops_the_process_and_thaw_resumes_it():
+    with ZooKeeperServer() as server:
+        server.freeze()
+        assert process_state(server.process) == "T"
+        assert not server.serving()           # stopped: no answer at all
+        server.thaw()
+        server.wait_serving(15)
+        assert process_state(server.process) != "T"
+
+
+def test_a_frozen_server_stops_when_told_to():
+    server = ZooKeeperServer().start()
+    try:
+        server.freeze()
+        process = server.process
+        server.stop()                          # SIGTERM, then SIGCONT so it acts on it
+        assert process.poll() is not None
+    finally:
+        server.destroy()
+    assert processes_using(server.data_dir) == []

@@ -1,5 +1,9 @@
 """Connecting to ZooKeeper and translating kazoo's errors at the boundary.
 
+Every client is built with a bounded handler (:mod:`jobboard.zkhandler`):
+a blocking call that gets no answer within ``call_timeout`` raises instead of
+waiting forever, and that surfaces as :class:`BoardUnavailable`.
+
 kazoo's own ``KazooRetry`` retries connection loss for idempotent calls
 (``client.retry``); writes that are not idempotent (claims) check what
 happened themselves instead of being blindly retried. Anything kazoo raises
@@ -17,6 +21,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import make_digest_acl
 
 from jobboard.errors import BoardUnavailable, ConfigError
+from jobboard.zkhandler import bounded_client
 from jobboard.zkerrors import translated  # noqa: F401  (re-exported for the board)
 
 COMMAND_RETRY = dict(max_tries=8, delay=0.05, backoff=2, max_delay=2.0, ignore_expire=False)
@@ -58,22 +63,25 @@ def _check_hosts(hosts: str) -> None:
 
 
 def make_client(hosts: str, *, auth: tuple[str, str] | None = None,
-                session_timeout: float = 10.0) -> KazooClient:
+                session_timeout: float = 10.0, call_timeout: float | None = None) -> KazooClient:
     """A KazooClient (not started); with ``auth`` every znode it creates is
-    readable and writable only with the same digest credentials.
+    readable and writable only with the same digest credentials. Each of its
+    blocking calls waits at most ``call_timeout`` seconds (default
+    ``max(30, 2 x session_timeout)``), then raises kazoo's timeout error,
+    which :func:`translated` turns into :class:`BoardUnavailable`.
 
     Raises:
         ConfigError: ``hosts`` is not ``host:port[,host:port...][/chroot]``.
     """
     _check_hosts(hosts)
-    options: dict = dict(hosts=hosts, timeout=session_timeout,
+    options: dict = dict(timeout=session_timeout, call_timeout=call_timeout,
                          command_retry=COMMAND_RETRY, connection_retry=CONNECTION_RETRY)
     if auth:
         user, password = auth
         options["auth_data"] = [("digest", f"{user}:{password}")]
         options["default_acl"] = [make_digest_acl(user, password, all=True)]
     try:
-        return KazooClient(**options)
+        return bounded_client(hosts, **options)
     except ValueError as exc:   # kazoo's host parsing; never echo auth data
         raise ConfigError(f"bad ZooKeeper address {hosts!r}: {exc}; expected {_FORM} "
                           "(--zk / JOBBOARD_ZK)") from exc

@@ -19,7 +19,7 @@ from jobboard.board.layout import Paths
 from jobboard.board.ownership import Ownership
 from jobboard.board.queue import QueueIndex
 from jobboard.board.records import Records
-from jobboard.errors import AlreadyClaimed, BoardError, MalformedData
+from jobboard.errors import AlreadyClaimed, BoardError, InvalidTransition, MalformedData
 from jobboard.events import EventKind, Notifier
 from jobboard.serialization import dumps, loads
 from jobboard.states import JobState
@@ -72,25 +72,32 @@ class Admin:
         _zk.delete_quietly(self.client, self.paths.dead_marker(job_id))
 
     def retry(self, job: Job | str) -> Job:
-        """Put a dead-lettered or failed job back on the board with a fresh
-        claim count (its logbook keeps what already finished)."""
+        """Run a FAILED, CANCELLED or DEAD job again, as a new attempt: its
+        flow starts afresh (the logbook keeps the earlier attempts), with fresh
+        claim and death counts.
+
+        Raises:
+            InvalidTransition: the job is waiting, claimed or COMPLETE.
+        """
         job_id = check_job_id(job if isinstance(job, str) else job.uuid)
         with _zk.translated(f"retrying job {job_id}"):
             current, stat = self.records.read(job_id)
             if current.state not in (JobState.DEAD, JobState.FAILED, JobState.CANCELLED):
-                raise BoardError(f"job {job_id} is {current.state}; only DEAD, FAILED or "
-                                 "CANCELLED jobs can be retried")
+                raise InvalidTransition(job_id, current.state, "retry",
+                                        "only FAILED, CANCELLED or DEAD jobs can be retried")
             revived = current.with_event("retried", state=JobState.UNCLAIMED, claims=0,
+                                         deaths=0, attempt=current.attempt + 1,
                                          owner=None, outcome=None, finished_at=None,
-                                         not_before=None)
+                                         not_before=None, transfer_to=None)
             record = revived.encode()
-            marker = self.paths.dead_marker(job_id)
-            dead_marked = self.client.exists(marker) is not None
+            leftovers = [(path, stat_) for path in (self.paths.dead_marker(job_id),
+                                                    self.paths.cancel_request(job_id))
+                         if (stat_ := self.client.exists(path)) is not None]
 
             def revive(txn: Any) -> None:
                 txn.set_data(self.paths.job(job_id), record, version=stat.version)
-                if dead_marked:
-                    txn.delete(marker)
+                for path, marker_stat in leftovers:
+                    txn.delete(path, version=marker_stat.version)
 
             if self.index.commit(revive, revived, stat.version + 1,
                                  restore=True)[1] is not None:

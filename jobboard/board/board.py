@@ -67,8 +67,9 @@ class Board:
             :meth:`connect`).
         root: the board's root znode.
         max_record_bytes: largest encoded job accepted by :meth:`post`.
-        max_claims: a job claimed this many times without finishing is
-            dead-lettered by the next claim instead of running again.
+        max_claims: a job whose holders died (or crashed on it) this many
+            times is dead-lettered by the next claim instead of running again;
+            abandons, transfers and outages of a dependency do not count.
         notifier: where ``job.*`` events go.
     """
 
@@ -323,9 +324,19 @@ class Board:
         """Finish a claimed job with ``outcome``, dropping the claim."""
         return self.ownership.consume(job, owner, outcome, state=state)
 
-    def abandon(self, job: Job | str, owner: str) -> Job:
-        """Give a claimed job back: claimable again at once, ahead of its priority."""
-        return self.ownership.abandon(job, owner)
+    def abandon(self, job: Job | str, owner: str, *, crashed: bool = False) -> Job:
+        """Give a claimed job back: claimable again at once, ahead of its priority
+        (``crashed``: count it against ``max_claims``)."""
+        return self.ownership.abandon(job, owner, crashed=crashed)
+
+    def start_working(self, job_id: str, *, stop_timeout: float) -> float:
+        """Mark a job's tasks as running here, after the previous holder's
+        have stopped or ``stop_timeout`` passed; returns the seconds waited."""
+        return self.ownership.start_working(job_id, stop_timeout=stop_timeout)
+
+    def stop_working(self, job_id: str) -> None:
+        """No task of the job runs here any more: the next holder may start."""
+        self.ownership.stop_working(job_id)
 
     def transfer(self, job: Job | str, from_owner: str | None, to_owner: str) -> Job:
         """Move a claim to another live conductor, which resumes the job."""

@@ -33,9 +33,9 @@ import time
 from typing import Callable
 
 from kazoo.exceptions import NoAuthError, NoNodeError
-from kazoo.recipe.watchers import ChildrenWatch
 
 from jobboard.board import _zk
+from jobboard.board._watch import ChildWatch
 from jobboard.board.board import Board
 from jobboard.board.job import Job, is_job_id
 from jobboard.board.layout import Entry
@@ -81,8 +81,7 @@ class Claimer:
         self._next_due: float | None = None
         self._last_sweep = float("-inf")     # the first claim sweeps for orphans
         self._unsure: set[str] = set()       # claims sent whose answer was not read
-        self._watches: list[ChildrenWatch] = []
-        self._generation = 0
+        self._watches: list[ChildWatch] = []
         self._started = False
         self._stopped = False
 
@@ -106,24 +105,22 @@ class Claimer:
         self._wake.set()
 
     def _set_watches(self) -> None:
-        self._generation += 1
-        generation = self._generation
-
-        def current(callback: Callable[[list[str]], bool]) -> Callable[[list[str]], bool]:
-            # an earlier generation's watch returns False: kazoo drops it
-            return lambda children: generation == self._generation and callback(children)
-
-        paths = self.board.paths
-        client = self.board.client
-        with _zk.translated("watching the board"):
-            watches = [] if self._members_fn is not None else [
-                ChildrenWatch(client, paths.conductors, current(self._on_members))]
-            watches.append(ChildrenWatch(client, paths.claims, current(self._on_claims)))
-            watches.append(ChildrenWatch(client, paths.delayed, current(self._on_delayed)))
-        self._watches = watches
+        # ChildWatch never raises into kazoo's threads and sets itself again
+        # after a connection loss or a new session; a new set replaces the old.
+        for watch in self._watches:
+            watch.stop()
+        paths, client = self.board.paths, self.board.client
+        specs = [(paths.claims, self._on_claims), (paths.delayed, self._on_delayed)]
+        if self._members_fn is None:
+            specs.insert(0, (paths.conductors, self._on_members))
+        self._watches = [ChildWatch(client, path, callback).start() for path, callback in specs]
+        for watch in self._watches:     # as kazoo's did: first answers in before returning
+            watch.wait_first(5.0)
 
     def stop(self) -> None:
-        self._stopped = True  # the watch callbacks return False: kazoo drops them
+        self._stopped = True
+        for watch in self._watches:
+            watch.stop()
         self._watches.clear()
         self._wake.set()
 
@@ -375,10 +372,10 @@ class Claimer:
             else:
                 self._skip.add(entry_path)   # newer than its record: never claimable
             return None
-        if job.claims >= board.max_claims:
+        if job.deaths >= board.max_claims:
             self._skip.add(entry_path)
             board.dead_letter(job, stat.version, entry_path,
-                              f"claimed {job.claims} times without finishing "
-                              f"(limit {board.max_claims})")
+                              f"its holder died or crashed {job.deaths} times while "
+                              f"running it (limit {board.max_claims})")
             return None
         return job.uuid, board.take_async(job, stat.version, self.owner, entry=entry_path)

@@ -19,15 +19,19 @@ not_before, claimed_at,
 finished_at             None or epoch seconds, as created_at
 key, owner, transfer_to None or str
 state                   one of :class:`~jobboard.states.JobState`'s values
-claims                  int >= 0 (not bool)
+claims                  int >= 0 (not bool): every claim of this attempt
+deaths                  int >= 0: claims of this attempt that ended because
+                        the holder died (``--max-claims`` counts these)
+attempt                 int >= 1: the run of the flow (``retry`` adds one)
 outcome                 None or a map with str keys whose ``results`` and
                         ``failure`` are None or maps and ``reason`` None or str
 history                 list of maps with str keys, each with ``at`` (epoch
                         seconds) and ``event`` (str)
 ======================  ====================================================
 
-``details``, ``claims``, ``not_before``, ``key``, ``owner``, ``claimed_at``,
-``finished_at``, ``outcome``, ``transfer_to`` and ``history`` may be absent
+``details``, ``claims``, ``deaths``, ``attempt``, ``not_before``, ``key``,
+``owner``, ``claimed_at``, ``finished_at``, ``outcome``, ``transfer_to`` and
+``history`` may be absent
 (they take their defaults); the others are required. A field that is present
 must hold a valid value (``"details": None`` is malformed, not ``{}``).
 Unknown fields are ignored, so a record written by a newer release still
@@ -247,6 +251,8 @@ _FIELDS: dict[str, _Field] = {
     "created_at": _Field(_timestamp),
     "state": _Field(_state),
     "claims": _Field(_integer(0, None), lambda: 0),
+    "deaths": _Field(_integer(0, None), lambda: 0),
+    "attempt": _Field(_integer(1, None), lambda: 1),
     "owner": _Field(_nullable(_text()), lambda: None),
     "claimed_at": _Field(_nullable(_timestamp), lambda: None),
     "finished_at": _Field(_nullable(_timestamp), lambda: None),
@@ -282,6 +288,8 @@ class Job:
     created_at: float = field(default_factory=time.time)
     state: JobState = JobState.UNCLAIMED
     claims: int = 0
+    deaths: int = 0
+    attempt: int = 1
     owner: str | None = None
     claimed_at: float | None = None
     finished_at: float | None = None
@@ -354,7 +362,8 @@ class Job:
             "args": self.args, "store": self.store, "priority": self.priority,
             "not_before": self.not_before, "key": self.key, "details": self.details,
             "created_at": self.created_at, "state": self.state.value,
-            "claims": self.claims, "owner": self.owner, "claimed_at": self.claimed_at,
+            "claims": self.claims, "deaths": self.deaths, "attempt": self.attempt,
+            "owner": self.owner, "claimed_at": self.claimed_at,
             "finished_at": self.finished_at, "outcome": self.outcome,
             "transfer_to": self.transfer_to, "history": list(self.history),
         }

@@ -12,6 +12,9 @@
     {root}/claims/{uuid}               ephemeral claim, data = owner; czxid = fencing token
     {root}/running/{uuid}              persistent twin of a claim: outlives the claim's
                                        session, so a vanished claim is noticed (reclaim)
+    {root}/working/{uuid}              ephemeral: the job's tasks run on this session's
+                                       holder; a new holder starts only once it is gone
+                                       (or the stop timeout passed): the hand-off
     {root}/keys/{sha256(key)}          idempotency keys: data = job uuid
     {root}/cancel/{uuid}               an admin's request to stop a claimed job
     {root}/dead/{uuid}                 index of dead-lettered jobs (for counts and listing)
@@ -179,11 +182,12 @@ class Paths:
         self.locks = f"{root}/locks"
         self.quarantine = f"{root}/malformed"
         self.leaders = f"{root}/leaders"
+        self.working = f"{root}/working"
 
     def containers(self) -> list[str]:
         return [self.jobs, self.queue, self.delayed, self.claims, self.running,
                 self.keys, self.cancel_requests, self.dead, self.conductors, self.locks,
-                self.quarantine]
+                self.quarantine, self.working]
 
     def shards(self) -> list[str]:
         return [f"{self.jobs}/{n:02x}" for n in range(256)]
@@ -212,6 +216,9 @@ class Paths:
 
     def dead_marker(self, job_id: str) -> str:
         return f"{self.dead}/{job_id}"
+
+    def working_marker(self, job_id: str) -> str:
+        return f"{self.working}/{job_id}"
 
     def conductor(self, name: str) -> str:
         return f"{self.conductors}/{name}"

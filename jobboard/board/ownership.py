@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 from dataclasses import replace
 from typing import Any, Callable
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, ConnectionLoss, NoNodeError
+from kazoo.exceptions import BadVersionError, ConnectionLoss, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from jobboard.board import _zk
@@ -181,7 +182,7 @@ class Ownership:
             return job, job.claim.record_version
         current, stat = self.records.read(job_id)
         if current.state is not JobState.CLAIMED:
-            raise NotClaimed(job_id)
+            raise NotClaimed(job_id, current.state)
         actual = self.claim_owner(job_id)
         if actual != owner:
             raise NotOwner(job_id, owner, actual)
@@ -194,7 +195,7 @@ class Ownership:
             return JobNotFound(job_id)
         if current.state is not JobState.CLAIMED:
             return ClaimLost(job_id, owner) if current.state is JobState.UNCLAIMED \
-                else NotClaimed(job_id)
+                else NotClaimed(job_id, current.state)
         actual = self.claim_owner(job_id)
         return NotOwner(job_id, owner, actual) if actual and actual != owner \
             else ClaimLost(job_id, owner)
@@ -215,14 +216,18 @@ class Ownership:
                                           finished_at=time.time(),
                                           outcome=self._fit_outcome(current, outcome))
             data = finished.encode()
+            # A cancel request goes with the finish, whatever the outcome; the
+            # job may have been cancelled before it was claimed (no request).
+            cancel_stat = self.client.retry(self.client.exists,
+                                            self.paths.cancel_request(job_id))
             self._released.append(job_id)
             for attempt in range(CONSUME_ATTEMPTS):
                 txn = self.client.transaction()
                 txn.set_data(self.paths.job(job_id), data, version=version)
                 txn.delete(self.paths.claim(job_id))
                 txn.delete(self.paths.running_marker(job_id))
-                if state is JobState.CANCELLED:
-                    txn.delete(self.paths.cancel_request(job_id))
+                if cancel_stat is not None:
+                    txn.delete(self.paths.cancel_request(job_id), version=cancel_stat.version)
                 try:
                     results = txn.commit()
                 except ConnectionLoss:
@@ -254,9 +259,11 @@ class Ownership:
         trimmed["results_omitted"] = f"{size} bytes is over the board's record limit"
         return trimmed
 
-    def abandon(self, job: Job | str, owner: str) -> Job:
+    def abandon(self, job: Job | str, owner: str, *, crashed: bool = False) -> Job:
         """Give a claimed job back: it is claimable again at once, ahead of
-        jobs of the same priority.
+        jobs of the same priority. ``crashed``: the holder could not run it for
+        a reason of the job's own (not a dependency's), which counts against
+        ``max_claims`` like a holder's death.
 
         Raises:
             NotClaimed / NotOwner / ClaimLost.
@@ -265,7 +272,8 @@ class Ownership:
         with _zk.translated(f"abandoning job {job_id}"):
             current, version = self._held(job, owner)
             released = current.with_event("abandoned", state=JobState.UNCLAIMED,
-                                          owner=None, transfer_to=None)
+                                          owner=None, transfer_to=None,
+                                          deaths=current.deaths + int(crashed))
             self._released.append(job_id)
 
             def release(txn: Any) -> None:
@@ -309,8 +317,11 @@ class Ownership:
                 return self.take(current, stat.version, me, running_exists=True)
             if target and self.client.exists(self.paths.conductor(target)):
                 return None
+            # The holder's session ended with the job in its hands: a death
+            # (a transfer whose target is gone is not one).
             released = current.with_event("reclaimed", state=JobState.UNCLAIMED,
-                                          owner=None, transfer_to=None)
+                                          owner=None, transfer_to=None,
+                                          deaths=current.deaths + (0 if target else 1))
 
             def release(txn: Any) -> None:
                 claim = self.paths.claim(job_id)
@@ -323,6 +334,60 @@ class Ownership:
                 log.info("job %s lost its holder %s; put back on the board",
                          job_id, current.owner)
             return None
+
+    def start_working(self, job_id: str, *, stop_timeout: float) -> float:
+        """The hand-off: wait until no other session's tasks run the job (its
+        working marker is gone: stopped, or its session ended), at most
+        ``stop_timeout`` seconds, then mark the job as worked on by this
+        session. Past the timeout the other holder's marker is replaced: its
+        tasks were asked to stop that long ago. Returns the seconds waited.
+
+        Raises:
+            BoardUnavailable: ZooKeeper unreachable.
+        """
+        path = self.paths.working_marker(job_id)
+        started = time.monotonic()
+        deadline = started + max(0.0, stop_timeout)
+        gone = threading.Event()
+
+        def on_change(event: Any) -> None:
+            gone.set()
+
+        with _zk.translated(f"waiting for job {job_id}'s previous holder to stop"):
+            while True:
+                try:
+                    self.client.retry(self.client.create, path, b"", ephemeral=True,
+                                      makepath=True)
+                    return time.monotonic() - started
+                except NodeExistsError:
+                    pass
+                gone.clear()
+                stat = self.client.retry(self.client.exists, path, watch=on_change)
+                if stat is None:
+                    continue
+                if stat.ephemeralOwner == self.session_id:
+                    return time.monotonic() - started     # an earlier attempt landed
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("job %s: its previous holder did not stop its tasks within "
+                                "%.0fs; starting anyway", job_id, stop_timeout)
+                    try:
+                        self.client.retry(self.client.delete, path, version=stat.version)
+                    except (NoNodeError, BadVersionError):
+                        pass
+                    continue
+                gone.wait(min(left, READ_TIMEOUT))
+
+    def stop_working(self, job_id: str) -> None:
+        """Drop this session's working marker (another's is left alone)."""
+        path = self.paths.working_marker(job_id)
+        with _zk.translated(f"handing job {job_id} on"):
+            stat = self.client.retry(self.client.exists, path)
+            if stat is not None and stat.ephemeralOwner == self.session_id:
+                try:
+                    self.client.retry(self.client.delete, path, version=stat.version)
+                except (NoNodeError, BadVersionError):
+                    pass
 
     def orphans(self) -> list[str]:
         """Jobs marked running whose claim is gone."""
@@ -348,7 +413,7 @@ class Ownership:
                 raise OwnerNotFound(to_owner)
             current, stat = self.records.read(check_job_id(job_id))
             if current.state is not JobState.CLAIMED:
-                raise NotClaimed(job_id)
+                raise NotClaimed(job_id, current.state)
             actual = self.claim_owner(job_id)
             if from_owner is not None and actual != from_owner:
                 raise NotOwner(job_id, from_owner, actual)

@@ -32,9 +32,11 @@ from typing import Any, Iterator, Sequence
 from jobboard import __version__
 from jobboard.board import Board, Claimer, Job
 from jobboard.conductor.leader import Duty
+from jobboard.conductor.readiness import Readiness
 from jobboard.conductor.run import JobRun
 from jobboard.conductor.session import SessionWatch
 from jobboard.errors import BoardError, BoardUnavailable, Cancelled, InvalidArgument
+from jobboard.engine import Executor, ThreadExecutor
 from jobboard.locks import Locks
 from jobboard.logbook import Logbook
 
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 IDLE_WAIT = 5.0
 REGISTRATION_INTERVAL = 2.0
 DEFAULT_FSCK_INTERVAL = 300.0
+DEFAULT_STOP_TIMEOUT = 30.0
+EXECUTORS = ("thread", "process")
 
 
 def default_name() -> str:
@@ -64,15 +68,35 @@ class Conductor:
         metrics: a :class:`jobboard.metrics.Metrics` to feed, or None.
         fsck_interval: seconds between two repair sweeps of the board, run
             by one conductor of the fleet at a time (0: this one never does).
+        executor: ``"thread"`` (tasks on threads of this process) or
+            ``"process"`` (tasks in worker processes, which a time limit, a
+            cancel or a hand-off can kill).
+        task_timeout: seconds a task may run unless it sets its own
+            ``timeout`` (None: no limit).
+        stop_timeout: seconds a task asked to stop (cancel, transfer, time
+            limit, shutdown) gets before it is abandoned (threads) or killed
+            (processes); a new holder waits as long for the old one's tasks.
+
+    Raises:
+        InvalidArgument: a setting out of range.
     """
 
     def __init__(self, board: Board, logbook: Logbook, *, name: str | None = None,
                  concurrency: int = 4, allow: Sequence[str] = (), grace: float = 30.0,
                  task_width: int = 4, lock_timeout: float = 60.0,
                  metrics: Any | None = None,
-                 fsck_interval: float = DEFAULT_FSCK_INTERVAL) -> None:
+                 fsck_interval: float = DEFAULT_FSCK_INTERVAL,
+                 executor: str = "thread", task_timeout: float | None = None,
+                 stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         if concurrency < 1:
             raise InvalidArgument("concurrency must be at least 1", argument="concurrency")
+        if executor not in EXECUTORS:
+            raise InvalidArgument(f"executor must be one of {', '.join(EXECUTORS)}, "
+                                  f"not {executor!r}", argument="executor")
+        if task_timeout is not None and not task_timeout > 0:
+            raise InvalidArgument("task_timeout must be positive", argument="task_timeout")
+        if not stop_timeout >= 0:
+            raise InvalidArgument("stop_timeout must be >= 0", argument="stop_timeout")
         self.board = board
         self.logbook = logbook
         self.name = name or default_name()
@@ -82,6 +106,11 @@ class Conductor:
         self.task_width = task_width
         self.lock_timeout = lock_timeout
         self.metrics = metrics
+        self.executor = executor
+        self.task_timeout = task_timeout
+        self.stop_timeout = stop_timeout
+        self._process_pool: Any = None
+        self.readiness = Readiness(lambda: self.logbook.check(), on_change=self._on_readiness)
         self.locks = Locks(board.client, root=board.paths.locks, identifier=self.name)
         self.runs: dict[str, JobRun] = {}
         self._runs_lock = threading.Lock()
@@ -110,7 +139,9 @@ class Conductor:
         log.info("conductor %s starting (concurrency %d, allowed factories %s)",
                  self.name, self.concurrency, list(self.allow) or "none")
         try:
+            self.logbook.check()     # refuse to start on a logbook we cannot use
             self._register()
+            self._publish_ready()
             self.claimer.start()
             if self.fsck_interval > 0:
                 self._repair_duty = Duty(
@@ -146,6 +177,9 @@ class Conductor:
                 continue
             try:
                 self._keep_registered()
+                if not self.readiness.ready:
+                    self._stopping.wait(min(1.0, self.readiness.recover()))
+                    continue
                 if self.in_flight >= self.concurrency:
                     self._capacity.wait(1.0)
                     self._capacity.clear()
@@ -209,6 +243,8 @@ class Conductor:
             for run in left:
                 run.finished.wait(max(5.0, self.lock_timeout))
         self.claimer.stop()
+        if self._process_pool is not None:
+            self._process_pool.shutdown(wait=False)
         if self._repair_duty is not None:
             self._repair_duty.stop()
         self.session.close()
@@ -239,7 +275,20 @@ class Conductor:
     def _on_state(self, state: str) -> None:
         if self.metrics is not None:
             self.metrics.zookeeper_state(self.name, state)
+        self._publish_ready()
         self.claimer.wake()
+
+    # -- readiness ----------------------------------------------------------------
+
+    def _on_readiness(self, ready: bool, reason: str | None) -> None:
+        self._registration_due = 0.0     # tell the fleet at the next loop
+        self._publish_ready()
+        self.claimer.wake()
+
+    def _publish_ready(self) -> None:
+        if self.metrics is not None:
+            self.metrics.conductor_ready(self.name,
+                                         self.readiness.ready and self.session.connected)
 
     def gate(self) -> None:
         """Called by engines before each task: wait while the connection is
@@ -254,7 +303,9 @@ class Conductor:
             jobs = sorted(self.runs)
         return {"host": socket.gethostname(), "pid": os.getpid(),
                 "started_at": self._started_at, "version": __version__,
-                "concurrency": self.concurrency, "jobs": jobs}
+                "concurrency": self.concurrency, "jobs": jobs,
+                "ready": self.readiness.ready, "reason": self.readiness.reason,
+                "not_ready_since": self.readiness.since}
 
     def _register(self) -> None:
         self._registered_info = self._info()
@@ -284,6 +335,23 @@ class Conductor:
     def _in_flight_changed(self) -> None:
         if self.metrics is not None:
             self.metrics.set_in_flight(self.name, self.in_flight)
+
+    # -- executors ------------------------------------------------------------------
+
+    def executor_for_job(self) -> Executor:
+        """Threads: a pool per job (``task_width``). Processes: one pool of
+        workers shared by every job, started on first use."""
+        if self.executor == "thread":
+            return ThreadExecutor(self.task_width)
+        with self._runs_lock:
+            if self._process_pool is None:
+                from jobboard.engine import ProcessExecutor
+                self._process_pool = ProcessExecutor(self.concurrency * self.task_width)
+            return self._process_pool
+
+    def release_executor(self, executor: Executor) -> None:
+        if executor is not self._process_pool:
+            executor.shutdown(wait=False)
 
     # -- locks for flows and tasks ------------------------------------------------
 

@@ -19,6 +19,8 @@ from typing import Callable
 
 from kazoo.client import KazooClient
 
+from jobboard.errors import BoardUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -80,6 +82,9 @@ class Duty:
             try:
                 self.work()
                 self.runs += 1
+            except BoardUnavailable as exc:   # ZooKeeper's outage, not a bug: one line
+                log.warning("%s: board unavailable (%s); trying again in %gs", self.path,
+                            exc, self.interval)
             except Exception:  # noqa: BLE001 - logged; tried again next interval
                 log.exception("%s failed; trying again in %gs", self.path, self.interval)
             self._stop.wait(self.interval)

@@ -5,17 +5,27 @@ How it ends, case by case:
 
 * the flow succeeds -> consumed COMPLETE with its results;
 * a task fails and the flow is reverted -> consumed FAILED with the failure;
+* a task runs past its time limit -> that attempt fails (``TaskTimeout``);
+  its retry policy decides, as for any failure;
 * the factory cannot be loaded or the flow is invalid -> consumed FAILED with
   the reason, recorded in the logbook too: never retried forever;
-* an admin cancels it -> the engine stops at the next task boundary, reverts,
-  and the job is consumed CANCELLED;
-* the claim is lost (session expired, transferred) -> the engine stops at the
-  next task boundary; nothing is consumed; a late logbook write is refused by
-  fencing (``StaleOwner``), so the new owner's work is never overwritten;
-* the conductor shuts down past its grace period -> the engine stops at a task
-  boundary and the job is abandoned, so another conductor resumes it at once;
-* the logbook database is down -> the job is abandoned (nothing acknowledged
-  is lost; the next owner resumes from what the logbook holds).
+* an admin cancels it -> the running task is asked to stop (killed with the
+  process executor past ``stop_timeout``), the flow is reverted, and the job
+  is consumed CANCELLED;
+* the claim is lost (session expired, transferred, abandoned by an admin) ->
+  the running task is asked to stop the same way; nothing is consumed; a late
+  logbook write is refused by fencing (``StaleOwner``). The next holder
+  starts only once our tasks stopped (the working marker, see
+  :meth:`~jobboard.board.Board.start_working`) or ``stop_timeout`` passed;
+* the conductor shuts down past its grace period -> the engine stops and the
+  job is abandoned, so another conductor resumes it at once;
+* the logbook fails (unreachable, schema missing) -> the job is handed back
+  without counting against it, and the conductor turns NOT READY until the
+  logbook answers again (:mod:`jobboard.conductor.readiness`);
+* an unexpected error of ours -> the job is handed back, counted like a
+  holder's death, so a job that always breaks us ends DEAD with the reason;
+* the board refuses the finish (the claim moved on) -> a claim still ours is
+  given back, never kept unworked.
 """
 
 from __future__ import annotations
@@ -25,9 +35,9 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from jobboard.board import Job
-from jobboard.engine import Engine, ThreadExecutor, build_flow
+from jobboard.engine import Engine, build_flow
 from jobboard.errors import (BoardError, BoardUnavailable, EngineError, LogbookError,
-                             LogbookUnavailable, StaleOwner)
+                             LogbookSchemaError, LogbookUnavailable, StaleOwner)
 from jobboard.logbook import Failure
 from jobboard.states import FlowState, JobState
 
@@ -86,9 +96,11 @@ class JobRun:
             self.releasing.set()
             board.consume(job, name, document, state=state)
             log.info("job %s (%s) %s", job.uuid, job.name, state.value)
-        except LogbookUnavailable as exc:
-            log.error("job %s: logbook unavailable (%s); abandoning it for another "
-                      "conductor", job.uuid, exc)
+        except (LogbookUnavailable, LogbookSchemaError) as exc:
+            # The logbook's failure, not the job's: give it back uncounted and
+            # claim nothing more until the logbook answers again.
+            self.conductor.readiness.down(f"logbook unavailable: {exc}")
+            log.warning("job %s: handed back, the logbook failed", job.uuid)
             self._abandon()
         except BoardUnavailable as exc:
             # Consuming retried through connection losses; still unreachable:
@@ -97,10 +109,15 @@ class JobRun:
             log.warning("job %s: could not finish on the board: %s", job.uuid, exc)
             self._abandon()
         except BoardError as exc:
+            # Refused (the claim moved on, or the record changed under us): a
+            # claim still ours is given back, never kept unworked.
             log.warning("job %s: could not finish on the board: %s", job.uuid, exc)
+            if self._claim_still_ours():
+                self._abandon()
         except Exception:  # noqa: BLE001 - a bug must not kill the conductor
-            log.exception("job %s: unexpected error; abandoning it", job.uuid)
-            self._abandon()
+            log.exception("job %s: unexpected error; handing it back (counted against "
+                          "its claims)", job.uuid)
+            self._abandon(crashed=True)
         finally:
             self.finished.set()
 
@@ -110,14 +127,19 @@ class JobRun:
         conductor = self.conductor
         job = self.job
         token = job.claim.token
-        executor = ThreadExecutor(conductor.task_width)
+        waited = conductor.board.start_working(job.uuid, stop_timeout=conductor.stop_timeout)
+        if waited >= 0.5:
+            log.info("job %s: waited %.1fs for its previous holder to stop", job.uuid, waited)
+        executor = conductor.executor_for_job()
         try:
             try:
                 flow = build_flow(job.factory, job.args, conductor.allow)
                 self.engine = Engine(
                     flow, logbook=conductor.logbook, job_id=job.uuid, token=token,
-                    store=job.store, executor=executor, notifier=conductor.board.notifier,
-                    locker=conductor.locker, owner=conductor.name, gate=self._gate)
+                    attempt=job.attempt, store=job.store, executor=executor,
+                    notifier=conductor.board.notifier, locker=conductor.locker,
+                    owner=conductor.name, gate=self._gate,
+                    task_timeout=conductor.task_timeout, stop_timeout=conductor.stop_timeout)
             except EngineError as exc:
                 return self._broken(exc)
             if self.claim_lost.is_set() or self.shutting_down.is_set():
@@ -126,7 +148,11 @@ class JobRun:
                 self.engine.cancel(revert=True)
             outcome = self.engine.run()
         finally:
-            executor.shutdown(wait=False)
+            if self.engine is not None and self.engine.running_tasks:
+                log.warning("job %s: task(s) %s ignored the request to stop; handing the job "
+                            "on anyway", job.uuid, ", ".join(self.engine.running_tasks))
+            conductor.release_executor(executor)
+            self._stop_working()
         if outcome.fenced or self.claim_lost.is_set():
             if self._claim_still_ours():
                 # Lost only in appearance (a check failed mid-reconnect): give
@@ -179,7 +205,8 @@ class JobRun:
         failure = Failure.from_exception(exc)
         try:
             logbook = self.conductor.logbook
-            logbook.take_over(job.uuid, job.claim.token, self.conductor.name, name=job.name)
+            logbook.take_over(job.uuid, job.claim.token, self.conductor.name, name=job.name,
+                              attempt=job.attempt)
             logbook.save_flow(job.uuid, job.name, FlowState.FAILURE, token=job.claim.token,
                               meta={"error": reason, "failure": failure.to_dict()})
         except StaleOwner:
@@ -190,18 +217,25 @@ class JobRun:
         return JobState.FAILED, {"flow_state": FlowState.FAILURE.value, "reason": reason,
                                  "failure": failure.to_dict()}
 
+    def _stop_working(self) -> None:
+        """Our tasks of this job have stopped: the next holder may start."""
+        try:
+            self.conductor.board.stop_working(self.job.uuid)
+        except BoardError as exc:   # gone with our session at the latest
+            log.warning("job %s: could not hand the job on yet: %s", self.job.uuid, exc)
+
     def _claim_still_ours(self) -> bool:
         try:
             return self.conductor.board.holds_claim(self.job.uuid)
         except BoardUnavailable:
             return False        # unreachable or expired: the session's end frees it
 
-    def _abandon(self) -> None:
+    def _abandon(self, *, crashed: bool = False) -> None:
         if self.claim_lost.is_set():
             return
         self.releasing.set()
         try:
-            self.conductor.board.abandon(self.job, self.conductor.name)
+            self.conductor.board.abandon(self.job, self.conductor.name, crashed=crashed)
             log.info("job %s abandoned for another conductor", self.job.uuid)
         except BoardError as exc:
             log.warning("job %s: could not abandon: %s", self.job.uuid, exc)

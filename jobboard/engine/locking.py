@@ -8,7 +8,10 @@ locks) or the run (flow locks) with :class:`~jobboard.errors.FlowInvalid`.
 The engine takes a *locker*: ``locker(names) -> context manager`` that holds
 all ``names`` while entered (the ZooKeeper locks in ``jobboard.locks`` fit).
 Task locks are held in the thread running the task, so an executor stays a
-plain runner; they are released on every exit path.
+plain runner; they are released on every exit path. An executor that runs
+the task elsewhere (a worker process) unwraps the :class:`LockedTask`: it
+holds :meth:`LockedTask.holding` in the parent while the child runs
+:attr:`LockedTask.inner`.
 """
 
 from __future__ import annotations
@@ -55,6 +58,15 @@ class LockedTask(Task):
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self.__dict__["_inner"], attr)
+
+    @property
+    def inner(self) -> Task:
+        """The wrapped task (a process executor ships it, holding the locks here)."""
+        return self.__dict__["_inner"]
+
+    def holding(self) -> AbstractContextManager[Any]:
+        """A context manager holding this task's locks (in the calling thread)."""
+        return self._locker(self._names)
 
     def _execute_callable(self) -> Callable[..., Any]:
         return self._inner._execute_callable()

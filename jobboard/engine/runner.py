@@ -12,34 +12,57 @@ knows about the job and then:
    re-runs ``RUNNING``/``PENDING`` ones (and ``FAILURE``/``RETRYING`` ones
    with attempts left), and carries on an interrupted revert.
 
+Time limits: a call of ``execute``/``revert`` running longer than its
+task's ``timeout`` (or the engine's ``task_timeout``), counted from when the
+executor started it, is interrupted with ``kill=True`` (a worker process is
+killed; a thread is only flagged and left as a straggler) and its attempt
+fails at once with ``TaskTimeout``; the retry policy then applies.
+
+Heartbeats (``Task.heartbeat``) reach the engine through the executor; the
+engine saves the latest one into the running atom's ``meta`` (``progress``,
+``note``, ``heartbeat_at``) at most once per ``heartbeat_interval`` per call,
+on its own thread, and emits ``TASK_HEARTBEAT``.
+
+Stopping: ``cancel()`` asks every running call to stop (``Task.cancelled``)
+and waits for them at most ``stop_timeout``, then kills what it can and stops
+waiting. A call that ended because it was asked to stop is left ``RUNNING``
+(run again by the next owner), or, after ``cancel(revert=True)``, recorded as
+failed by the cancel and reverted with the rest. A ``cancel()`` arriving
+while reverting stops the revert the same way (the flow stays ``REVERTING``
+for the next owner). Whenever ``run()`` returns or raises, every call it
+started has been asked to stop, and waited for up to ``stop_timeout`` before
+being killed (``running_tasks`` names those still running afterwards).
+
 How it fails: a ``StaleOwner`` from the logbook stops the engine at once
 (outcome ``CANCELLED``, ``fenced=True``, no further writes); any other
 logbook error, a lock error, or an exception from a listener (``Cancelled``
 or a ``BaseException`` simulating a crash) propagates out of ``run()``,
-leaving the logbook as it was for another conductor to resume. Running
-tasks are then not waited for.
+leaving the logbook as it was for another conductor to resume.
 """
 
 from __future__ import annotations
 
 import heapq
+import inspect
 import logging
 import threading
 import time
 from collections import ChainMap
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from jobboard.engine.calls import Call, Inflight
 from jobboard.engine.compile import compile_flow
 from jobboard.engine.executor import Executor, ThreadExecutor
 from jobboard.engine.flows import Flow
 from jobboard.engine.locking import LockedTask, Locker, render_locks
 from jobboard.engine.tasks import Task
-from jobboard.errors import EngineError, FlowInvalid, MalformedData, StaleOwner
+from jobboard.errors import (EngineError, FlowInvalid, MalformedData, StaleOwner,
+                             TaskInterrupted, TaskTimeout)
 from jobboard.events import EventKind, Notifier
 from jobboard.logbook import AtomDetail, Failure, FlowDetail, Logbook
 from jobboard.states import AtomState, FlowState
@@ -48,6 +71,7 @@ __all__ = ["Engine", "Outcome"]
 
 log = logging.getLogger(__name__)
 
+_KILL_SETTLE = 1.0   # seconds to let killed calls report their end before run() returns
 _FINISHED = (FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE, FlowState.CANCELLED)
 # Atom states whose task (may have) run and so must be reverted.
 _TO_REVERT = (AtomState.SUCCESS, AtomState.FAILURE, AtomState.RETRYING, AtomState.RUNNING,
@@ -83,6 +107,15 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _error_of(future: Future[Any]) -> BaseException | None:
+    """A done future's exception; a cancelled (never started) call counts as
+    interrupted."""
+    try:
+        return future.exception(timeout=0)
+    except CancelledError:
+        return TaskInterrupted("the call was cancelled before it started")
+
+
 class Engine:
     """Runs one job's flow against the logbook.
 
@@ -99,25 +132,44 @@ class Engine:
         locker: ``locker(names) -> context manager`` holding named locks;
             without one, declared locks are not taken.
         owner: The conductor's name, recorded with the token.
+        attempt: The job's attempt (``retry`` adds one): a later attempt
+            than the logbook's starts the flow afresh; earlier ones are kept.
         gate: Called before each task starts; may block (the conductor
             blocks while its ZooKeeper session is suspended). A ``cancel()``
             meanwhile is honoured when it returns.
+        task_timeout: Seconds a task call may run when the task sets no
+            ``timeout`` of its own; None: no limit.
+        stop_timeout: Seconds to wait for running calls after asking them
+            to stop (cancel, and the end of ``run()``) before killing them
+            and waiting no more.
+        heartbeat_interval: Minimum seconds between two heartbeat saves of
+            one call.
 
     Raises:
         FlowInvalid: A cycle, a duplicate name, or an input that neither the
             store nor an earlier task provides.
+        ValueError: A negative or zero time setting.
     """
 
     def __init__(self, flow: Flow | Task, *, logbook: Logbook, job_id: str, token: int,
                  store: Mapping[str, Any] | None = None, executor: Executor | None = None,
                  notifier: Notifier | None = None, locker: Locker | None = None,
-                 owner: str = "", gate: Callable[[], None] | None = None) -> None:
+                 owner: str = "", gate: Callable[[], None] | None = None,
+                 task_timeout: float | None = None, stop_timeout: float = 30.0,
+                 heartbeat_interval: float = 2.0, attempt: int = 1) -> None:
+        if task_timeout is not None and task_timeout <= 0:
+            raise ValueError("task_timeout must be positive (or None)")
+        if stop_timeout < 0 or heartbeat_interval < 0:
+            raise ValueError("stop_timeout and heartbeat_interval must not be negative")
+        self.task_timeout = task_timeout
+        self.stop_timeout = stop_timeout
         self.flow = flow
         self.store: dict[str, Any] = dict(store or {})
         self.compiled = compile_flow(flow, store_keys=self.store.keys())
         self.logbook = logbook
         self.job_id = job_id
         self.token = token
+        self.attempt = attempt
         self.owner = owner
         self.notifier = notifier or Notifier()
         self.locker = locker
@@ -125,8 +177,10 @@ class Engine:
         self._executor = executor
         self._cancel = threading.Event()
         self._cancel_revert = False
+        self._halts = 0            # cancel(revert=False) calls: stop a revert too
         self._guard = threading.Lock()
-        self._wake: Future[None] = Future()
+        self._calls = Inflight(heartbeat_interval)
+        self._observed: bool | None = None      # the executor takes observer=
         self._started = False
         self.atoms: dict[str, AtomDetail] = {}
         self._provided: dict[str, dict[str, Any]] = {}
@@ -136,23 +190,36 @@ class Engine:
     # -- public ----------------------------------------------------------------
 
     def cancel(self, revert: bool = False) -> None:
-        """Stop starting tasks; running ones finish. Thread-safe.
+        """Stop starting tasks and ask running ones to stop. Thread-safe.
+
+        Running calls see ``Task.cancelled``; the engine waits for them at
+        most ``stop_timeout``, then kills what it can (worker processes) and
+        stops waiting (threads are left to finish: stragglers).
 
         Args:
-            revert: Also revert what completed (an admin's cancel). Without
-                it the logbook is left as is, so the flow can be resumed.
+            revert: Also revert what completed (an admin's cancel); a call
+                that ended because it was asked to stop counts as failed by
+                the cancel and is reverted too. Without it the logbook is
+                left as is, so the flow can be resumed (an interrupted task
+                stays ``RUNNING`` and runs again), and a revert under way
+                stops as well.
         """
         with self._guard:
             self._cancel_revert = self._cancel_revert or revert
+            if not revert:
+                self._halts += 1
             self._cancel.set()
-        try:
-            self._wake.set_result(None)
-        except InvalidStateError:
-            pass
+        self._calls.poke()
 
     @property
     def cancelled(self) -> bool:
         return self._cancel.is_set()
+
+    @property
+    def running_tasks(self) -> list[str]:
+        """Names of the tasks whose execute or revert this engine started and
+        that are still running (after ``run()``: stragglers), sorted."""
+        return self._calls.names()
 
     def run(self) -> Outcome:
         """Run (or resume) the flow to its end.
@@ -183,8 +250,10 @@ class Engine:
                 self._emit(EventKind.FLOW_CANCELLED, fenced=True, reason=str(exc))
                 return Outcome(FlowState.CANCELLED, self._results(), fenced=True)
             finally:
+                # Before the flow's locks go: nothing of ours runs unlocked.
+                self._release(executor)
                 if self._executor is None:
-                    executor.shutdown(wait=clean)
+                    executor.shutdown(wait=clean and not self._calls.unfinished())
 
     # -- helpers ---------------------------------------------------------------
 
@@ -262,10 +331,127 @@ class Engine:
         atom.finished_at = _now()
         atom.meta = {**(atom.meta or {}), "seq": self._seq}
 
+    # -- calls: submitting, heartbeats, limits, stopping ---------------------------
+
+    def _timeout_of(self, name: str) -> float | None:
+        own = getattr(self.compiled.tasks[name], "timeout", None)
+        return own if own is not None else self.task_timeout
+
+    def _submit(self, executor: Executor, name: str, phase: str, task: Task,
+                *args: Any) -> Future[Any]:
+        """Hand one call to the executor, listed in ``self._calls``."""
+        if self._observed is None:
+            try:
+                params = inspect.signature(executor.execute).parameters
+                self._observed = "observer" in params or any(
+                    p.kind is p.VAR_KEYWORD for p in params.values())
+            except (TypeError, ValueError):
+                self._observed = False
+        call = self._calls.new(name, phase, self._timeout_of(name))
+        method = executor.execute if phase == "execute" else executor.revert
+        if self._observed:
+            future = method(task, *args, observer=call)
+        else:                              # an executor from before observers
+            call.started()
+            future = method(task, *args)
+        self._calls.add(call, future)
+        return future
+
+    def _stop_call(self, executor: Executor, future: Future[Any], *, kill: bool) -> None:
+        call = self._calls.get(future)
+        if call is None or (call.killed and kill) or (call.stop_asked and not kill):
+            return
+        call.stop_asked = True
+        call.killed = call.killed or kill
+        try:
+            executor.interrupt(future, kill=kill)
+        except Exception:  # noqa: BLE001 - a custom executor's bug must not stop the engine
+            log.exception("job %s: interrupting task %s failed", self.job_id, call.name)
+
+    def _give_up(self, executor: Executor, future: Future[Any], why: str) -> None:
+        """Kill the call (where the executor can) and stop waiting for it."""
+        self._stop_call(executor, future, kill=True)
+        self._calls.abandon(future)
+        if not future.done():
+            call = self._calls.get(future)
+            log.warning("job %s: stopped waiting for task %s (%s); it may still be "
+                        "running", self.job_id, call.name if call else "?", why)
+
+    def _flush_beats(self) -> None:
+        """Save the heartbeats that are due (on the engine's thread)."""
+        for call, progress, note, at in self._calls.beats_due():
+            atom = self.atoms.get(call.name)
+            if atom is None or atom.state not in (AtomState.RUNNING, AtomState.REVERTING):
+                continue
+            atom.meta = {**(atom.meta or {}), "progress": progress, "note": note,
+                         "heartbeat_at": at}
+            self._save_atom(atom)
+            self._emit(EventKind.TASK_HEARTBEAT, call.name, progress=progress, note=note)
+
+    def _wait(self, futures: set[Future[Any]], *limits: float | None) -> set[Future[Any]]:
+        """Wait for any of ``futures``, a poke, or the nearest limit (seconds)."""
+        waiting: set[Future[Any]] = set(futures)
+        waiting.add(self._calls.nudge)
+        candidates = [t for t in (*limits, self._calls.next_due()) if t is not None]
+        timeout = max(0.0, min(candidates)) if candidates else None
+        done, _ = wait(waiting, timeout=timeout, return_when=FIRST_COMPLETED)
+        self._calls.rearm()
+        return done
+
+    def _release(self, executor: Executor) -> None:
+        """At the end of ``run()``: ask every call still running to stop, wait
+        up to ``stop_timeout``, then kill what is left and log stragglers."""
+        pending = [c for c in self._calls.unfinished() if not c.killed]
+        for call in pending:
+            assert call.future is not None
+            self._stop_call(executor, call.future, kill=False)
+        if pending:
+            wait({c.future for c in pending if c.future is not None},
+                 timeout=self.stop_timeout)
+        for call in pending:
+            assert call.future is not None
+            if not call.future.done():
+                self._give_up(executor, call.future, f"still running {self.stop_timeout:g}s "
+                              f"after it was asked to stop")
+        killed = {c.future for c in self._calls.unfinished() if c.future is not None}
+        if killed:
+            wait(killed, timeout=_KILL_SETTLE)      # a killed worker answers at once
+        left = self._calls.names()
+        if left:
+            log.warning("job %s: tasks still running after the engine finished "
+                        "(threads cannot be killed): %s", self.job_id, ", ".join(left))
+
+    def _end_call(self, future: Future[Any]) -> Call | None:
+        """Forget a finished call; drop its heartbeat from the atom's meta.
+        An abandoned call stays listed (``running_tasks``) until it ends."""
+        call = self._calls.get(future)
+        if call is None:
+            return None
+        if not call.abandoned:
+            self._calls.pop(future)
+        atom = self.atoms[call.name]
+        if atom.meta and ("progress" in atom.meta or "note" in atom.meta):
+            atom.meta = {k: v for k, v in atom.meta.items() if k not in ("progress", "note")}
+        return call
+
+    def _interrupted(self, name: str, exc: BaseException) -> None:
+        """A call that ended because the engine's cancel asked it to stop."""
+        atom = self.atoms[name]
+        if not self._cancel_revert:
+            # Left RUNNING in the logbook: the next owner runs it again.
+            log.info("job %s: task %s stopped by the cancel (%s)", self.job_id, name, exc)
+            return
+        atom.state, atom.failure = AtomState.FAILURE, Failure.from_exception(exc)
+        self._mark_finished(atom)
+        self._save_atom(atom)
+        self._emit(EventKind.TASK_FAILED, name, attempt=atom.attempts,
+                   failure=str(atom.failure), interrupted=True)
+
     # -- the run ---------------------------------------------------------------
 
     def _run(self, executor: Executor, locks: ExitStack) -> Outcome:
-        self.logbook.take_over(self.job_id, self.token, self.owner, name=self.flow.name)
+        self.logbook.take_over(self.job_id, self.token, self.owner, name=self.flow.name,
+                               attempt=self.attempt)
         detail = self.logbook.load_flow(self.job_id)
         if detail is not None and detail.state in _FINISHED:
             return self._finished_outcome(detail)
@@ -355,7 +541,8 @@ class Engine:
             self._emit(EventKind.TASK_STARTED, name, attempt=atom.attempts)
             try:
                 args = self._arguments(name)
-                future = executor.execute(self._invocation(name, args), args)
+                future = self._submit(executor, name, "execute", self._invocation(name, args),
+                                      args)
             except FlowInvalid as exc:
                 # Its arguments or locks could not be prepared: it never ran,
                 # so there is nothing for its revert to undo either.
@@ -363,6 +550,18 @@ class Engine:
                 future = Future()
                 future.set_exception(exc)
             running[future] = name
+
+        stop_by: float | None = None     # monotonic: when to stop waiting after a cancel
+
+        def settle(name: str, retry_in: float | None) -> None:
+            if retry_in is not None:
+                policy = c.retry_of[name]
+                heapq.heappush(delayed, (time.monotonic() + retry_in, index[name], policy))
+            elif self.atoms[name].state == AtomState.SUCCESS:
+                for s in c.succs[name]:
+                    blocked[s] -= 1
+                    if not blocked[s] and self.atoms[s].state != AtomState.SUCCESS:
+                        heapq.heappush(ready, index[s])
 
         while True:
             stopping = bool(self._failures) or self.cancelled
@@ -379,6 +578,10 @@ class Engine:
             else:
                 ready.clear()
                 delayed.clear()       # left RETRYING: resumable, or reverted
+            if self.cancelled and running and stop_by is None:
+                stop_by = time.monotonic() + self.stop_timeout
+                for future in running:
+                    self._stop_call(executor, future, kill=False)
             if not running:
                 if not delayed or stopping:
                     return
@@ -386,29 +589,50 @@ class Engine:
                 policy.sleep(max(0.0, due - time.monotonic()))
                 heapq.heappush(ready, heapq.heappop(delayed)[1])
                 continue
-            waiting: set[Future[Any]] = set(running)
-            if not self.cancelled:
-                waiting.add(self._wake)
-            timeout = max(0.0, delayed[0][0] - time.monotonic()) if delayed else None
-            done, _ = wait(waiting, timeout=timeout, return_when=FIRST_COMPLETED)
+            now = time.monotonic()
+            done = self._wait(set(running),
+                              delayed[0][0] - now if delayed else None,
+                              stop_by - now if stop_by is not None else None)
             for future in sorted((f for f in done if f in running),
                                  key=lambda f: index[running[f]]):
                 name = running.pop(future)
-                retry_in = self._finish(name, future)
-                if retry_in is not None:
-                    policy = c.retry_of[name]
-                    heapq.heappush(delayed, (time.monotonic() + retry_in, index[name], policy))
-                elif self.atoms[name].state == AtomState.SUCCESS:
-                    for s in c.succs[name]:
-                        blocked[s] -= 1
-                        if not blocked[s] and self.atoms[s].state != AtomState.SUCCESS:
-                            heapq.heappush(ready, index[s])
+                call = self._end_call(future)
+                exc = _error_of(future)
+                if call is not None and call.stop_asked and exc is not None:
+                    self._interrupted(name, exc)
+                    continue
+                settle(name, self._finish(name, future))
+            self._flush_beats()
+            for call in self._calls.expired():
+                future = call.future
+                if future is None or future not in running:
+                    continue
+                name = running.pop(future)
+                asked = call.stop_asked
+                self._give_up(executor, future, "time limit")
+                self._end_call(future)
+                limit = call.timeout if call.timeout is not None else 0.0
+                if asked:                       # already stopping for a cancel
+                    self._interrupted(name, TaskTimeout(name, limit))
+                    continue
+                settle(name, self._finish(name, future, TaskTimeout(name, limit)))
+            if stop_by is not None and running and time.monotonic() >= stop_by:
+                for future, name in list(running.items()):
+                    self._give_up(executor, future, f"did not stop within "
+                                  f"{self.stop_timeout:g}s of the cancel")
+                    self._end_call(future)
+                    self._interrupted(name, TaskInterrupted(
+                        f"task {name!r} did not stop within {self.stop_timeout:g}s of the "
+                        f"cancel and was abandoned", task=name))
+                running.clear()
 
-    def _finish(self, name: str, future: Future[Any]) -> float | None:
-        """Record the end of an attempt; returns a delay if it is to be retried."""
+    def _finish(self, name: str, future: Future[Any],
+                error: BaseException | None = None) -> float | None:
+        """Record the end of an attempt (``error``: it failed so, whatever the
+        future says); returns a delay if it is to be retried."""
         task = self.compiled.tasks[name]
         atom = self.atoms[name]
-        exc = future.exception()
+        exc = error if error is not None else _error_of(future)
         if exc is None:
             result = future.result()
             try:
@@ -446,6 +670,8 @@ class Engine:
         cause = next(iter(self._failures.values()), None)
         by_cancel = not self._failures
         index = c.index
+        with self._guard:
+            halts = self._halts       # a cancel() from now on stops the revert
 
         def seq(n: str) -> float:
             # Still RUNNING (a crash mid-task): as if it finished last.
@@ -468,11 +694,16 @@ class Engine:
             self._emit(EventKind.TASK_REVERTING, name)
             try:
                 args = self._arguments(name)
-                future = executor.revert(self._invocation(name, args), args, atom.result,
-                                         dict(self._failures))
-                exc = future.exception()
+                future = self._submit(executor, name, "revert", self._invocation(name, args),
+                                      args, atom.result, dict(self._failures))
             except FlowInvalid as err:
-                exc = err
+                exc: BaseException | None = err
+            else:
+                halted, exc = self._await_revert(executor, name, future, halts)
+                if halted:
+                    # Left REVERTING: the next owner carries the revert on.
+                    self._emit(EventKind.FLOW_CANCELLED, fenced=False, reverted=False)
+                    return Outcome(FlowState.CANCELLED, self._results())
             if exc is None:
                 atom.state = AtomState.REVERTED
                 self._mark_finished(atom)
@@ -496,3 +727,35 @@ class Engine:
         self._save_flow(FlowState.REVERTED)
         self._emit(EventKind.FLOW_REVERTED, failure=str(cause) if cause else None)
         return Outcome(FlowState.REVERTED, self._results(), cause)
+
+    def _await_revert(self, executor: Executor, name: str, future: Future[Any],
+                      halts: int) -> tuple[bool, BaseException | None]:
+        """Wait for one revert call, saving heartbeats and enforcing its time
+        limit; returns (halted by a cancel, its error or None)."""
+        stop_by: float | None = None
+        while not future.done():
+            with self._guard:
+                halting = self._halts != halts
+            if halting and stop_by is None:
+                stop_by = time.monotonic() + self.stop_timeout
+                self._stop_call(executor, future, kill=False)
+            done = self._wait({future}, stop_by - time.monotonic() if stop_by else None)
+            if future in done:
+                break
+            self._flush_beats()
+            call = self._calls.get(future)
+            if call is not None and call in self._calls.expired():
+                self._give_up(executor, future, "time limit")
+                self._end_call(future)
+                limit = call.timeout if call.timeout is not None else 0.0
+                return False, TaskTimeout(name, limit, phase="revert")
+            if stop_by is not None and time.monotonic() >= stop_by:
+                self._give_up(executor, future, f"did not stop within "
+                              f"{self.stop_timeout:g}s of the cancel")
+                self._end_call(future)
+                return True, None
+        call = self._end_call(future)
+        exc = _error_of(future)
+        if call is not None and call.stop_asked and exc is not None:
+            return True, None
+        return False, exc

@@ -12,6 +12,11 @@ unpacks the result by position (or by key when it is a dict).
 (a rebind of an unknown parameter, a non-string name) raise
 :class:`~jobboard.errors.FlowInvalid` when the task is built; a result that
 does not match ``provides`` fails the task when it runs.
+
+While it runs, a task may report progress with :meth:`Task.heartbeat` and
+look at :attr:`Task.cancelled`; both read the per-call context its executor
+set up (:mod:`.control`), so one Task object serves calls on threads and in
+worker processes alike.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from jobboard.engine.control import current as _current_call
 from jobboard.errors import FlowInvalid
 
 __all__ = ["Task", "FunctionTask", "task", "call_execute", "call_revert"]
@@ -71,16 +77,22 @@ class Task:
             from the task's arguments and the store, held around its
             execute and revert.
         inject: ``{param: value}`` constants, overriding the store.
+        timeout: Seconds one call of execute (or revert) may take; past it
+            the task is asked to stop and the attempt fails with
+            :class:`~jobboard.errors.TaskTimeout` (its retry policy
+            applies). None: the engine's ``task_timeout``.
 
     Raises:
-        FlowInvalid: The declaration does not match ``execute``'s signature.
+        FlowInvalid: The declaration does not match ``execute``'s signature,
+            or ``timeout`` is not a positive number.
     """
 
     def __init__(self, name: str | None = None, provides: str | Sequence[str] | None = None,
                  requires: Sequence[str] | Mapping[str, str] | None = None,
                  retry: Any = None, rebind: Sequence[str] | Mapping[str, str] | None = None,
                  locks: Sequence[str] | None = None,
-                 inject: Mapping[str, Any] | None = None) -> None:
+                 inject: Mapping[str, Any] | None = None,
+                 timeout: float | None = None) -> None:
         self.name: str = name if name is not None else type(self).__name__
         if not isinstance(self.name, str) or not self.name:
             raise FlowInvalid(f"task name must be a non-empty string, got {self.name!r}")
@@ -92,6 +104,11 @@ class Task:
         self.retry = retry
         self.locks: tuple[str, ...] = _as_names(locks, f"{self.name}: locks")
         self.inject: dict[str, Any] = dict(inject or {})
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise FlowInvalid(f"task {self.name}: timeout must be a positive number of "
+                              f"seconds, got {timeout!r}")
+        self.timeout: float | None = None if timeout is None else float(timeout)
         self._build_requirements(requires, rebind)
 
     # -- to implement --------------------------------------------------------
@@ -103,6 +120,36 @@ class Task:
     def revert(self, *, result: Any = None, failure: Any = None, **inputs: Any) -> None:
         """Undo the work. ``result`` is what execute returned (None if it
         failed), ``failure`` this task's own failure (a ``Failure``) or None."""
+
+    # -- while running -------------------------------------------------------
+
+    def heartbeat(self, progress: float | None = None, note: str | None = None) -> None:
+        """Report progress from inside ``execute``/``revert``.
+
+        The engine keeps the latest heartbeat in the task's logbook entry
+        (``meta``: ``progress``, ``note``, ``heartbeat_at``), saving at most
+        one per ``heartbeat_interval``, and emits ``TASK_HEARTBEAT``.
+        Outside a running call it does nothing.
+
+        Args:
+            progress: None, or the fraction done, 0..1.
+            note: None, or a short text (cut to 200 characters).
+
+        Raises:
+            TaskInterrupted: The engine asked this call to stop (cancel,
+                claim lost, time limit): let it propagate after cleaning up.
+            InvalidArgument: ``progress`` outside 0..1, ``note`` not a str.
+        """
+        call = _current_call()
+        if call is not None:
+            call.heartbeat(progress, note)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the engine asked the running call to stop; False
+        outside a running call."""
+        call = _current_call()
+        return call is not None and call.stop_requested
 
     # -- declaration ---------------------------------------------------------
 

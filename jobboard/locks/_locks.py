@@ -13,7 +13,12 @@ How it fails:
   for a lease, the pool's inner lock is bounded by kazoo per wait).
   ``timeout=0`` tries once without waiting; ``None`` waits forever.
 * ZooKeeper unreachable, client stopped, session lost while acquiring and
-  not recovered -> :class:`BoardUnavailable`; no kazoo exception escapes.
+  not recovered, a ZooKeeper call unanswered within the client's call bound
+  -> :class:`BoardUnavailable`; no kazoo exception escapes. Give it a client
+  from ``jobboard.board._zk.make_client`` or
+  :func:`jobboard.zkhandler.bounded_client`: kazoo's recipes make synchronous
+  calls that, on a plain KazooClient, wait without a bound while no server
+  answers.
 * an invalid name -> :class:`ValueError`; a semaphore opened with another
   ``max_leases`` than the one stored for its name -> :class:`ValueError`.
 * the session lost while holding: see :mod:`jobboard.locks._held`.

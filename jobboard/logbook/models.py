@@ -1,8 +1,9 @@
 """The logbook's SQL tables (SQLAlchemy 2.x typed declarative models).
 
 ``logbooks`` (one row per job, keyed by the job's uuid, holding the current
-owner and its fencing token) -> ``flowdetails`` (one per job in practice)
--> ``atomdetails`` (one per task and retry controller, unique by name within
+owner, its fencing token and the job's current attempt) -> ``flowdetails``
+(one per attempt of the job: ``retry`` of a finished job starts a new one and
+the earlier ones are kept) -> ``atomdetails`` (one per task and retry controller, unique by name within
 the flow). Results, failures and ``meta`` are msgpack bytes. Timestamps are
 UTC; SQLite and MySQL store them without a zone, so the store reattaches UTC
 when it reads them back.
@@ -16,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary,
-                        MetaData, String, UniqueConstraint)
+                        MetaData, String, UniqueConstraint, text)
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -54,17 +55,21 @@ class LogBookRow(Base):
     name: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")
     owner: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
     token: Mapped[int | None] = mapped_column(BigInteger)
+    #: The job's current attempt: writes go to the flow of this attempt.
+    attempt: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     updated_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
 class FlowDetailRow(Base):
     __tablename__ = "flowdetails"
-    __table_args__ = (UniqueConstraint("job_id", name="uq_flowdetails_job_id"),)
+    __table_args__ = (UniqueConstraint("job_id", "attempt",
+                                       name="uq_flowdetails_job_id_attempt"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(
         String(JOB_ID_LENGTH), ForeignKey("logbooks.job_id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     name: Mapped[str] = mapped_column(String(NAME_LENGTH))
     state: Mapped[str] = mapped_column(String(STATE_LENGTH))
     meta: Mapped[bytes] = mapped_column(Blob)

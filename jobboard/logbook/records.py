@@ -79,7 +79,11 @@ class AtomDetail:
 
 @dataclass
 class FlowDetail:
-    """The persisted state of a job's flow and all of its atoms."""
+    """The persisted state of one attempt of a job's flow and all of its atoms.
+
+    ``attempt`` counts from 1; ``jobboard retry`` of a finished job runs its
+    flow afresh as the next attempt, and the earlier attempts stay stored.
+    """
 
     job_id: str
     name: str
@@ -88,11 +92,14 @@ class FlowDetail:
     atoms: dict[str, AtomDetail] = field(default_factory=dict)   # by atom name
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    attempt: int = 1
 
 
 @dataclass
 class LogBookInfo:
-    """A logbook's summary row: who owns it, with which token, how far it got."""
+    """A logbook's summary row: who owns it, with which token, how far it got
+    (``flow_state`` is the state of the current ``attempt``'s flow, None
+    before that attempt saved one)."""
 
     job_id: str
     name: str
@@ -101,3 +108,4 @@ class LogBookInfo:
     flow_state: FlowState | None
     created_at: datetime
     updated_at: datetime
+    attempt: int = 1

@@ -9,12 +9,21 @@ row count means a newer holder has taken over and the write is refused with
 logbook's row lock until commit, so a concurrent take-over waits for the
 write and no write of an old token lands after a take-over returned.
 
+Attempts: a job has one flow per attempt (``jobboard retry`` starts the next
+one). ``take_over(..., attempt=n)`` moves the logbook forward to attempt
+``n`` (never back); ``save_flow`` and ``save_atom`` write to the flow of the
+logbook's current attempt, resolved by a subquery inside their own
+transaction, so the hot path stays two statements (the fence UPDATE and the
+atom UPDATE). Earlier attempts are kept: ``attempts()`` lists them all.
+
 How it fails: each public call is one transaction on a pooled connection of
 its own (thread-safe), retried on transient errors (``_db.is_transient``) with
-``jobboard.retry.database_retry``; a database that stays down raises
-``LogbookUnavailable``, any other database error ``LogbookError``. A call
-that returned has committed; the writes are idempotent upserts, so a retry
-after an ambiguous commit is harmless.
+``jobboard.retry.database_retry``, every database wait bounded (see ``_db``);
+a database that stays down raises ``LogbookUnavailable``, a missing or older
+schema ``LogbookSchemaError``, any other database error ``LogbookError``. A
+call that returned has committed; the writes are idempotent upserts, so a
+retry after an ambiguous commit is harmless. ``check()`` tells those apart in
+one bounded round trip, without retries, for readiness probes.
 """
 
 from __future__ import annotations
@@ -25,10 +34,12 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TypeVar
 
-from sqlalchemy import Connection, delete, exc as sa_exc, insert, select, update
+from sqlalchemy import Connection, Engine, case, delete, exc as sa_exc, insert, select, update
+from sqlalchemy.pool import NullPool
 
 from jobboard import serialization
-from jobboard.errors import JobBoardError, LogbookError, LogbookNotFound, StaleOwner
+from jobboard.errors import (InvalidArgument, JobBoardError, LogbookError, LogbookNotFound,
+                             StaleOwner)
 from jobboard.logbook import _db
 from jobboard.logbook.models import AtomDetailRow, FlowDetailRow, LogBookRow
 from jobboard.logbook.records import AtomDetail, Failure, FlowDetail, LogBookInfo
@@ -64,6 +75,11 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(timezone.utc)
 
 
+def _current_attempt(job_id: str) -> Any:
+    """The logbook's current attempt, as a scalar subquery."""
+    return select(LOGBOOKS.c.attempt).where(LOGBOOKS.c.job_id == job_id).scalar_subquery()
+
+
 def _pack_failure(failure: Failure | None) -> bytes | None:
     return None if failure is None else serialization.dumps(failure.to_dict())
 
@@ -80,20 +96,25 @@ class Logbook:
             ``mysql+pymysql://...``).
         auto_upgrade: migrate the schema to the newest revision on open. ``None``
             means yes for SQLite files and no for database servers (run
-            ``jobboard logbook upgrade`` there).
+            ``jobboard logbook upgrade`` there, or pass True: processes
+            opening a server database together migrate it once, under a
+            database lock).
         retry_attempts: attempts per call on transient database errors.
         retry_max_delay: seconds after which a call stops retrying.
         engine_options: extra keyword arguments for ``sqlalchemy.create_engine``.
 
     Raises:
         LogbookUnavailable: the database cannot be reached (auto upgrade only).
-        LogbookError: a bad URL or a failed migration.
+        LogbookError: a bad URL, a failed migration, or the migration lock
+            held by another process beyond ``_db.MIGRATION_LOCK_TIMEOUT``.
     """
 
     def __init__(self, url: str = "sqlite:///jobboard.db", *, auto_upgrade: bool | None = None,
                  retry_attempts: int = 6, retry_max_delay: float = 20.0,
                  engine_options: dict | None = None) -> None:
         self.url = url
+        self._engine_options = dict(engine_options or {})
+        self._probe: Engine | None = None
         self.retry_attempts = retry_attempts
         self.retry_max_delay = retry_max_delay
         #: Writes refused because a newer token had taken over.
@@ -119,6 +140,8 @@ class Logbook:
     def close(self) -> None:
         """Release every pooled connection."""
         self._engine.dispose()
+        if self._probe is not None:
+            self._probe.dispose()
 
     def __enter__(self) -> "Logbook":
         return self
@@ -134,26 +157,77 @@ class Logbook:
 
         Raises:
             LogbookUnavailable: the database stayed unreachable.
-            LogbookError: the migration failed.
+            LogbookError: the migration failed, or another process held the
+                migration lock beyond ``_db.MIGRATION_LOCK_TIMEOUT``.
         """
-        self._retrying("upgrade", lambda: _db.upgrade(self._engine))
+        engine = self._side_engine(_db.MIGRATE_TIMEOUTS)
+        try:
+            self._retrying("upgrade", lambda: _db.upgrade(engine))
+        finally:
+            engine.dispose()
+
+    def check(self) -> None:
+        """Readiness probe: verify that the database answers and that its
+        schema is at the revision this release needs. One round trip on a
+        fresh connection, no retries, every wait bounded by
+        ``_db.PROBE_TIMEOUTS`` (about 3 s, also when the host drops packets).
+
+        Raises:
+            LogbookUnavailable: the database cannot be reached now (down,
+                refusing connections, timed out): worth probing again later.
+            LogbookSchemaError: the database answers but has no logbook
+                schema, or one at another revision (``revision``, ``head``).
+            LogbookError: the database does not exist or refuses the
+                credentials: a configuration error, not an outage.
+        """
+        if self._probe is None:
+            self._probe = self._side_engine(_db.PROBE_TIMEOUTS, pool_pre_ping=False)
+        probe = self._probe
+        try:
+            _db.check(probe, self.url)
+        except JobBoardError:
+            raise
+        except (sa_exc.SQLAlchemyError, OSError) as exc:
+            raise _db.translate(exc, "check", self.url) from exc
+
+    def _side_engine(self, timeouts: _db.Timeouts, **options: Any) -> Engine:
+        """An unpooled engine with other timeouts (migrations, probes), keeping
+        the caller's ``connect_args``."""
+        options = {"poolclass": NullPool, **options}
+        if "connect_args" in self._engine_options:
+            options["connect_args"] = self._engine_options["connect_args"]
+        try:
+            return _db.make_engine(self.url, options, timeouts=timeouts)
+        except (sa_exc.SQLAlchemyError, ImportError, ValueError) as exc:
+            raise LogbookError(f"cannot use logbook URL {_db.safe_url(self.url)}: {exc}") from exc
 
     # -- writes --------------------------------------------------------------
 
-    def take_over(self, job_id: str, token: int, owner: str, *, name: str = "") -> None:
+    def take_over(self, job_id: str, token: int, owner: str, *, name: str = "",
+                  attempt: int = 1) -> None:
         """Become the logbook's writer: create it if absent and record
         ``(token, owner)`` unless a newer token already holds it.
 
+        An ``attempt`` above the logbook's current one moves the logbook to
+        it: later writes go to that attempt's flow, which starts empty
+        (``load_flow`` returns None until it is saved); the earlier attempts
+        are kept. A lower ``attempt`` never moves it back.
+
         Raises:
             StaleOwner: the logbook's token is newer than ``token``.
+            InvalidArgument: ``attempt`` is below 1.
         """
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise InvalidArgument(f"attempt must be an integer >= 1, not {attempt!r}",
+                                  argument="attempt")
         self._write("take_over", job_id, token,
-                    lambda s: self._take_over(s, job_id, token, owner, name),
+                    lambda s: self._take_over(s, job_id, token, owner, name, attempt),
                     retry_if=_take_over_retryable)
 
     def save_flow(self, job_id: str, name: str, state: FlowState, *, token: int,
                   meta: dict | None = None) -> FlowDetail:
-        """Create or update the job's flow detail (its atoms are not touched).
+        """Create or update the flow detail of the job's current attempt (its
+        atoms are not touched).
 
         Returns:
             The flow as stored, without its atoms.
@@ -170,8 +244,8 @@ class Logbook:
                                                      meta or {}))
 
     def save_atom(self, job_id: str, atom: AtomDetail, *, token: int) -> None:
-        """Insert or update the atom (by name) in the job's flow; sets
-        ``atom.updated_at`` (and ``created_at`` when it was new).
+        """Insert or update the atom (by name) in the flow of the job's current
+        attempt; sets ``atom.updated_at`` (and ``created_at`` when it was new).
 
         Raises:
             StaleOwner: ``token`` is not the logbook's current token.
@@ -194,7 +268,8 @@ class Logbook:
                     lambda s: self._save_atom(s, job_id, atom, token, values))
 
     def delete(self, job_id: str) -> bool:
-        """Remove a job's logbook, flow and atoms. Returns whether it existed."""
+        """Remove a job's logbook, every attempt's flow and atoms. Returns
+        whether it existed."""
         return self._transaction("delete", lambda c: self._delete_jobs(c, [job_id]) > 0)
 
     def delete_older_than(self, age: timedelta) -> int:
@@ -221,33 +296,21 @@ class Logbook:
 
     # -- reads ---------------------------------------------------------------
 
-    def load_flow(self, job_id: str) -> FlowDetail | None:
-        """The job's flow with all of its atoms (one query), or None."""
-        flow, atom = FlowDetailRow, AtomDetailRow
-        query = (select(flow.name, flow.state, flow.meta, flow.created_at, flow.updated_at,
-                        atom.name, atom.kind, atom.state, atom.result, atom.failure,
-                        atom.revert_failure, atom.attempts, atom.meta, atom.created_at,
-                        atom.updated_at, atom.started_at, atom.finished_at)
-                 .select_from(flow).outerjoin(atom, atom.flow_id == flow.id)
-                 .where(flow.job_id == job_id).order_by(atom.id))
+    def load_flow(self, job_id: str, attempt: int | None = None) -> FlowDetail | None:
+        """The flow of the job's current attempt (or of ``attempt``) with all
+        of its atoms (one query), or None when that attempt saved no flow."""
+        which = _current_attempt(job_id) if attempt is None else attempt
+        query = _FLOW_QUERY.where(FLOWS.c.job_id == job_id, FLOWS.c.attempt == which)
         rows = self._transaction("load_flow", lambda c: c.execute(query).all())
-        if not rows:
-            return None
-        first = rows[0]
-        detail = FlowDetail(job_id=job_id, name=first[0], state=FlowState(first[1]),
-                            meta=serialization.loads(first[2]), created_at=_utc(first[3]),
-                            updated_at=_utc(first[4]))
-        for row in rows:
-            if row[5] is None:      # the outer join found no atom
-                continue
-            detail.atoms[row[5]] = AtomDetail(
-                name=row[5], kind=row[6], state=AtomState(row[7]),
-                result=None if row[8] is None else serialization.loads(row[8]),
-                failure=_unpack_failure(row[9]), revert_failure=_unpack_failure(row[10]),
-                attempts=row[11], meta=serialization.loads(row[12]),
-                created_at=_utc(row[13]), updated_at=_utc(row[14]),
-                started_at=_utc(row[15]), finished_at=_utc(row[16]))
-        return detail
+        flows = _flows_from_rows(job_id, rows)
+        return flows[0] if flows else None
+
+    def attempts(self, job_id: str) -> list[FlowDetail]:
+        """Every attempt's flow with its atoms (one query), oldest first; empty
+        when the job has no logbook or saved no flow yet."""
+        query = _FLOW_QUERY.where(FLOWS.c.job_id == job_id)
+        rows = self._transaction("attempts", lambda c: c.execute(query).all())
+        return _flows_from_rows(job_id, rows)
 
     def get_logbook(self, job_id: str) -> LogBookInfo:
         """The logbook's summary.
@@ -277,9 +340,13 @@ class Logbook:
     # -- steps (each runs inside one transaction) ----------------------------
 
     def _take_over(self, conn: Connection, job_id: str, token: int, owner: str,
-                   name: str) -> None:
+                   name: str, attempt: int) -> None:
         now = _now()
-        values: dict[str, Any] = {"token": token, "owner": owner, "updated_at": now}
+        values: dict[str, Any] = {
+            "token": token, "owner": owner, "updated_at": now,
+            # Forward only: a holder of an older attempt never moves it back.
+            "attempt": case((LOGBOOKS.c.attempt < attempt, attempt), else_=LOGBOOKS.c.attempt),
+        }
         if name:
             values["name"] = name
         take = (update(LOGBOOKS)
@@ -300,8 +367,8 @@ class Logbook:
         # unique violation (an IntegrityError); the retry loop runs the
         # conditional UPDATE again, which then decides.
         conn.execute(insert(LOGBOOKS).values(
-            job_id=job_id, name=name, owner=owner, token=token, created_at=now,
-            updated_at=now))
+            job_id=job_id, name=name, owner=owner, token=token, attempt=attempt,
+            created_at=now, updated_at=now))
 
     def _fence(self, conn: Connection, job_id: str, token: int, now: datetime) -> None:
         """Check ``token`` is current and lock the logbook row until commit."""
@@ -319,19 +386,23 @@ class Logbook:
                    token: int, packed_meta: bytes, meta: dict) -> FlowDetail:
         now = _now()
         self._fence(conn, job_id, token, now)
-        row = conn.execute(select(FLOWS.c.id, FLOWS.c.created_at)
-                              .where(FLOWS.c.job_id == job_id)).first()
-        if row is None:
+        # The fence holds the logbook row's lock: its attempt cannot move now.
+        attempt, flow_id, created_at = conn.execute(
+            select(LOGBOOKS.c.attempt, FLOWS.c.id, FLOWS.c.created_at)
+            .select_from(LOGBOOKS.outerjoin(FLOWS, (FLOWS.c.job_id == LOGBOOKS.c.job_id)
+                                            & (FLOWS.c.attempt == LOGBOOKS.c.attempt)))
+            .where(LOGBOOKS.c.job_id == job_id)).one()
+        if flow_id is None:
             created = now
             conn.execute(insert(FLOWS).values(
-                job_id=job_id, name=name, state=state.value, meta=packed_meta,
-                created_at=now, updated_at=now))
+                job_id=job_id, attempt=attempt, name=name, state=state.value,
+                meta=packed_meta, created_at=now, updated_at=now))
         else:
-            created = _utc(row[1])
-            conn.execute(update(FLOWS).where(FLOWS.c.id == row[0]).values(
+            created = _utc(created_at)
+            conn.execute(update(FLOWS).where(FLOWS.c.id == flow_id).values(
                 name=name, state=state.value, meta=packed_meta, updated_at=now))
         return FlowDetail(job_id=job_id, name=name, state=state, meta=dict(meta),
-                          created_at=created, updated_at=now)
+                          created_at=created, updated_at=now, attempt=attempt)
 
     def _save_atom(self, conn: Connection, job_id: str, atom: AtomDetail, token: int,
                    values: dict[str, Any]) -> None:
@@ -340,8 +411,9 @@ class Logbook:
         atom, then an insert or an update."""
         now = _now()
         self._fence(conn, job_id, token, now)
+        current = (FLOWS.c.job_id == job_id) & (FLOWS.c.attempt == _current_attempt(job_id))
         if atom.created_at is not None:
-            flow_id = select(FLOWS.c.id).where(FLOWS.c.job_id == job_id).scalar_subquery()
+            flow_id = select(FLOWS.c.id).where(current).scalar_subquery()
             if conn.execute(
                     update(ATOMS).where(ATOMS.c.flow_id == flow_id, ATOMS.c.name == atom.name)
                     .values(updated_at=now, **values)).rowcount:
@@ -353,9 +425,10 @@ class Logbook:
             select(FLOWS.c.id, ATOMS.c.id, ATOMS.c.created_at)
             .select_from(FLOWS.outerjoin(ATOMS, (ATOMS.c.flow_id == FLOWS.c.id)
                                          & (ATOMS.c.name == atom.name)))
-            .where(FLOWS.c.job_id == job_id)).first()
+            .where(current)).first()
         if found is None:
-            raise LogbookError(f"job {job_id} has no flow detail; call save_flow first")
+            raise LogbookError(f"job {job_id} has no flow detail for its current attempt; "
+                               "call save_flow first")
         flow_id, atom_id, created_at = found
         if atom_id is None:
             conn.execute(insert(ATOMS).values(
@@ -379,15 +452,18 @@ class Logbook:
     @staticmethod
     def _info_query() -> Any:
         return (select(LogBookRow.job_id, LogBookRow.name, LogBookRow.owner, LogBookRow.token,
-                       FlowDetailRow.state, LogBookRow.created_at, LogBookRow.updated_at)
+                       FlowDetailRow.state, LogBookRow.created_at, LogBookRow.updated_at,
+                       LogBookRow.attempt)
                 .select_from(LogBookRow)
-                .outerjoin(FlowDetailRow, FlowDetailRow.job_id == LogBookRow.job_id))
+                .outerjoin(FlowDetailRow, (FlowDetailRow.job_id == LogBookRow.job_id)
+                           & (FlowDetailRow.attempt == LogBookRow.attempt)))
 
     @staticmethod
     def _info(row: Any) -> LogBookInfo:
         return LogBookInfo(job_id=row[0], name=row[1], owner=row[2], token=row[3],
                            flow_state=None if row[4] is None else FlowState(row[4]),
-                           created_at=_utc(row[5]), updated_at=_utc(row[6]))
+                           created_at=_utc(row[5]), updated_at=_utc(row[6]),
+                           attempt=row[7])
 
     # -- transactions, retries, translation -----------------------------------
 
@@ -435,6 +511,39 @@ class Logbook:
                     hook(op, time.perf_counter() - started, ok)
                 except Exception:  # noqa: BLE001 - metrics must never break a write
                     log.exception("logbook on_write hook failed")
+
+
+# A flow and its atoms in one query: the outer join yields one row per atom,
+# or one row of NULL atom columns for a flow without atoms.
+_FLOW_QUERY = (
+    select(FLOWS.c.attempt, FLOWS.c.name, FLOWS.c.state, FLOWS.c.meta, FLOWS.c.created_at,
+           FLOWS.c.updated_at, ATOMS.c.name, ATOMS.c.kind, ATOMS.c.state, ATOMS.c.result,
+           ATOMS.c.failure, ATOMS.c.revert_failure, ATOMS.c.attempts, ATOMS.c.meta,
+           ATOMS.c.created_at, ATOMS.c.updated_at, ATOMS.c.started_at, ATOMS.c.finished_at)
+    .select_from(FLOWS.outerjoin(ATOMS, ATOMS.c.flow_id == FLOWS.c.id))
+    .order_by(FLOWS.c.attempt, ATOMS.c.id))
+
+
+def _flows_from_rows(job_id: str, rows: Any) -> list[FlowDetail]:
+    """FlowDetails (with their atoms, in insertion order) from _FLOW_QUERY rows."""
+    flows: dict[int, FlowDetail] = {}
+    for row in rows:
+        detail = flows.get(row[0])
+        if detail is None:
+            detail = flows[row[0]] = FlowDetail(
+                job_id=job_id, attempt=row[0], name=row[1], state=FlowState(row[2]),
+                meta=serialization.loads(row[3]), created_at=_utc(row[4]),
+                updated_at=_utc(row[5]))
+        if row[6] is None:      # the outer join found no atom
+            continue
+        detail.atoms[row[6]] = AtomDetail(
+            name=row[6], kind=row[7], state=AtomState(row[8]),
+            result=None if row[9] is None else serialization.loads(row[9]),
+            failure=_unpack_failure(row[10]), revert_failure=_unpack_failure(row[11]),
+            attempts=row[12], meta=serialization.loads(row[13]),
+            created_at=_utc(row[14]), updated_at=_utc(row[15]),
+            started_at=_utc(row[16]), finished_at=_utc(row[17]))
+    return list(flows.values())
 
 
 def _token_row(conn: Connection, job_id: str) -> Any:

@@ -11,9 +11,9 @@ result was saved (expected). ``execute`` returns ``{"exec_id", "pid",
 "conductor", "token"}``: the atom result in the logbook names the execution
 it came from.
 
-The token is read from the engine running the task, found through the
-running threads' frames (the engine is waiting in ``_forward`` with the
-task's future in its ``running`` map). This is test instrumentation only: the
+The token is read from the engine running the task, found from the call's
+control, current in the task's thread (see :func:`engine_identity`). This
+is test instrumentation only: the
 engine deliberately does not hand tokens to tasks. When it cannot be found
 (the engine's internals changed) the row's token is NULL and the suite says
 so instead of guessing.
@@ -27,7 +27,6 @@ from __future__ import annotations
 import gc
 import os
 import random
-import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -36,7 +35,6 @@ from typing import Any
 from jobboard.engine import Task, flows
 
 CONDUCTOR_ENV = "CHAOS_CONDUCTOR"
-TOKEN_LOOKUP_SECONDS = 2.0
 
 EXECUTIONS_DDL = """
 CREATE TABLE IF NOT EXISTS executions (
@@ -118,59 +116,40 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _own_future() -> Any:
-    """The future of the executor work item running this thread's task."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        owner = frame.f_locals.get("self")
-        if type(owner).__name__ == "_WorkItem":
-            return getattr(owner, "future", None)
-        frame = frame.f_back
-    return None
-
-
-def _other_threads_frames() -> list[Any]:
-    """``sys._current_frames()`` with the collector off while it runs: on
-    CPython 3.11 a collection that starts inside it (it allocates frame
-    objects while holding the runtime's thread-list lock) can free a
-    ``threading.local``, which takes that lock again, and the whole process
-    hangs (python/cpython#106883; the chaos suite hit it about once in five
-    runs under load)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return list(sys._current_frames().values())
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _engine_running(future: Any) -> tuple[str, int] | None:
-    """(job_id, token) of the engine waiting on ``future``; None when not seen."""
-    for top in _other_threads_frames():
-        frame = top
-        while frame is not None:
-            if frame.f_code.co_name == "_forward":
-                local = frame.f_locals
-                engine, running = local.get("self"), local.get("running")
-                if isinstance(running, dict) and future in running:
-                    return str(engine.job_id), int(engine.token)
-            frame = frame.f_back
-    return None
+def _holders(book: Any) -> list[Any]:
+    """Objects holding ``book`` as their ``_calls`` (an instance, or its
+    ``__dict__`` when one was made: then the instance holding that dict)."""
+    found = []
+    for referrer in gc.get_referrers(book):
+        if getattr(referrer, "_calls", None) is book:
+            found.append(referrer)
+        elif isinstance(referrer, dict) and referrer.get("_calls") is book:
+            found += [owner for owner in gc.get_referrers(referrer)
+                      if getattr(owner, "__dict__", None) is referrer]
+    return found
 
 
 def engine_identity() -> tuple[str, int] | None:
-    future = _own_future()
-    if future is None:
+    """(job_id, token) of the engine that handed this thread its task call;
+    None when it cannot be found (the engine's internals changed).
+
+    The call's control is current in this thread; its observer is the
+    engine's record of the call, kept in the engine's book of calls in
+    flight (``_book``), which the engine holds as ``_calls``. Only this
+    thread's own state and the collector's referrers are read: walking
+    another running thread's frames is unsafe on CPython 3.11+ (their frames
+    can be freed under the walker; the suite once read a tuple as a frame)."""
+    from jobboard.engine import control
+
+    call = control.current()
+    book = getattr(getattr(call, "observer", None), "_book", None)
+    if book is None:
         return None
-    # The engine puts the future into ``running`` right after submitting it:
-    # wait (bounded) for that instant.
-    deadline = time.monotonic() + TOKEN_LOOKUP_SECONDS
-    while True:
-        found = _engine_running(future)
-        if found is not None or time.monotonic() > deadline:
-            return found
-        time.sleep(0.001)
+    for engine in _holders(book):
+        job_id, token = getattr(engine, "job_id", None), getattr(engine, "token", None)
+        if job_id is not None and isinstance(token, int):
+            return str(job_id), token
+    return None
 
 
 class Recorded(Task):

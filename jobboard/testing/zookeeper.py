@@ -8,6 +8,11 @@ server gets a free loopback port and its own data directory, and is stopped
 Fails with :class:`ZooKeeperNotInstalled` (saying how to install one) when no
 distribution is found, and with :class:`ZooKeeperStartError` (with the tail of
 the server log) when a server does not answer within its start timeout.
+
+Tests that need a raw kazoo client take it from :func:`zk_client` or
+:func:`connected_client`: its blocking calls are bounded (see
+:mod:`jobboard.zkhandler`), so a server that stops answering fails the test
+with a timeout instead of hanging it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,13 @@ import socket
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
+
+from kazoo.client import KazooClient
+
+from jobboard.zkhandler import bounded_client
 
 INSTALL_HINT = (
     "no ZooKeeper installation found: install one with "
@@ -58,10 +69,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def four_letter(port: int, word: str, timeout: float = 1.0) -> str:
+def four_letter(port: int, word: str, timeout: float = 1.0, host: str = "127.0.0.1") -> str:
     """Send a four-letter command; empty string when the server does not answer."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(word.encode())
             chunks = []
             while True:
@@ -74,6 +85,42 @@ def four_letter(port: int, word: str, timeout: float = 1.0) -> str:
         return ""
 
 
+def zk_client(hosts: str, *, timeout: float = 10.0, call_timeout: float | None = None,
+              **options: Any) -> KazooClient:
+    """A kazoo client (not started) whose blocking calls are bounded by
+    ``call_timeout`` (default ``max(30, 2 x timeout)``); ``options`` go to
+    KazooClient (``client_id=``, ``auth_data=``, ...)."""
+    return bounded_client(hosts, timeout=timeout, call_timeout=call_timeout, **options)
+
+
+@contextmanager
+def connected_client(hosts: str, *, start_timeout: float = 15.0,
+                     **options: Any) -> Iterator[KazooClient]:
+    """A started :func:`zk_client`, stopped and closed on exit.
+
+    Raises:
+        kazoo.handlers.threading.KazooTimeoutError: not connected within
+            ``start_timeout``.
+    """
+    client = zk_client(hosts, **options)
+    client.start(timeout=start_timeout)
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
+
+
+def process_state(process: subprocess.Popen) -> str:
+    """The one-letter state of a running process (``T`` when stopped), from
+    /proc; ``?`` when it cannot be read."""
+    try:
+        with open(f"/proc/{process.pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
 class ZooKeeperServer:
     """One ZooKeeper server process (standalone, or a member of an ensemble)."""
 
@@ -81,7 +128,10 @@ class ZooKeeperServer:
                  tick_time: int = 100, fsync: bool = False,
                  max_session_timeout_ms: int = 60_000,
                  peers: list[tuple[int, int, int]] | None = None,
-                 server_id: int | None = None) -> None:
+                 server_id: int | None = None, client_address: str = "127.0.0.1") -> None:
+        # client_address: the one address clients connect to (a test of a
+        # network partition binds a veth address instead of loopback).
+        self.client_address = client_address
         self.port = port or free_port()
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="jobboard-zk-"))
@@ -94,7 +144,7 @@ class ZooKeeperServer:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.client_address}:{self.port}"
 
     def _write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +152,7 @@ class ZooKeeperServer:
             f"tickTime={self.tick_time}",
             f"dataDir={self.data_dir}",
             f"clientPort={self.port}",
-            "clientPortAddress=127.0.0.1",
+            f"clientPortAddress={self.client_address}",
             "initLimit=50",
             "syncLimit=20",
             "maxClientCnxns=0",
@@ -145,7 +195,7 @@ class ZooKeeperServer:
         return self
 
     def serving(self) -> bool:
-        reply = four_letter(self.port, "srvr")
+        reply = four_letter(self.port, "srvr", host=self.client_address)
         return "Mode:" in reply
 
     def wait_serving(self, timeout: float = 30.0) -> None:
@@ -173,12 +223,35 @@ class ZooKeeperServer:
             return
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            self.process.send_signal(signal.SIGCONT)   # a frozen one acts on SIGTERM
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
         self.process = None
+
+    def freeze(self, timeout: float = 5.0) -> None:
+        """SIGSTOP the server and return once it is really stopped (a signal
+        is delivered asynchronously): it then neither answers nor closes
+        its connections, like a machine that hangs.
+
+        Raises:
+            RuntimeError: not running, or not stopped within ``timeout``.
+        """
+        if self.process is None or self.process.poll() is not None:
+            raise RuntimeError(f"ZooKeeper on port {self.port} is not running")
+        self.process.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while process_state(self.process) != "T":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ZooKeeper on port {self.port} did not stop")
+            time.sleep(0.005)
+
+    def thaw(self) -> None:
+        """SIGCONT a server stopped by :meth:`freeze` (no-op when not running)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
 
     def destroy(self) -> None:
         self.stop(kill=True)

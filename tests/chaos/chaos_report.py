@@ -205,6 +205,27 @@ def traceback_sites(texts: Iterable[str]) -> Counter:
     return sites
 
 
+def traceback_excerpts(named_texts: Iterable[tuple[str, str]], limit: int = 3,
+                       lines: int = 30) -> list[str]:
+    """The first ``limit`` tracebacks of any kind in the logs, each as the log
+    name and the ``lines`` lines from the record that logged it: for the
+    message of a failed assertion (a traceback is a finding, whoever raised:
+    an exception in kazoo's threads can mean a watch that died)."""
+    out: list[str] = []
+    for name, text in named_texts:
+        all_lines = text.splitlines()
+        for number, line in enumerate(all_lines):
+            if _TRACEBACK not in line:
+                continue
+            start = number
+            while start > 0 and not _RECORD.match(all_lines[start]) and number - start < 5:
+                start -= 1
+            out.append(f"--- {name}:{start + 1}\n" + "\n".join(all_lines[start:start + lines]))
+            if len(out) >= limit:
+                return out
+    return out
+
+
 def load_executions(url: str) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """label -> task -> execution rows (oldest first)."""
     out: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))

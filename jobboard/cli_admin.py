@@ -1,0 +1,124 @@
+"""What the admin commands may do to a job in each state, and the one line
+that says why not.
+
+The table the ``abandon``, ``transfer``, ``cancel``, ``retry`` and ``trash``
+commands follow (``-`` = refused with one line saying why and what to do
+instead; MALFORMED = a record that fails validation)::
+
+    action     UNCLAIMED  CLAIMED  COMPLETE  FAILED  CANCELLED  DEAD  MALFORMED
+    abandon    -          yes      -         -       -          -     -
+    transfer   -          yes      -         -       -          -     -
+    cancel     yes        asks     -         -       (already)  -     -
+    retry      -          -        -         yes     yes        yes   -
+    trash      yes        -        yes       yes     yes        yes   -
+
+``cancel`` of a CLAIMED job asks its holder to stop (it reverts what ran and
+records CANCELLED); ``cancel`` of a CANCELLED job does nothing and says so
+(exit 0). A delayed UNCLAIMED job is UNCLAIMED here. A MALFORMED record is
+refused by every command: ``jobboard fsck --repair`` moves it aside.
+
+How it fails: it does not; :func:`refusal` is pure and returns the message
+or None. The board calls that follow can still lose a race (the job changed
+between the check and the call); those raise the board's own one-line
+:class:`~jobboard.errors.BoardError`.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+
+from jobboard.board.job import Job
+from jobboard.states import JobState
+
+__all__ = ["Action", "ALLOWED", "describe", "malformed_refusal", "refusal"]
+
+
+class Action(str, Enum):
+    """An admin command that changes a job."""
+
+    ABANDON = "abandon"
+    TRANSFER = "transfer"
+    CANCEL = "cancel"
+    RETRY = "retry"
+    TRASH = "trash"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.DEAD})
+
+#: The states each action acts on (see the table in the module docstring).
+ALLOWED: dict[Action, frozenset[JobState]] = {
+    Action.ABANDON: frozenset({JobState.CLAIMED}),
+    Action.TRANSFER: frozenset({JobState.CLAIMED}),
+    Action.CANCEL: frozenset({JobState.UNCLAIMED, JobState.CLAIMED, JobState.CANCELLED}),
+    Action.RETRY: _RETRYABLE,
+    Action.TRASH: frozenset(JobState) - {JobState.CLAIMED},
+}
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def describe(job: Job, holder: str | None = None, *, now: float | None = None) -> str:
+    """The job's state for a message: ``UNCLAIMED``, ``UNCLAIMED, due in
+    5m``, ``CLAIMED by c1``, ``COMPLETE``."""
+    now = time.time() if now is None else now
+    if job.state is JobState.UNCLAIMED and job.not_before and job.not_before > now:
+        return f"UNCLAIMED, due in {_duration(job.not_before - now)}"
+    if job.state is JobState.CLAIMED:
+        who = holder or job.owner
+        return f"CLAIMED by {who}" if who else "CLAIMED"
+    return job.state.value
+
+
+def refusal(action: Action, job: Job, holder: str | None = None, *,
+            now: float | None = None) -> str | None:
+    """Why ``action`` cannot be done to ``job`` now, as one line saying what
+    to do instead; None when it can.
+
+    Args:
+        action: the admin command.
+        job: the job's current record.
+        holder: who holds its claim now (None when nobody).
+        now: the time, for a delayed job (default: now).
+    """
+    if job.state in ALLOWED[action]:
+        return None
+    uuid, state = job.uuid, describe(job, holder, now=now)
+    retry_hint = f"; `jobboard retry {uuid}` runs it again" \
+        if job.state in _RETRYABLE else ""
+    if action is Action.ABANDON:
+        return f"job {uuid} is not claimed ({state}); nothing to abandon{retry_hint}"
+    if action is Action.TRANSFER:
+        if job.state is JobState.UNCLAIMED:
+            return (f"job {uuid} is not claimed ({state}); nothing to transfer: "
+                    "the first free conductor claims it when it is due")
+        return f"job {uuid} is not claimed ({state}); nothing to transfer{retry_hint}"
+    if action is Action.CANCEL:
+        return f"job {uuid} has finished ({state}); nothing to cancel{retry_hint}"
+    if action is Action.RETRY:
+        allowed = "only FAILED, CANCELLED or DEAD jobs can be retried"
+        if job.state is JobState.CLAIMED:
+            return (f"job {uuid} is {state}; {allowed}: `jobboard cancel {uuid}` "
+                    "stops it first")
+        if job.state is JobState.UNCLAIMED:
+            return f"job {uuid} is {state}; {allowed}: it has not run yet"
+        return f"job {uuid} is {state}; {allowed}"
+    # trash: only a CLAIMED job is refused
+    return (f"job {uuid} is {state}; cancel or abandon it first "
+            f"(`jobboard cancel {uuid}` / `jobboard abandon {uuid}`)")
+
+
+def malformed_refusal(action: Action, job_id: str, reason: str) -> str:
+    """The one line for any action on a record that fails validation."""
+    reason = " ".join(reason.split())
+    return (f"job {job_id} is MALFORMED ({reason}); cannot {action} it: "
+            "`jobboard fsck --repair` moves the record aside")

@@ -1,0 +1,203 @@
+"""Executors on their own: the process executor's workers, deaths, pickling,
+interrupts and sharing; BaseException from a task on every executor."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import CancelledError
+
+import pytest
+
+from executor_flows import (SIGKILL, Echo, Exit, FileJournal, Hang, Noop, RaiseBase,
+                            ReturnsUnpicklable, Unpicklable, Wait)
+from flows_for_tests import RecordingLocker
+from jobboard.engine import SerialExecutor, ThreadExecutor
+from jobboard.engine.locking import LockedTask
+from jobboard.engine.processes import ProcessExecutor
+from jobboard.errors import InvalidArgument, NotPicklable, TaskInterrupted, WorkerDied
+from jobboard.testing.waiting import wait_until
+
+
+@pytest.fixture(scope="module")
+def processes():
+    executor = ProcessExecutor(2)
+    yield executor
+    executor.shutdown(wait=False)
+
+
+def gone(pid: int) -> bool:
+    """The process is gone (or a zombie: killed, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_process_executor_runs_tasks_in_other_processes(processes):
+    result = processes.execute(Echo("echo"), {"value": [1, "two"]}).result(30)
+    assert result["value"] == [1, "two"]
+    assert result["pid"] != os.getpid() and result["pid"] in processes.pids
+
+
+def test_a_worker_that_exits_fails_only_its_task_and_is_replaced(processes, tmp_path):
+    journal = FileJournal(tmp_path)
+    other = processes.execute(Wait("wait", journal), {})
+    assert journal.wait_for("started:wait", 30)
+    died = processes.execute(Exit("exit", code=3), {})
+    error = died.exception(30)
+    assert isinstance(error, WorkerDied) and error.exitcode == 3
+    assert "worker process exited with code 3" in str(error)
+    killed = processes.execute(Exit("sigkill", signum=SIGKILL), {}).exception(30)
+    assert isinstance(killed, WorkerDied) and "exited with code -9" in str(killed)
+    assert not other.done()                   # the other worker never noticed
+    (tmp_path / "go").touch()
+    assert other.result(30) == "released"
+    assert processes.execute(Noop("after"), {}).result(30) is None
+
+
+def test_kill_interrupts_only_that_worker(tmp_path):
+    with ProcessExecutor(2) as executor:
+        journal = FileJournal(tmp_path)
+        hung = executor.execute(Hang("hung", journal), {})
+        assert journal.wait_for("started:hung", 30)
+        pid = int(journal.value("pid").split(":")[1])
+        assert executor.pid_of(hung) == pid
+        other = executor.execute(Echo("echo"), {"value": 1})
+        assert other.result(30)["value"] == 1
+        assert executor.interrupt(hung, kill=True)
+        error = hung.exception(10)
+        assert isinstance(error, TaskInterrupted) and "killed" in str(error)
+        assert wait_until(lambda: gone(pid), 5)
+        assert not executor.interrupt(hung)   # finished: nothing to interrupt
+
+
+def test_interrupting_a_queued_call_cancels_it(tmp_path):
+    with ProcessExecutor(1) as executor:
+        journal = FileJournal(tmp_path)
+        first = executor.execute(Wait("first", journal), {})
+        queued = executor.execute(Noop("queued"), {})
+        assert journal.wait_for("started:first", 30)
+        assert executor.interrupt(queued)
+        with pytest.raises(CancelledError):
+            queued.result(1)
+        (tmp_path / "go").touch()
+        assert first.result(30) == "released"
+
+
+@pytest.mark.parametrize("task, what", [(Unpicklable("lockholder"), "task object"),
+                                        (Echo("echo"), "arguments")])
+def test_what_cannot_be_pickled_fails_the_task_saying_so(processes, task, what):
+    arguments = {"value": threading.Lock()} if what == "arguments" else {}
+    error = processes.execute(task, arguments).exception(10)
+    assert isinstance(error, NotPicklable) and error.what == what
+    assert "cannot be pickled" in str(error) and task.name in str(error)
+
+
+def test_a_result_that_cannot_be_pickled_fails_the_task(processes):
+    error = processes.execute(ReturnsUnpicklable("lock"), {}).exception(30)
+    assert isinstance(error, NotPicklable) and error.what == "result"
+
+
+@pytest.mark.parametrize("kind", ["serial", "thread", "process"])
+@pytest.mark.parametrize("error", ["SystemExit", "KeyboardInterrupt", "GeneratorExit"])
+def test_base_exceptions_fail_the_task_only(processes, kind, error):
+    executor = {"serial": SerialExecutor(), "thread": ThreadExecutor(1),
+                "process": processes}[kind]
+    failed = executor.execute(RaiseBase("raiser", error), {}).exception(30)
+    assert type(failed).__name__ == error
+    reverted = executor.revert(RaiseBase("raiser", error, in_revert=True), {}, None,
+                               {}).exception(30)
+    assert type(reverted).__name__ == error
+    assert executor.execute(Noop("after"), {}).result(30) is None   # still serving
+
+
+def test_heartbeat_and_cancelled_cross_the_process_boundary(processes, tmp_path):
+    from executor_flows import Cooperative
+
+    beats: list = []
+
+    class Observer:
+        def started(self):
+            beats.append("started")
+
+        def heartbeat(self, progress, note):
+            beats.append((progress, note))
+
+    journal = FileJournal(tmp_path)
+    future = processes.execute(Cooperative("coop", journal), {}, observer=Observer())
+    assert journal.wait_for("started:coop", 30)
+    assert wait_until(lambda: beats == ["started"], 5)
+    processes.interrupt(future)
+    error = future.exception(10)
+    assert isinstance(error, TaskInterrupted)
+    assert "cancelled:coop:True" in journal.entries
+    assert "heartbeat-raised:coop:TaskInterrupted" in journal.entries
+
+
+def test_thread_kill_replaces_the_thread_and_leaves_a_straggler(tmp_path):
+    executor = ThreadExecutor(1)
+    journal = FileJournal(tmp_path)
+    hung = executor.execute(Hang("hung", journal, seconds=1.0), {})
+    assert journal.wait_for("started:hung")
+    executor.interrupt(hung, kill=True)
+    assert executor.stragglers == 1
+    assert executor.execute(Noop("next"), {}).result(0.5) is None   # width is kept
+    assert hung.result(5) == "woke"                               # ends on its own
+    assert wait_until(lambda: executor.stragglers == 0, 5)
+    executor.shutdown()
+
+
+def test_process_task_locks_are_held_by_the_parent_while_it_runs(processes, tmp_path):
+    locker = RecordingLocker()
+    journal = FileJournal(tmp_path)
+    future = processes.execute(LockedTask(Wait("wait", journal), locker, ["volume/v1"]), {})
+    assert journal.wait_for("started:wait", 30)
+    assert locker.held == {"volume/v1"}
+    (tmp_path / "go").touch()
+    assert future.result(30) == "released"
+    assert wait_until(lambda: locker.calls[-1:] == [("exit", ("volume/v1",))], 5)
+    assert locker.held == set()
+
+
+def test_one_process_executor_shared_by_concurrent_callers(processes):
+    results: list = []
+
+    def caller(tag: str) -> None:
+        futures = [processes.execute(Echo(f"{tag}{i}"), {"value": f"{tag}{i}"})
+                   for i in range(5)]
+        results.extend(f.result(30)["value"] for f in futures)
+
+    threads = [threading.Thread(target=caller, args=(t,)) for t in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == sorted(f"{t}{i}" for t in "ab" for i in range(5))
+
+
+def test_shutdown_without_wait_kills_running_workers(tmp_path):
+    executor = ProcessExecutor(1)
+    journal = FileJournal(tmp_path)
+    hung = executor.execute(Hang("hung", journal), {})
+    assert journal.wait_for("started:hung", 30)
+    pid = int(journal.value("pid").split(":")[1])
+    started = time.monotonic()
+    executor.shutdown(wait=False)
+    assert isinstance(hung.exception(10), TaskInterrupted)
+    assert wait_until(lambda: gone(pid), 5) and time.monotonic() - started < 10
+
+
+def test_heartbeat_outside_a_call_is_a_no_op_and_bad_values_are_refused():
+    task = Noop("idle")
+    task.heartbeat(progress=5, note=object())     # no call: nothing checked, nothing sent
+    assert task.cancelled is False
+
+    class Bad(Noop):
+        def execute(self):
+            self.heartbeat(progress=1.5)
+
+    error = SerialExecutor().execute(Bad("bad"), {}).exception()
+    assert isinstance(error, InvalidArgument) and "0..1" in str(error)

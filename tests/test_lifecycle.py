@@ -1,0 +1,218 @@
+"""The job state machine on a real ZooKeeper (the table in jobboard.states):
+every admin action from every state, what counts against ``max_claims``, and
+the hand-off of a job between holders."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from jobboard.board import Board, Claimer
+from jobboard.errors import (AlreadyClaimed, BoardError, InvalidTransition, JobNotFound,
+                             NotClaimed)
+from jobboard.states import JobState
+
+FACTORY = "tests.flows:noop"
+STATES = ["UNCLAIMED", "CLAIMED", "COMPLETE", "FAILED", "CANCELLED", "DEAD", "MALFORMED"]
+
+
+def other_board(zk_hosts: str) -> Board:
+    return Board.connect(zk_hosts, root="/jobboard", session_timeout=4.0)
+
+
+def job_in(board: Board, state: str) -> str:
+    """A job in ``state``, made through the API (MALFORMED: a record quarantined
+    by the claimer that met it)."""
+    job = board.post(FACTORY)
+    if state == "UNCLAIMED":
+        return job.uuid
+    if state == "MALFORMED":
+        board.client.set(board.paths.job(job.uuid), b"\x93garbage")
+        assert Claimer(board, "c1").claim_next() is None
+        return job.uuid
+    held = Claimer(board, "c1").claim_next()
+    assert held.uuid == job.uuid
+    if state == "CLAIMED":
+        return job.uuid
+    if state == "DEAD":
+        board.dead_letter(board.get(job.uuid), board.client.get(board.paths.job(job.uuid))[1]
+                          .version, None, "test")
+        board.client.delete(board.paths.claim(job.uuid))
+        board.client.delete(board.paths.running_marker(job.uuid))
+        return job.uuid
+    board.consume(held, "c1", {"results": {}}, state=JobState(state))
+    return job.uuid
+
+
+def abandon(board: Board, job_id: str) -> None:
+    owner = board.claim_owner(job_id)
+    if owner is None:
+        raise NotClaimed(job_id, board.get(job_id).state)
+    board.abandon(job_id, owner)
+
+
+ACTIONS = {
+    "abandon": abandon,
+    "transfer": lambda board, job_id: board.transfer(job_id, None, "c2"),
+    "cancel": lambda board, job_id: board.cancel(job_id),
+    "retry": lambda board, job_id: board.retry(job_id),
+    "trash": lambda board, job_id: board.trash(job_id),
+}
+# (action, state) -> the state after, or the error raised. Mirrors the table
+# in jobboard/states.py.
+EXPECTED = {
+    ("abandon", "UNCLAIMED"): NotClaimed, ("abandon", "CLAIMED"): "UNCLAIMED",
+    ("transfer", "UNCLAIMED"): NotClaimed, ("transfer", "CLAIMED"): "CLAIMED",
+    ("cancel", "UNCLAIMED"): "CANCELLED", ("cancel", "CLAIMED"): "CLAIMED",
+    ("retry", "UNCLAIMED"): InvalidTransition, ("retry", "CLAIMED"): InvalidTransition,
+    ("retry", "COMPLETE"): InvalidTransition,
+    ("trash", "CLAIMED"): AlreadyClaimed,
+}
+for _state in ("COMPLETE", "FAILED", "CANCELLED", "DEAD"):
+    EXPECTED[("abandon", _state)] = NotClaimed
+    EXPECTED[("transfer", _state)] = NotClaimed
+    EXPECTED[("cancel", _state)] = _state
+for _state in ("FAILED", "CANCELLED", "DEAD"):
+    EXPECTED[("retry", _state)] = "UNCLAIMED"
+for _state in ("UNCLAIMED", "COMPLETE", "FAILED", "CANCELLED", "DEAD"):
+    EXPECTED[("trash", _state)] = JobNotFound   # gone: reading it afterwards
+for _action in ACTIONS:
+    EXPECTED[(_action, "MALFORMED")] = JobNotFound
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("action", sorted(ACTIONS))
+def test_every_admin_action_from_every_state(board, action, state):
+    board.register_conductor("c2", {})
+    job_id = job_in(board, state)
+    expected = EXPECTED[(action, state)]
+    if isinstance(expected, type) and action != "trash" or state == "MALFORMED":
+        with pytest.raises(expected) as raised:
+            ACTIONS[action](board, job_id)
+        assert job_id in str(raised.value)
+        if state != "MALFORMED":
+            assert board.get(job_id).state.value == state, "a refused action changed the job"
+        return
+    if isinstance(expected, type):      # trash refused, or done (then the job is gone)
+        if expected is AlreadyClaimed:
+            with pytest.raises(AlreadyClaimed):
+                ACTIONS[action](board, job_id)
+            assert board.get(job_id).state is JobState.CLAIMED
+            return
+        ACTIONS[action](board, job_id)
+        with pytest.raises(JobNotFound):
+            board.get(job_id)
+        return
+    ACTIONS[action](board, job_id)
+    after = board.get(job_id)
+    assert after.state.value == expected
+    if action == "retry":
+        assert after.attempt == 2 and after.claims == 0 and after.deaths == 0
+        assert Claimer(board, "c1").claim_next().uuid == job_id, "a retried job runs again"
+    if (action, state) == ("cancel", "CLAIMED"):
+        assert board.cancel_requested(job_id)
+    if action == "transfer":
+        assert after.transfer_to == "c2"
+    # never a claim nobody will release: an unclaimed job has no claim or marker
+    if after.state is not JobState.CLAIMED:
+        assert board.claim_owner(job_id) is None or action == "retry"
+    # nothing stranded (an entry left by a cancel is dropped by the next claimer;
+    # a transferred job waits, marker without claim, for its target to take it)
+    harmless = {"stale-entry"} | ({"orphan"} if action == "transfer" else set())
+    assert not [f for f in board.fsck() if f.job_id == job_id and f.kind not in harmless]
+
+
+def test_retry_of_a_job_cancelled_before_it_ran_can_be_finished(board):
+    """A job cancelled while waiting has no cancel request; its retry must
+    still be consumable (the consume used to delete a request that was not
+    there, and the claim stayed forever)."""
+    job = board.post(FACTORY)
+    assert board.cancel(job.uuid) is JobState.CANCELLED
+    board.retry(job.uuid)
+    held = Claimer(board, "c1").claim_next()
+    done = board.consume(held, "c1", {"reason": "cancelled again"}, state=JobState.CANCELLED)
+    assert done.state is JobState.CANCELLED and board.claim_owner(job.uuid) is None
+
+
+def test_retry_drops_a_cancel_request_left_behind(board):
+    job = board.post(FACTORY)
+    held = board.claim(job.uuid, "c1")
+    board.cancel(job.uuid)
+    board.consume(held, "c1", {}, state=JobState.FAILED)   # finished before it saw it
+    board.client.create(board.paths.cancel_request(job.uuid), b"")   # a late request
+    board.retry(job.uuid)
+    assert not board.cancel_requested(job.uuid)
+
+
+def test_only_deaths_count_against_max_claims(board, zk_hosts):
+    board.max_claims = 2
+    job = board.post(FACTORY)
+    claimer = Claimer(board, "c1")
+    for _ in range(5):                   # abandons and transfers are not deaths
+        board.abandon(claimer.claim_next(), "c1")
+    assert board.get(job.uuid).deaths == 0
+    for died in (1, 2):                  # a holder whose session ends: a death
+        with other_board(zk_hosts) as mortal:
+            held = Claimer(mortal, "mortal").claim_next()
+            assert held.uuid == job.uuid
+        board.restore_orphan(job.uuid)
+        assert board.get(job.uuid).deaths == died
+    assert claimer.claim_next() is None
+    dead = board.get(job.uuid)
+    assert dead.state is JobState.DEAD and "died or crashed 2 times" in dead.outcome["reason"]
+
+
+def test_a_crash_on_the_job_counts(board):
+    board.max_claims = 1
+    job = board.post(FACTORY)
+    claimer = Claimer(board, "c1")
+    board.abandon(claimer.claim_next(), "c1", crashed=True)
+    assert claimer.claim_next() is None
+    assert board.get(job.uuid).state is JobState.DEAD
+
+
+def test_handoff_waits_for_the_old_holders_tasks(board, zk_hosts):
+    job = board.post(FACTORY)
+    with other_board(zk_hosts) as old:
+        assert old.start_working(job.uuid, stop_timeout=5) < 1
+        waited: list[float] = []
+        new = threading.Thread(
+            target=lambda: waited.append(board.start_working(job.uuid, stop_timeout=30)))
+        new.start()
+        new.join(0.3)         # it must still be waiting
+        assert new.is_alive(), "the new holder started while the old one's tasks ran"
+        old.stop_working(job.uuid)
+        new.join(10)
+        assert not new.is_alive() and 0.2 < waited[0] < 10
+    board.stop_working(job.uuid)
+    assert board.client.exists(board.paths.working_marker(job.uuid)) is None
+
+
+def test_handoff_from_a_dead_holder_is_at_once_and_bounded_by_the_stop_timeout(board,
+                                                                                 zk_hosts):
+    job = board.post(FACTORY)
+    old = other_board(zk_hosts)
+    old.start_working(job.uuid, stop_timeout=5)
+    old.close()                          # its session ends: the marker goes with it
+    assert board.start_working(job.uuid, stop_timeout=30) < 5
+    board.stop_working(job.uuid)
+    with other_board(zk_hosts) as stuck:   # alive, but never stops its tasks
+        stuck.start_working(job.uuid, stop_timeout=5)
+        started = time.monotonic()
+        board.start_working(job.uuid, stop_timeout=1.0)
+        assert 0.9 < time.monotonic() - started < 10
+        stat = board.client.exists(board.paths.working_marker(job.uuid))
+        assert stat.ephemeralOwner == board.session_id
+        stuck.stop_working(job.uuid)      # leaves the new holder's marker alone
+        assert board.client.exists(board.paths.working_marker(job.uuid)) is not None
+
+
+def test_refusals_are_one_line_and_say_what_to_do(board):
+    job = board.post(FACTORY)
+    board.consume(board.claim(job.uuid, "c1"), "c1", {})
+    with pytest.raises(BoardError) as raised:
+        board.retry(job.uuid)
+    message = str(raised.value)
+    assert "\n" not in message and "COMPLETE" in message and "FAILED" in message
