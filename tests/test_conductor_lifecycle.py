@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
 import pytest
 
@@ -114,6 +115,51 @@ def test_transfer_hands_a_running_task_over(board, fleet, tmp_path):
     open(gate, "w").close()
     assert board.wait(job.uuid, timeout=30).ok
     assert board.get(job.uuid).owner == "c2" or board.get(job.uuid).history[-1]["owner"] == "c2"
+
+
+def test_a_job_given_back_to_the_same_conductor_waits_for_its_old_run(board, fleet,
+                                                                      tmp_path):
+    """An admin's abandon with one conductor: it claims the job again at once,
+    while its old run's task (ignoring the stop request) still runs."""
+    journal, gate = str(tmp_path / "journal"), str(tmp_path / "gate")
+    conductor = fleet.start("c1", stop_timeout=2.0)
+    job = board.post(GATED, args={"journal": journal, "gate": gate, "cooperative": False})
+    wait_until(lambda: started(journal, "wait"), what="the task to start")
+    board.abandon(job.uuid, "c1")
+    abandoned_at = time.time()
+    wait_until(lambda: len(started(journal, "wait")) == 2, what="the task to start again")
+    assert started(journal, "wait")[1][1] >= abandoned_at + 1.5, \
+        "the second run started while the first one's task still ran"
+    # the old run ends; the new one stays counted (it used to be dropped)
+    wait_until(lambda: conductor.in_flight == 1, what="the old run to end")
+    assert board.claim_owner(job.uuid) == "c1"
+    open(gate, "w").close()
+    assert board.wait(job.uuid, timeout=30).ok
+    wait_until(lambda: conductor.in_flight == 0, what="the new run to end")
+
+
+def test_a_job_waiting_for_a_busy_flow_lock_is_not_counted(board, fleet, tmp_path):
+    from jobboard.locks import Locks
+
+    board.max_claims = 2
+    locks = Locks(board.client, root=board.paths.locks, identifier="admin")
+    journal = str(tmp_path / "journal")
+    with locks.mutex("busy", timeout=5):
+        fleet.start("c1", lock_timeout=0.3)
+        job = board.post("jobboard.testing.lifecycle_flows:locked",
+                         args={"journal": journal, "lock": "busy"})
+        wait_until(lambda: board.get(job.uuid).claims >= 4, what="a few tries")
+        assert board.get(job.uuid).deaths == 0
+    assert board.wait(job.uuid, timeout=30).ok
+
+
+def test_a_factory_that_hangs_fails_its_job_and_frees_the_slot(board, fleet, tmp_path):
+    fleet.start("c1", concurrency=1, factory_timeout=1.0)
+    hung = board.post("jobboard.testing.lifecycle_flows:hangs")
+    after = board.post(FIVE, args={"journal": str(tmp_path / "five")})
+    failed = board.wait(hung.uuid, timeout=30)
+    assert failed.state is JobState.FAILED and "did not return within 1s" in failed.reason
+    assert board.wait(after.uuid, timeout=30).ok
 
 
 def test_a_cooperative_task_stops_when_its_job_is_transferred(board, fleet, tmp_path):

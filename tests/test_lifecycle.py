@@ -141,7 +141,7 @@ def test_retry_drops_a_cancel_request_left_behind(board):
     held = board.claim(job.uuid, "c1")
     board.cancel(job.uuid)
     board.consume(held, "c1", {}, state=JobState.FAILED)   # finished before it saw it
-    board.client.create(board.paths.cancel_request(job.uuid), b"")   # a late request
+    assert board.cancel_requested(job.uuid)                 # the request outlived it
     board.retry(job.uuid)
     assert not board.cancel_requested(job.uuid)
 
@@ -176,17 +176,17 @@ def test_a_crash_on_the_job_counts(board):
 def test_handoff_waits_for_the_old_holders_tasks(board, zk_hosts):
     job = board.post(FACTORY)
     with other_board(zk_hosts) as old:
-        assert old.start_working(job.uuid, stop_timeout=5) < 1
-        waited: list[float] = []
+        assert old.start_working(job.uuid, 1, stop_timeout=5) < 1
+        waited: list[float | None] = []
         new = threading.Thread(
-            target=lambda: waited.append(board.start_working(job.uuid, stop_timeout=30)))
+            target=lambda: waited.append(board.start_working(job.uuid, 2, stop_timeout=30)))
         new.start()
         new.join(0.3)         # it must still be waiting
         assert new.is_alive(), "the new holder started while the old one's tasks ran"
-        old.stop_working(job.uuid)
+        old.stop_working(job.uuid, 1)
         new.join(10)
         assert not new.is_alive() and 0.2 < waited[0] < 10
-    board.stop_working(job.uuid)
+    board.stop_working(job.uuid, 2)
     assert board.client.exists(board.paths.working_marker(job.uuid)) is None
 
 
@@ -194,19 +194,47 @@ def test_handoff_from_a_dead_holder_is_at_once_and_bounded_by_the_stop_timeout(b
                                                                                  zk_hosts):
     job = board.post(FACTORY)
     old = other_board(zk_hosts)
-    old.start_working(job.uuid, stop_timeout=5)
+    old.start_working(job.uuid, 1, stop_timeout=5)
     old.close()                          # its session ends: the marker goes with it
-    assert board.start_working(job.uuid, stop_timeout=30) < 5
-    board.stop_working(job.uuid)
+    assert board.start_working(job.uuid, 2, stop_timeout=30) < 5
+    board.stop_working(job.uuid, 2)
     with other_board(zk_hosts) as stuck:   # alive, but never stops its tasks
-        stuck.start_working(job.uuid, stop_timeout=5)
+        stuck.start_working(job.uuid, 3, stop_timeout=5)
         started = time.monotonic()
-        board.start_working(job.uuid, stop_timeout=1.0)
+        board.start_working(job.uuid, 4, stop_timeout=1.0)
         assert 0.9 < time.monotonic() - started < 10
         stat = board.client.exists(board.paths.working_marker(job.uuid))
         assert stat.ephemeralOwner == board.session_id
-        stuck.stop_working(job.uuid)      # leaves the new holder's marker alone
+        stuck.stop_working(job.uuid, 3)   # leaves the new holder's marker alone
         assert board.client.exists(board.paths.working_marker(job.uuid)) is not None
+
+
+def test_a_run_claimed_again_by_the_same_conductor_waits_for_its_older_run(board):
+    """Same session, older token: the older run's tasks may still be stopping."""
+    job = board.post(FACTORY)
+    assert board.start_working(job.uuid, 1, stop_timeout=5) < 1
+    assert board.start_working(job.uuid, 1, stop_timeout=5) < 1     # a retried create
+    started = time.monotonic()
+    assert board.start_working(job.uuid, 2, stop_timeout=0.5) >= 0.5
+    assert time.monotonic() - started < 10
+    board.stop_working(job.uuid, 1)       # the older run ends: the newer marker stays
+    assert board.client.get(board.paths.working_marker(job.uuid))[0] == b"2"
+
+
+def test_a_handoff_wait_ends_when_the_claim_is_lost_meanwhile(board, zk_hosts):
+    job = board.post(FACTORY)
+    lost = threading.Event()
+    with other_board(zk_hosts) as old:
+        old.start_working(job.uuid, 1, stop_timeout=5)
+        result: list[float | None] = []
+        waiter = threading.Thread(target=lambda: result.append(
+            board.start_working(job.uuid, 2, stop_timeout=60, abort=lost.is_set)))
+        waiter.start()
+        lost.set()
+        waiter.join(10)
+        assert not waiter.is_alive() and result == [None]
+        data, _ = board.client.get(board.paths.working_marker(job.uuid))
+        assert data == b"1", "a run that lost its claim replaced the marker"
 
 
 def test_refusals_are_one_line_and_say_what_to_do(board):

@@ -20,7 +20,7 @@ from jobboard.board.layout import Paths
 from jobboard.board.security import verify_board_acl
 from jobboard.errors import BoardInsecure, BoardUnavailable
 from jobboard.locks import Locks
-from jobboard.testing.zookeeper import zk_client
+from jobboard.testing.zookeeper import connected_client
 
 FACTORY = "jobboard.testing.flows:noop"
 AUTH = ("u", "p")
@@ -32,14 +32,10 @@ TIMEOUT = 15
 def zk(hosts: str, auth: tuple[str, str] | None = None) -> Iterator[KazooClient]:
     """A started client: anonymous, or authenticated (digest) without a
     default ACL, like an attacker holding some other credentials."""
-    client = zk_client(hosts, timeout=10,
-                       auth_data=[("digest", f"{auth[0]}:{auth[1]}")] if auth else None)
-    client.start(timeout=TIMEOUT)
-    try:
+    with connected_client(hosts, start_timeout=TIMEOUT, timeout=10,
+                          auth_data=[("digest", f"{auth[0]}:{auth[1]}")] if auth else None) \
+            as client:
         yield client
-    finally:
-        client.stop()
-        client.close()
 
 
 @contextlib.contextmanager

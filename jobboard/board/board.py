@@ -329,14 +329,17 @@ class Board:
         (``crashed``: count it against ``max_claims``)."""
         return self.ownership.abandon(job, owner, crashed=crashed)
 
-    def start_working(self, job_id: str, *, stop_timeout: float) -> float:
-        """Mark a job's tasks as running here, after the previous holder's
-        have stopped or ``stop_timeout`` passed; returns the seconds waited."""
-        return self.ownership.start_working(job_id, stop_timeout=stop_timeout)
+    def start_working(self, job_id: str, token: int, *, stop_timeout: float,
+                      abort: Callable[[], bool] = lambda: False) -> float | None:
+        """Mark a job's tasks as running in this run (its claim ``token``),
+        after the previous run's have stopped or ``stop_timeout`` passed;
+        returns the seconds waited, None when ``abort()`` turned true first."""
+        return self.ownership.start_working(job_id, token, stop_timeout=stop_timeout,
+                                            abort=abort)
 
-    def stop_working(self, job_id: str) -> None:
-        """No task of the job runs here any more: the next holder may start."""
-        self.ownership.stop_working(job_id)
+    def stop_working(self, job_id: str, token: int) -> None:
+        """No task of this run of the job runs any more: the next may start."""
+        self.ownership.stop_working(job_id, token)
 
     def transfer(self, job: Job | str, from_owner: str | None, to_owner: str) -> Job:
         """Move a claim to another live conductor, which resumes the job."""

@@ -37,6 +37,7 @@ from jobboard.states import JobState
 log = logging.getLogger(__name__)
 
 CONSUME_ATTEMPTS = 5
+HANDOFF_POLL = 0.5     # seconds between two looks at a waiting hand-off's abort()
 
 
 class Ownership:
@@ -216,10 +217,13 @@ class Ownership:
                                           finished_at=time.time(),
                                           outcome=self._fit_outcome(current, outcome))
             data = finished.encode()
-            # A cancel request goes with the finish, whatever the outcome; the
-            # job may have been cancelled before it was claimed (no request).
-            cancel_stat = self.client.retry(self.client.exists,
-                                            self.paths.cancel_request(job_id))
+            # A cancelled finish takes its cancel request along, if there is
+            # one (a job cancelled before it ran has none). Other finishes
+            # leave a late request to retry and the repair sweep: no extra
+            # round trip on the hot path.
+            cancel_stat = (self.client.retry(self.client.exists,
+                                             self.paths.cancel_request(job_id))
+                           if state is JobState.CANCELLED else None)
             self._released.append(job_id)
             for attempt in range(CONSUME_ATTEMPTS):
                 txn = self.client.transaction()
@@ -335,17 +339,25 @@ class Ownership:
                          job_id, current.owner)
             return None
 
-    def start_working(self, job_id: str, *, stop_timeout: float) -> float:
-        """The hand-off: wait until no other session's tasks run the job (its
-        working marker is gone: stopped, or its session ended), at most
-        ``stop_timeout`` seconds, then mark the job as worked on by this
-        session. Past the timeout the other holder's marker is replaced: its
-        tasks were asked to stop that long ago. Returns the seconds waited.
+    def start_working(self, job_id: str, token: int, *, stop_timeout: float,
+                      abort: Callable[[], bool] = lambda: False) -> float | None:
+        """The hand-off: wait until no other run's tasks of the job are running
+        (its working marker is gone: they stopped, or that session ended), at
+        most ``stop_timeout`` seconds, then mark the job as worked on by this
+        run (the claim's ``token``). Past the timeout the other run's marker is
+        replaced: its tasks were asked to stop that long ago. A marker of an
+        older run of this same session (a job given back and claimed again
+        while that run still stops) is waited for the same way.
+
+        Returns:
+            The seconds waited, or None when ``abort()`` turned true first
+            (the claim was lost meanwhile: nothing is marked or replaced).
 
         Raises:
             BoardUnavailable: ZooKeeper unreachable.
         """
         path = self.paths.working_marker(job_id)
+        mine = str(token).encode()
         started = time.monotonic()
         deadline = started + max(0.0, stop_timeout)
         gone = threading.Event()
@@ -354,36 +366,41 @@ class Ownership:
             gone.set()
 
         with _zk.translated(f"waiting for job {job_id}'s previous holder to stop"):
-            while True:
+            while not abort():
                 try:
-                    self.client.retry(self.client.create, path, b"", ephemeral=True,
+                    self.client.retry(self.client.create, path, mine, ephemeral=True,
                                       makepath=True)
                     return time.monotonic() - started
                 except NodeExistsError:
                     pass
                 gone.clear()
-                stat = self.client.retry(self.client.exists, path, watch=on_change)
-                if stat is None:
+                try:
+                    data, stat = self.client.retry(self.client.get, path, watch=on_change)
+                except NoNodeError:
                     continue
-                if stat.ephemeralOwner == self.session_id:
+                if stat.ephemeralOwner == self.session_id and data == mine:
                     return time.monotonic() - started     # an earlier attempt landed
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    log.warning("job %s: its previous holder did not stop its tasks within "
-                                "%.0fs; starting anyway", job_id, stop_timeout)
-                    try:
-                        self.client.retry(self.client.delete, path, version=stat.version)
-                    except (NoNodeError, BadVersionError):
-                        pass
+                if left > 0:
+                    gone.wait(min(left, HANDOFF_POLL))    # and look at abort() again
                     continue
-                gone.wait(min(left, READ_TIMEOUT))
+                log.warning("job %s: its previous holder did not stop its tasks within "
+                            "%.0fs; starting anyway", job_id, stop_timeout)
+                try:
+                    self.client.retry(self.client.delete, path, version=stat.version)
+                except (NoNodeError, BadVersionError):
+                    pass
+        return None
 
-    def stop_working(self, job_id: str) -> None:
-        """Drop this session's working marker (another's is left alone)."""
+    def stop_working(self, job_id: str, token: int) -> None:
+        """Drop this run's working marker (another run's is left alone)."""
         path = self.paths.working_marker(job_id)
         with _zk.translated(f"handing job {job_id} on"):
-            stat = self.client.retry(self.client.exists, path)
-            if stat is not None and stat.ephemeralOwner == self.session_id:
+            try:
+                data, stat = self.client.retry(self.client.get, path)
+            except NoNodeError:
+                return
+            if stat.ephemeralOwner == self.session_id and data == str(token).encode():
                 try:
                     self.client.retry(self.client.delete, path, version=stat.version)
                 except (NoNodeError, BadVersionError):

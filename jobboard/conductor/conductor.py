@@ -46,6 +46,7 @@ IDLE_WAIT = 5.0
 REGISTRATION_INTERVAL = 2.0
 DEFAULT_FSCK_INTERVAL = 300.0
 DEFAULT_STOP_TIMEOUT = 30.0
+DEFAULT_FACTORY_TIMEOUT = 60.0
 EXECUTORS = ("thread", "process")
 
 
@@ -76,6 +77,8 @@ class Conductor:
         stop_timeout: seconds a task asked to stop (cancel, transfer, time
             limit, shutdown) gets before it is abandoned (threads) or killed
             (processes); a new holder waits as long for the old one's tasks.
+        factory_timeout: seconds a flow factory may take to build the flow;
+            one that does not return fails its job.
 
     Raises:
         InvalidArgument: a setting out of range.
@@ -87,7 +90,8 @@ class Conductor:
                  metrics: Any | None = None,
                  fsck_interval: float = DEFAULT_FSCK_INTERVAL,
                  executor: str = "thread", task_timeout: float | None = None,
-                 stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
+                 stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+                 factory_timeout: float = DEFAULT_FACTORY_TIMEOUT) -> None:
         if concurrency < 1:
             raise InvalidArgument("concurrency must be at least 1", argument="concurrency")
         if executor not in EXECUTORS:
@@ -97,6 +101,8 @@ class Conductor:
             raise InvalidArgument("task_timeout must be positive", argument="task_timeout")
         if not stop_timeout >= 0:
             raise InvalidArgument("stop_timeout must be >= 0", argument="stop_timeout")
+        if not factory_timeout > 0:
+            raise InvalidArgument("factory_timeout must be positive", argument="factory_timeout")
         self.board = board
         self.logbook = logbook
         self.name = name or default_name()
@@ -109,10 +115,14 @@ class Conductor:
         self.executor = executor
         self.task_timeout = task_timeout
         self.stop_timeout = stop_timeout
+        self.factory_timeout = factory_timeout
         self._process_pool: Any = None
         self.readiness = Readiness(lambda: self.logbook.check(), on_change=self._on_readiness)
         self.locks = Locks(board.client, root=board.paths.locks, identifier=self.name)
-        self.runs: dict[str, JobRun] = {}
+        # By (job, claim token): a job given back and claimed again while its
+        # old run still stops is two runs for a moment.
+        self.runs: dict[tuple[str, int], JobRun] = {}
+        self._unreleased: dict[str, Job] = {}   # claims a run could not give back
         self._runs_lock = threading.Lock()
         self._capacity = threading.Event()
         self._stopping = threading.Event()
@@ -177,6 +187,7 @@ class Conductor:
                 continue
             try:
                 self._keep_registered()
+                self._release_unreleased()
                 if not self.readiness.ready:
                     self._stopping.wait(min(1.0, self.readiness.recover()))
                     continue
@@ -206,7 +217,7 @@ class Conductor:
     def _start(self, job: Job) -> None:
         run = JobRun(self, job)
         with self._runs_lock:
-            self.runs[job.uuid] = run
+            self.runs[run.key] = run
         self._in_flight_changed()
         thread = threading.Thread(target=self._run_job, args=(run,),
                                   name=f"job-{job.uuid[:8]}", daemon=True)
@@ -217,7 +228,7 @@ class Conductor:
             run.run()
         finally:
             with self._runs_lock:
-                self.runs.pop(run.job.uuid, None)
+                self.runs.pop(run.key, None)
             self._in_flight_changed()
             self._capacity.set()
 
@@ -240,8 +251,8 @@ class Conductor:
             for run in left:   # do not wait for tasks: hand the jobs on now
                 run._abandon()
         else:
-            for run in left:
-                run.finished.wait(max(5.0, self.lock_timeout))
+            for run in left:   # its tasks get stop_timeout; then it gives the job back
+                run.finished.wait(max(5.0, self.lock_timeout, self.stop_timeout + 2.0))
         self.claimer.stop()
         if self._process_pool is not None:
             self._process_pool.shutdown(wait=False)
@@ -254,6 +265,28 @@ class Conductor:
             pass
         log.info("conductor %s stopped", self.name)
         self._stopped.set()
+
+    def release_later(self, job: Job) -> None:
+        """A run could not give its job back (ZooKeeper unreachable): the
+        loop tries again, so a session that survives never keeps a claim
+        nobody works on."""
+        with self._runs_lock:
+            self._unreleased[job.uuid] = job
+
+    def _release_unreleased(self) -> None:
+        with self._runs_lock:
+            pending = list(self._unreleased.values())
+        for job in pending:
+            try:
+                if self.board.holds_claim(job.uuid):
+                    self.board.abandon(job, self.name)
+                    log.info("job %s given back", job.uuid)
+            except BoardUnavailable:
+                return                       # next loop
+            except BoardError as exc:        # no longer ours: nothing to give back
+                log.info("job %s: not given back: %s", job.uuid, exc)
+            with self._runs_lock:
+                self._unreleased.pop(job.uuid, None)
 
     def _repair_board(self) -> None:
         """The repair sweep, while this conductor leads it."""
@@ -300,7 +333,7 @@ class Conductor:
 
     def _info(self) -> dict[str, Any]:
         with self._runs_lock:
-            jobs = sorted(self.runs)
+            jobs = sorted({job_id for job_id, _ in self.runs})
         return {"host": socket.gethostname(), "pid": os.getpid(),
                 "started_at": self._started_at, "version": __version__,
                 "concurrency": self.concurrency, "jobs": jobs,

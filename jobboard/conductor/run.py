@@ -7,8 +7,9 @@ How it ends, case by case:
 * a task fails and the flow is reverted -> consumed FAILED with the failure;
 * a task runs past its time limit -> that attempt fails (``TaskTimeout``);
   its retry policy decides, as for any failure;
-* the factory cannot be loaded or the flow is invalid -> consumed FAILED with
-  the reason, recorded in the logbook too: never retried forever;
+* the factory cannot be loaded, raises, does not return within
+  ``factory_timeout``, or the flow is invalid -> consumed FAILED with the
+  reason, recorded in the logbook too: never retried forever;
 * an admin cancels it -> the running task is asked to stop (killed with the
   process executor past ``stop_timeout``), the flow is reverted, and the job
   is consumed CANCELLED;
@@ -19,9 +20,14 @@ How it ends, case by case:
   :meth:`~jobboard.board.Board.start_working`) or ``stop_timeout`` passed;
 * the conductor shuts down past its grace period -> the engine stops and the
   job is abandoned, so another conductor resumes it at once;
-* the logbook fails (unreachable, schema missing) -> the job is handed back
-  without counting against it, and the conductor turns NOT READY until the
-  logbook answers again (:mod:`jobboard.conductor.readiness`);
+* the logbook fails (unreachable, schema missing, credentials, disk) -> the
+  job is handed back without counting against it, and the conductor turns
+  NOT READY until the logbook answers again
+  (:mod:`jobboard.conductor.readiness`);
+* a flow lock stays held elsewhere past ``lock_timeout`` -> handed back,
+  uncounted: it waits its turn;
+* the board cannot take the job back (ZooKeeper unreachable) -> the
+  conductor tries again from its loop while its session lives;
 * an unexpected error of ours -> the job is handed back, counted like a
   holder's death, so a job that always breaks us ends DEAD with the reason;
 * the board refuses the finish (the claim moved on) -> a claim still ours is
@@ -36,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 from jobboard.board import Job
 from jobboard.engine import Engine, build_flow
-from jobboard.errors import (BoardError, BoardUnavailable, EngineError, LogbookError,
-                             LogbookSchemaError, LogbookUnavailable, StaleOwner)
+from jobboard.errors import (BoardError, BoardUnavailable, Cancelled, EngineError,
+                             LockTimeout, LogbookError, StaleOwner)
 from jobboard.logbook import Failure
 from jobboard.states import FlowState, JobState
 
@@ -53,6 +59,7 @@ class JobRun:
     def __init__(self, conductor: "Conductor", job: Job) -> None:
         self.conductor = conductor
         self.job = job
+        self.key = (job.uuid, job.claim.token if job.claim else 0)
         self.engine: Engine | None = None
         self.claim_lost = threading.Event()
         self.cancel_requested = threading.Event()
@@ -96,11 +103,17 @@ class JobRun:
             self.releasing.set()
             board.consume(job, name, document, state=state)
             log.info("job %s (%s) %s", job.uuid, job.name, state.value)
-        except (LogbookUnavailable, LogbookSchemaError) as exc:
-            # The logbook's failure, not the job's: give it back uncounted and
-            # claim nothing more until the logbook answers again.
-            self.conductor.readiness.down(f"logbook unavailable: {exc}")
+        except LogbookError as exc:
+            # The logbook's failure (down, schema, credentials, disk), not the
+            # job's: give it back uncounted and claim nothing more until the
+            # logbook answers again.
+            self.conductor.readiness.down(f"logbook failed: {exc}")
             log.warning("job %s: handed back, the logbook failed", job.uuid)
+            self._abandon()
+        except (LockTimeout, Cancelled) as exc:
+            # A flow lock held elsewhere, or ZooKeeper suspended while taking
+            # one: the job waits its turn, uncounted.
+            log.warning("job %s: handed back: %s", job.uuid, exc)
             self._abandon()
         except BoardUnavailable as exc:
             # Consuming retried through connection losses; still unreachable:
@@ -127,13 +140,19 @@ class JobRun:
         conductor = self.conductor
         job = self.job
         token = job.claim.token
-        waited = conductor.board.start_working(job.uuid, stop_timeout=conductor.stop_timeout)
+        waited = conductor.board.start_working(job.uuid, token, stop_timeout=conductor.stop_timeout,
+                                               abort=self._stopping)
+        if waited is None:                  # lost or stopping while waiting for the hand-off
+            if not self.claim_lost.is_set():
+                self._abandon()
+            return None
         if waited >= 0.5:
             log.info("job %s: waited %.1fs for its previous holder to stop", job.uuid, waited)
         executor = conductor.executor_for_job()
         try:
             try:
-                flow = build_flow(job.factory, job.args, conductor.allow)
+                flow = build_flow(job.factory, job.args, conductor.allow,
+                                  timeout=conductor.factory_timeout)
                 self.engine = Engine(
                     flow, logbook=conductor.logbook, job_id=job.uuid, token=token,
                     attempt=job.attempt, store=job.store, executor=executor,
@@ -217,10 +236,13 @@ class JobRun:
         return JobState.FAILED, {"flow_state": FlowState.FAILURE.value, "reason": reason,
                                  "failure": failure.to_dict()}
 
+    def _stopping(self) -> bool:
+        return self.claim_lost.is_set() or self.shutting_down.is_set()
+
     def _stop_working(self) -> None:
         """Our tasks of this job have stopped: the next holder may start."""
         try:
-            self.conductor.board.stop_working(self.job.uuid)
+            self.conductor.board.stop_working(self.job.uuid, self.job.claim.token)
         except BoardError as exc:   # gone with our session at the latest
             log.warning("job %s: could not hand the job on yet: %s", self.job.uuid, exc)
 
@@ -237,6 +259,9 @@ class JobRun:
         try:
             self.conductor.board.abandon(self.job, self.conductor.name, crashed=crashed)
             log.info("job %s abandoned for another conductor", self.job.uuid)
+        except BoardUnavailable as exc:     # our session may well survive: try again
+            log.warning("job %s: could not abandon yet: %s", self.job.uuid, exc)
+            self.conductor.release_later(self.job)
         except BoardError as exc:
             log.warning("job %s: could not abandon: %s", self.job.uuid, exc)
 

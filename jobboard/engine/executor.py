@@ -115,6 +115,18 @@ class _ThreadCall:
     thread: threading.Thread | None = field(default=None, repr=False)
 
 
+def drain(work: "queue.SimpleQueue[Any]") -> list[Any]:
+    """Take every queued item now (the ``None`` stop marks left out)."""
+    items = []
+    while True:
+        try:
+            item = work.get_nowait()
+        except queue.Empty:
+            return items
+        if item is not None:
+            items.append(item)
+
+
 class ThreadExecutor(Executor):
     """Runs tasks on up to ``width`` daemon threads, started on demand.
 
@@ -229,14 +241,7 @@ class ThreadExecutor(Executor):
         with self._lock:
             self._closed = True
             threads = list(self._threads)
-            pending = []
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    pending.append(item)
+            pending = drain(self._queue)
             for _ in threads:
                 self._queue.put(None)
         for call in pending:

@@ -49,8 +49,9 @@ from __future__ import annotations
 
 import importlib
 import re
+import threading
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from jobboard.engine.flows import Flow
@@ -189,11 +190,13 @@ def resolve_factory(ref: str, allowed: Iterable[str] | str) -> types.FunctionTyp
 
 
 def build_flow(ref: str, args: Mapping[str, Any] | None,
-               allowed: Iterable[str] | str) -> Flow | Task:
+               allowed: Iterable[str] | str, *, timeout: float | None = None) -> Flow | Task:
     """Resolve ``ref`` and call it with ``args`` as keyword arguments.
 
     Whatever the factory raises, even ``SystemExit`` or ``KeyboardInterrupt``,
     becomes :class:`FlowInvalid`: a job cannot stop the conductor running it.
+    With a ``timeout`` the factory runs on a thread of its own, and one that
+    has not returned by then is abandoned there (a thread cannot be killed).
 
     Returns:
         The flow (or single task) the factory built.
@@ -201,16 +204,41 @@ def build_flow(ref: str, args: Mapping[str, Any] | None,
     Raises:
         FactoryNotFound: See :func:`resolve_factory`.
         FactoryNotAllowed: See :func:`resolve_factory`.
-        FlowInvalid: The factory raised, or returned neither a flow nor a task.
+        FlowInvalid: The factory raised, did not return within ``timeout``
+            seconds, or returned neither a flow nor a task.
     """
     factory = resolve_factory(ref, allowed)
-    try:
-        flow = factory(**dict(args or {}))
-    except FlowInvalid:
-        raise
-    except BaseException as exc:  # noqa: BLE001 - the conductor must stay up
-        raise FlowInvalid(f"flow factory {ref} failed: {type(exc).__name__}: {exc}") from exc
+    if timeout is None:
+        flow = _call_factory(ref, factory, args)
+    else:
+        built: list[Flow | Task | BaseException] = []
+        thread = threading.Thread(target=lambda: built.append(_guarded(ref, factory, args)),
+                                  name=f"factory {ref}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if not built:
+            raise FlowInvalid(f"flow factory {ref} did not return within {timeout:g}s")
+        if isinstance(built[0], BaseException):
+            raise built[0]
+        flow = built[0]
     if not isinstance(flow, (Flow, Task)):
         raise FlowInvalid(f"flow factory {ref} returned a {type(flow).__name__}, "
                           "not a flow or a task")
     return flow
+
+
+def _call_factory(ref: str, factory: Callable[..., Any], args: Mapping[str, Any] | None) -> Any:
+    try:
+        return factory(**dict(args or {}))
+    except FlowInvalid:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the conductor must stay up
+        raise FlowInvalid(f"flow factory {ref} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _guarded(ref: str, factory: Callable[..., Any], args: Mapping[str, Any] | None) -> Any:
+    """:func:`_call_factory` on a thread: its error is returned, not raised."""
+    try:
+        return _call_factory(ref, factory, args)
+    except FlowInvalid as exc:
+        return exc

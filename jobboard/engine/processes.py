@@ -41,7 +41,13 @@ How it fails, always on the call's future, never on the caller:
   :class:`~jobboard.errors.WorkerDied` ("worker process exited with code -9");
   only that call fails and the worker is replaced for the next call;
 * ``interrupt(future, kill=True)`` -> the worker is killed and the call
-  fails with :class:`~jobboard.errors.TaskInterrupted`;
+  fails with :class:`~jobboard.errors.TaskInterrupted`; a call interrupted
+  before it reached its worker (queued, waiting for its locks, or while the
+  worker was starting) fails with ``TaskInterrupted`` without running, and
+  no other call's worker is ever killed in its place;
+* the task's locks cannot be taken -> the locker's own error
+  (:class:`~jobboard.errors.LockTimeout`, ``BoardUnavailable``, ...), as
+  raised; the call does not run and the worker is kept;
 * a worker that does not come up within ``start_timeout`` -> ``WorkerDied``;
 * an exception the child cannot send back as itself ->
   :class:`RemoteTaskError` carrying its type and message; the child's
@@ -62,13 +68,13 @@ import time
 import traceback
 from collections.abc import Mapping
 from concurrent.futures import Future
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait as wait_ready
 from typing import Any
 
 from jobboard.engine.control import CallControl, CallObserver, running
-from jobboard.engine.executor import Executor, notify_started, settle
+from jobboard.engine.executor import Executor, drain, notify_started, settle
 from jobboard.engine.locking import LockedTask
 from jobboard.engine.tasks import Task, call_execute, call_revert
 from jobboard.errors import EngineError, NotPicklable, TaskInterrupted, WorkerDied
@@ -114,7 +120,7 @@ class _Call:
     control: CallControl
     observer: CallObserver | None
     locks: AbstractContextManager[Any] | None
-    killed: bool = False
+    killed: bool = False               # set before the stop request, read after it
     slot: "_Slot | None" = field(default=None, repr=False)
 
 
@@ -172,6 +178,10 @@ class ProcessExecutor(Executor):
         if call is None or future.done():
             return False
         reason = "killed" if kill else "asked to stop"
+        if kill:
+            # Before the stop request: whoever sees the request sees the kill
+            # (the slot re-checks both after starting a worker and after sending).
+            call.killed = True
         call.control.request_stop(reason)
         if future.cancel():                          # still queued: never starts
             self._forget(call)
@@ -188,14 +198,9 @@ class ProcessExecutor(Executor):
         with self._lock:
             self._closed = True
             slots = list(self._slots)
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                item.future.cancel()
-                self._forget(item)
+        for item in drain(self._queue):
+            item.future.cancel()
+            self._forget(item)
         for _ in slots:
             self._queue.put(None)
         for slot in slots:
@@ -268,6 +273,10 @@ class _Slot:
         self.process: Any = None                  # a multiprocessing Process
         self.conn: Connection | None = None
         self.current: _Call | None = None
+        # Guards ``current``, ``process`` and ``conn`` against :meth:`stop`,
+        # which runs on the interrupting thread (reentrant: stop sends under it).
+        self._state_lock = threading.RLock()
+        self._doomed = False                      # killed by stop(): do not reuse
         self._send_lock = threading.Lock()
         self.thread = threading.Thread(target=self._loop, daemon=True,
                                        name=f"jobboard-process-slot-{index}")
@@ -276,7 +285,10 @@ class _Slot:
     @property
     def pid(self) -> int | None:
         process = self.process
-        return process.pid if process is not None and process.is_alive() else None
+        try:
+            return process.pid if process is not None and process.is_alive() else None
+        except ValueError:                        # closed by the slot thread meanwhile
+            return None
 
     # -- the slot thread -------------------------------------------------------
 
@@ -294,35 +306,73 @@ class _Slot:
                     self._serve(call)
                 except BaseException as exc:  # noqa: BLE001 - a bug here must fail one call only
                     log.exception("task %s: process slot failed", call.name)
-                    settle(call.future, error=EngineError(
-                        f"task {call.name!r}: the process executor failed: {exc!r}"))
-                    self._discard_process()
+                    if settle(call.future, error=EngineError(
+                            f"task {call.name!r}: the process executor failed: {exc!r}")):
+                        # Failed mid-call: the worker's state is unknown. (After the
+                        # call settled, e.g. a lock release failing, it is idle.)
+                        self._discard_process()
                 finally:
-                    self.current = None
+                    with self._state_lock:
+                        self.current = None
+                        doomed, self._doomed = self._doomed, False
+                    if doomed:
+                        # Killed just as its call finished: never reuse a dying worker.
+                        self._discard_process()
                     executor._forget(call)
         finally:
             self._exit_process()
 
     def _serve(self, call: _Call) -> None:
-        with call.locks if call.locks is not None else nullcontext():
-            if call.control.stop_requested:
-                settle(call.future, error=TaskInterrupted(
-                    f"task {call.name!r} was asked to stop before it started", task=call.name))
+        with ExitStack() as held:
+            if call.locks is not None:
+                try:
+                    held.enter_context(call.locks)
+                except Exception as exc:  # noqa: BLE001 - LockTimeout, BoardUnavailable, ...
+                    # The locker's error is the call's outcome, as raised; the
+                    # worker never saw the call, so it stays.
+                    settle(call.future, error=exc)
+                    return
+            if self._interrupted_before_sending(call) or not self._begin(call):
                 return
-            if not self._ensure_process(call):
-                return
-            self.current = call
-            call.slot = self
             try:
                 self._send(("call", call.id, call.kind, call.payload))
             except OSError:
+                with self._state_lock:
+                    self.current = None               # a stop meanwhile only flags the call
                 self._discard_process()               # died while idle: one new try
-                if not self._ensure_process(call):
+                if not self._begin(call):
                     return
                 self._send(("call", call.id, call.kind, call.payload))
             if call.control.stop_requested:           # asked while we were sending
                 self.stop(call, call.control.reason or "asked to stop", kill=call.killed)
             self._await(call)
+
+    def _begin(self, call: _Call) -> bool:
+        """Have a worker ready and make ``call`` current, unless it was stopped.
+
+        Starting a worker takes a while; an interrupt meanwhile finds
+        ``call.slot`` unset and only flags the call, so the flag is checked
+        again here, atomically with making the call current (from then on
+        :meth:`stop` reaches it).
+        """
+        if not self._ensure_process(call):
+            return False
+        with self._state_lock:
+            if not call.control.stop_requested:
+                self.current = call
+                call.slot = self
+                return True
+        return not self._interrupted_before_sending(call)
+
+    @staticmethod
+    def _interrupted_before_sending(call: _Call) -> bool:
+        """Fail ``call`` with TaskInterrupted if it was asked to stop; True if so."""
+        if not call.control.stop_requested:
+            return False
+        settle(call.future, error=TaskInterrupted(
+            f"task {call.name!r} was {call.control.reason or 'asked to stop'} "
+            f"before it started", task=call.name))
+        return True
 
     def _await(self, call: _Call) -> None:
         conn, process = self.conn, self.process
@@ -432,19 +482,27 @@ class _Slot:
             conn.send(message)
 
     def stop(self, call: _Call, reason: str, *, kill: bool) -> None:
-        """Ask the worker running ``call`` to stop; with ``kill``, kill it."""
+        """Ask the worker running ``call`` to stop; with ``kill``, kill it.
+
+        Holds the slot's state lock throughout, so the slot cannot move on to
+        another call between the check and the kill: a worker is only ever
+        killed for the call it is running.
+        """
         if kill:
             call.killed = True
-        if self.current is not call:
-            return                      # not sent yet: _serve checks the flag
-        try:
-            self._send(("stop", call.id, reason))
-        except OSError:
-            pass
-        if kill:
+        with self._state_lock:
+            if self.current is not call or call.future.done():
+                return                  # not sent yet (_begin checks the flag), or over
+            try:
+                self._send(("stop", call.id, reason))
+            except OSError:
+                pass
             process = self.process
-            if process is not None and self.current is call:
-                process.kill()          # SIGKILL: a hung task may ignore SIGTERM
+            if kill and process is not None:
+                self._doomed = True     # the slot thread discards it after this call
+                # SIGKILL: a hung task may ignore SIGTERM. Not yet closed:
+                # _discard_process swaps it out under this same lock first.
+                process.kill()
 
     def kill_current(self, reason: str) -> None:
         call = self.current
@@ -453,8 +511,9 @@ class _Slot:
             self.stop(call, reason, kill=True)
 
     def _discard_process(self) -> None:
-        process, conn = self.process, self.conn
-        self.process = self.conn = None
+        with self._state_lock:                    # stop() never kills a closed process
+            process, conn = self.process, self.conn
+            self.process = self.conn = None
         if conn is not None:
             conn.close()
         if process is not None:

@@ -93,3 +93,14 @@ def gated(journal: str, gate: str, cooperative: bool = True,
 
 def exits(kind: str = "SystemExit") -> flows.Flow:
     return flows.linear("exits", Exit("exit", kind))
+
+
+def hangs() -> flows.Flow:
+    """A factory that does not return (for LIMIT seconds)."""
+    time.sleep(LIMIT)
+    return flows.linear("never")
+
+
+def locked(journal: str, lock: str) -> flows.Flow:
+    """One quick task under a flow lock named ``lock``."""
+    return flows.linear("locked", Quick("inside", journal), locks=[lock])
