@@ -40,16 +40,28 @@ chaos: venv zookeeper
 
 # jobboard and OpenStack TaskFlow side by side (~20 min). TaskFlow goes only
 # into the benchmark's own virtualenv, never into jobboard's dependencies.
-bench: zookeeper
+bench: bench-venv
+	.venv-bench/bin/python -m bench.compare --json bench/results/latest.json \
+		--markdown bench/results/latest.md
+
+# Whole jobs through a real fleet (~6 min): K conductor processes, PostgreSQL
+# and SQLite logbooks, TaskFlow's nonblocking conductor side by side.
+.PHONY: bench-fleet bench-venv
+bench-fleet: bench-venv
+	BENCH_FLEET_COMMAND="make bench-fleet" .venv-bench/bin/python -m bench.fleet --cases \
+		--json bench/results/fleet.json $(FLEET_ARGS)
+
+# The benchmarks' own virtualenv: jobboard (with the PostgreSQL driver) and TaskFlow.
+bench-venv: zookeeper
 	@test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
 	@test -f .venv-bench/.installed || { \
 		.venv-bench/bin/pip install -q --upgrade pip && \
-		.venv-bench/bin/pip install -q -e . && \
+		.venv-bench/bin/pip install -q -e '.[postgres]' && \
 		{ .venv-bench/bin/pip install -q 'taskflow[zookeeper,database]==6.5.*' || \
 		  echo "TaskFlow could not be installed: its columns will say so"; } && \
 		touch .venv-bench/.installed; }
-	.venv-bench/bin/python -m bench.compare --json bench/results/latest.json \
-		--markdown bench/results/latest.md
+	@.venv-bench/bin/python -c 'import psycopg' 2>/dev/null || \
+		.venv-bench/bin/pip install -q -e '.[postgres]'
 
 clean:
 	rm -rf $(VENV) .venv-bench *.egg-info .pytest_cache

@@ -60,6 +60,7 @@ class JobRun:
         self.conductor = conductor
         self.job = job
         self.key = (job.uuid, job.claim.token if job.claim else 0)
+        self._pauses_seen = conductor.session.pauses
         self.engine: Engine | None = None
         self.claim_lost = threading.Event()
         self.cancel_requested = threading.Event()
@@ -199,18 +200,23 @@ class JobRun:
 
     def _gate(self) -> None:
         """Before each task: wait out a suspended connection, then make sure the
-        claim is still ours. A session that expired while this process was
-        paused is noticed here, before the task starts, not after. A
-        connection that drops again while looking is waited out too: only a
-        claim seen gone or held by another session is lost (an expired
-        session ends the loop through ``lose_claim`` from the session watch)."""
+        claim is still ours. The claim watch and the session's LOST say when it
+        is gone, with no round trip per task; only after this process stood
+        still (a pause past the session timeout is learnt late) does the gate
+        ask ZooKeeper. A connection that drops again while asking is waited
+        out too: only a claim seen gone or held by another session is lost."""
+        session = self.conductor.session
         while not (self.claim_lost.is_set() or self.shutting_down.is_set()):
             self.conductor.gate()
+            if not session.paused_since(self._pauses_seen):
+                return
+            seen = session.pauses
             try:
                 held = self.conductor.board.holds_claim(self.job.uuid)
             except BoardUnavailable:
                 self.shutting_down.wait(0.05)
                 continue
+            self._pauses_seen = seen
             if not held:
                 self.lose_claim()
             return

@@ -48,6 +48,7 @@ SEED = int(os.environ.get("CHAOS_SEED", str(random.randrange(1 << 30))))
 CONDUCTORS = 3
 CONCURRENCY = 4
 SESSION_TIMEOUT = 2.0
+MAX_CLAIMS = 50
 PAUSE_SECONDS = 2.5 * SESSION_TIMEOUT
 KILL_EVERY = 3.0
 CHAOS_SECONDS = 40.0        # kills until then; ZooKeeper restarts and a pause inside it
@@ -82,7 +83,11 @@ class Fleet:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "jobboard", "conductor", "--name", name,
                  "--allow", ALLOW, "--concurrency", str(CONCURRENCY),
-                 "--session-timeout", str(SESSION_TIMEOUT), "--grace", "5"],
+                 "--session-timeout", str(SESSION_TIMEOUT), "--grace", "5",
+                 # The killer takes a holder every few seconds, far more often
+                 # than a fleet loses machines: a job may lose 5 holders in a
+                 # row. Dead-lettering is tested on its own (test_lifecycle).
+                 "--max-claims", str(MAX_CLAIMS)],
                 env=env, stdout=log_file, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL)
         self.slots[slot] = (name, proc)
