@@ -6,7 +6,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import event, text, update
 
 import jobboard.logbook as logbook_pkg
 from jobboard.errors import (LogbookError, LogbookNotFound, LogbookSchemaError,
@@ -102,6 +102,47 @@ def test_save_atom_upserts_by_name(logbook):
     assert list(atoms) == ["attach"]
     assert atoms["attach"].state is AtomState.SUCCESS and atoms["attach"].result == "att-1"
     assert atoms["attach"].created_at == created
+
+
+def test_save_atoms_inserts_and_updates_in_one_transaction(logbook):
+    _started(logbook)
+    known = AtomDetail(name="known", state=AtomState.RUNNING)
+    logbook.save_atom("job-1", known, token=10)
+    known.state, known.result = AtomState.SUCCESS, {"r": 1}
+    fresh = [AtomDetail(name=f"new-{i}") for i in range(3)]
+    commits, inserts = [], []
+    event.listen(logbook._engine, "commit", lambda conn: commits.append(1))
+
+    def count(_conn, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("INSERT"):
+            inserts.append(statement)
+    event.listen(logbook._engine, "before_cursor_execute", count)
+    try:
+        logbook.save_atoms("job-1", [known, *fresh, fresh[0]], token=10)   # a repeat counts once
+    finally:
+        event.remove(logbook._engine, "before_cursor_execute", count)
+    assert len(commits) == 1 and len(inserts) == 1          # every new row in one INSERT
+    atoms = logbook.load_flow("job-1").atoms
+    assert list(atoms) == ["known", "new-0", "new-1", "new-2"]
+    assert atoms["known"].state is AtomState.SUCCESS and atoms["known"].result == {"r": 1}
+    assert all(a.created_at is not None and a.updated_at is not None for a in fresh)
+    logbook.save_atoms("job-1", [], token=10)               # nothing to do, no error
+
+
+def test_save_atoms_writes_all_or_nothing(logbook):
+    _started(logbook)
+    a, b = AtomDetail(name="a"), AtomDetail(name="b")
+    logbook.save_atoms("job-1", [a, b], token=10)
+    a.state, b.state = AtomState.SUCCESS, AtomState.RUNNING
+    bad = AtomDetail(name="c", result=object())
+    with pytest.raises(MalformedData):
+        logbook.save_atoms("job-1", [a, b, bad], token=10)
+    logbook.take_over("job-1", 11, "conductor-b")
+    with pytest.raises(StaleOwner):
+        logbook.save_atoms("job-1", [a, b, AtomDetail(name="d")], token=10)
+    atoms = logbook.load_flow("job-1").atoms
+    assert list(atoms) == ["a", "b"]
+    assert {x.state for x in atoms.values()} == {AtomState.PENDING}
 
 
 def test_save_flow_updates_in_place(logbook):

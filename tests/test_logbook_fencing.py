@@ -138,3 +138,98 @@ def test_concurrent_take_overs_keep_the_highest_token(logbook):
     assert outcomes[max(tokens)] == "ok"
     info = logbook.get_logbook("fresh")
     assert (info.token, info.owner) == (max(tokens), f"owner-{max(tokens)}")
+
+
+def _is_atom_write(statement: str) -> bool:
+    head = statement.lstrip().upper()
+    return head.startswith(("WITH", "UPDATE ATOMDETAILS"))
+
+
+# The two tests below hold one side of the race open and check that the other
+# side does NOT get through within a window: there is no event for "still
+# blocked", so a bounded wait on the other side's completion is the probe.
+_BLOCKED_WINDOW = 1.0
+
+
+def test_a_take_over_waits_for_a_fenced_write_in_flight(logbook_url, logbook):
+    """The old owner's one-statement fenced write has run but not committed:
+    a take-over must wait for its commit (the fence's row lock), so the new
+    owner's first read after the take-over already sees the write."""
+    logbook.take_over("job", 1, "old")
+    logbook.save_flow("job", "f", FlowState.RUNNING, token=1)
+    atom = AtomDetail(name="a", state=AtomState.RUNNING)
+    logbook.save_atom("job", atom, token=1)         # known now: the next save is the hot path
+    other = Logbook(logbook_url, auto_upgrade=False)
+    taken = threading.Event()
+    seen: dict[str, object] = {}
+    held = []
+
+    def take_over() -> None:
+        other.take_over("job", 2, "new")
+        taken.set()
+        seen["a"] = other.load_flow("job").atoms["a"].state
+
+    taker = threading.Thread(target=take_over, daemon=True)
+
+    def hold(conn, cursor, statement, *args) -> None:
+        if not held and _is_atom_write(statement):
+            held.append(True)
+            taker.start()
+            held.append(taken.wait(_BLOCKED_WINDOW))   # must stay blocked until our commit
+
+    event.listen(logbook._engine, "after_cursor_execute", hold)
+    try:
+        atom.state = AtomState.SUCCESS
+        logbook.save_atom("job", atom, token=1)
+    finally:
+        event.remove(logbook._engine, "after_cursor_execute", hold)
+    taker.join(30)
+    other.close()
+    assert held == [True, False], "the take-over got through a write in flight"
+    assert taken.is_set() and seen["a"] is AtomState.SUCCESS
+    with pytest.raises(StaleOwner):
+        logbook.save_atom("job", atom, token=1)
+
+
+def test_a_fenced_write_waiting_on_a_take_over_is_refused(logbook_url, logbook):
+    """The reverse: a take-over has updated the logbook row but not committed;
+    the old owner's hot-path write waits for it and is then refused (under
+    READ COMMITTED the fence re-checks the committed row, token 2)."""
+    logbook.take_over("job", 1, "old")
+    logbook.save_flow("job", "f", FlowState.RUNNING, token=1)
+    atom = AtomDetail(name="a", state=AtomState.RUNNING, result="first")
+    logbook.save_atom("job", atom, token=1)
+    other = Logbook(logbook_url, auto_upgrade=False)
+    outcome: dict[str, object] = {}
+    written = threading.Event()
+    held = []
+
+    def write() -> None:
+        atom.result = "stale"
+        try:
+            logbook.save_atom("job", atom, token=1)
+            outcome["write"] = "landed"
+        except StaleOwner as exc:
+            outcome["write"] = exc
+        finally:
+            written.set()
+
+    writer = threading.Thread(target=write, daemon=True)
+
+    def hold(conn, cursor, statement, *args) -> None:
+        if not held and statement.lstrip().upper().startswith("UPDATE LOGBOOKS"):
+            held.append(True)
+            writer.start()
+            held.append(written.wait(_BLOCKED_WINDOW))  # must wait for our commit
+
+    event.listen(other._engine, "after_cursor_execute", hold)
+    try:
+        other.take_over("job", 2, "new")
+    finally:
+        event.remove(other._engine, "after_cursor_execute", hold)
+    writer.join(30)
+    after = other.load_flow("job").atoms["a"]
+    other.close()
+    assert held == [True, False], "the old owner's write got through an open take-over"
+    assert isinstance(outcome["write"], StaleOwner), outcome
+    assert after.result == "first"

@@ -207,6 +207,8 @@ class JobRun:
         out too: only a claim seen gone or held by another session is lost."""
         session = self.conductor.session
         while not (self.claim_lost.is_set() or self.shutting_down.is_set()):
+            if not session.connected and self.engine is not None:
+                self.engine.flush()    # what finished is saved before we wait
             self.conductor.gate()
             if not session.paused_since(self._pauses_seen):
                 return

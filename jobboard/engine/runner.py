@@ -12,6 +12,16 @@ knows about the job and then:
    re-runs ``RUNNING``/``PENDING`` ones (and ``FAILURE``/``RETRYING`` ones
    with attempts left), and carries on an interrupted revert.
 
+Logbook writes (one transaction per task boundary): the ``PENDING`` rows of
+a new flow, a finished task's ``SUCCESS`` and the ``RUNNING`` of every task
+starting next go to the logbook together (``save_atoms``), in one
+transaction saved before those tasks are handed to the executor. A
+``SUCCESS`` waits for that write only while the engine prepares the next
+starts (the gate, flow locks): before it waits for running tasks, sleeps
+for a retry, or returns, it saves what is left on its own, and a gate
+about to block calls :meth:`Engine.flush` first. Its ``TASK_SUCCEEDED``
+event is emitted once it is saved.
+
 Time limits: a call of ``execute``/``revert`` running longer than its
 task's ``timeout`` (or the engine's ``task_timeout``), counted from when the
 executor started it, is interrupted with ``kill=True`` (a worker process is
@@ -55,6 +65,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from jobboard import serialization
 from jobboard.engine.calls import Call, Inflight
 from jobboard.engine.compile import compile_flow
 from jobboard.engine.executor import Executor, ThreadExecutor
@@ -135,8 +146,9 @@ class Engine:
         attempt: The job's attempt (``retry`` adds one): a later attempt
             than the logbook's starts the flow afresh; earlier ones are kept.
         gate: Called before each task starts; may block (the conductor
-            blocks while its ZooKeeper session is suspended). A ``cancel()``
-            meanwhile is honoured when it returns.
+            blocks while its ZooKeeper session is suspended; it calls
+            :meth:`flush` first). A ``cancel()`` meanwhile is honoured when
+            it returns.
         task_timeout: Seconds a task call may run when the task sets no
             ``timeout`` of its own; None: no limit.
         stop_timeout: Seconds to wait for running calls after asking them
@@ -186,6 +198,8 @@ class Engine:
         self._provided: dict[str, dict[str, Any]] = {}
         self._failures: dict[str, Failure] = {}
         self._seq = 0
+        # Atoms whose save waits for the next write, with what to emit after it.
+        self._pending: list[tuple[AtomDetail, Callable[[], None] | None]] = []
 
     # -- public ----------------------------------------------------------------
 
@@ -262,9 +276,36 @@ class Engine:
                            owner=self.owner or None, details=details)
 
     def _save_atom(self, atom: AtomDetail) -> None:
-        self.logbook.save_atom(self.job_id, atom, token=self.token)
+        self._save_atoms([atom])
+
+    def _save_atoms(self, atoms: list[AtomDetail]) -> None:
+        """Save the deferred atoms and ``atoms`` in one transaction, then emit
+        the deferred atoms' events (each only once its atom is saved)."""
+        pending, self._pending = self._pending, []
+        batch = [atom for atom, _ in pending] + atoms
+        if len(batch) == 1:
+            self.logbook.save_atom(self.job_id, batch[0], token=self.token)
+        elif batch:
+            self.logbook.save_atoms(self.job_id, batch, token=self.token)
+        for _, after in pending:
+            if after is not None:
+                after()
+
+    def flush(self) -> None:
+        """Save the finished tasks whose save waits for the next write, now.
+        For the gate, which runs on the engine's thread, to call before it
+        blocks: a finished task is not left unsaved while the gate waits."""
+        self._save_atoms([])
+
+    def _defer(self, atom: AtomDetail, after: Callable[[], None] | None = None) -> None:
+        """Save ``atom`` with the next write (see the module docstring), then
+        call ``after``. Nothing is acted on before that write: the next write
+        comes before any task starts, before the engine waits, and before
+        ``_forward`` returns."""
+        self._pending.append((atom, after))
 
     def _save_flow(self, state: FlowState) -> None:
+        self._save_atoms([])
         self.logbook.save_flow(self.job_id, self.flow.name, state, token=self.token)
 
     def _results(self) -> dict[str, Any]:
@@ -472,7 +513,7 @@ class Engine:
             if atom is None:
                 atom = AtomDetail(name=name)
                 self.atoms[name] = atom
-                self._save_atom(atom)
+                self._defer(atom)          # PENDING: inserted with the first write
                 continue
             self.atoms[name] = atom
             self._seq = max(self._seq, int((atom.meta or {}).get("seq", 0)))
@@ -528,8 +569,12 @@ class Engine:
         running: dict[Future[Any], str] = {}
         delayed: list[tuple[float, int, Any]] = []   # (due, index, policy)
 
-        def start(name: str) -> None:
+        before: dict[str, tuple[Any, ...]] = {}      # what prepare() changed, to undo
+
+        def prepare(name: str) -> None:
             atom = self.atoms[name]
+            before[name] = (atom.state, atom.attempts, atom.started_at, atom.finished_at,
+                            atom.meta)
             atom.state = AtomState.RUNNING
             atom.attempts += 1
             atom.started_at = _now()
@@ -537,7 +582,27 @@ class Engine:
             atom.meta = {k: v for k, v in (atom.meta or {}).items() if k != "not_run"}
             atom.meta.setdefault("first_attempt_at", time.time())   # retry time limits
             self._enter_flow_locks(name, locks, held)
-            self._save_atom(atom)
+
+        def start(names_: list[str]) -> None:
+            # One transaction: what finished since the last write (each SUCCESS
+            # before any dependant starts) and the RUNNING of every task about
+            # to start (before it is handed to the executor).
+            if not self.cancelled:
+                self._save_atoms([self.atoms[n] for n in names_])
+                if not self.cancelled:
+                    for name in names_:
+                        launch(name)
+                    return
+            # Cancelled by the gate or by a listener of a SUCCESS just saved:
+            # these never start, as if the cancel had come first.
+            for name in names_:
+                atom = self.atoms[name]
+                (atom.state, atom.attempts, atom.started_at, atom.finished_at,
+                 atom.meta) = before[name]
+            self._save_atoms([self.atoms[n] for n in names_ if self.atoms[n].created_at])
+
+        def launch(name: str) -> None:
+            atom = self.atoms[name]
             self._emit(EventKind.TASK_STARTED, name, attempt=atom.attempts)
             try:
                 args = self._arguments(name)
@@ -569,12 +634,16 @@ class Engine:
                 now = time.monotonic()
                 while delayed and delayed[0][0] <= now:
                     heapq.heappush(ready, heapq.heappop(delayed)[1])
+                starting: list[str] = []
                 while ready and not self._failures and not self.cancelled:
                     if self._gate is not None:
                         self._gate()            # e.g. blocks while ZooKeeper is suspended
                         if self.cancelled:
                             break
-                    start(names[heapq.heappop(ready)])
+                    starting.append(names[heapq.heappop(ready)])
+                    prepare(starting[-1])
+                if starting:
+                    start(starting)
             else:
                 ready.clear()
                 delayed.clear()       # left RETRYING: resumable, or reverted
@@ -582,6 +651,7 @@ class Engine:
                 stop_by = time.monotonic() + self.stop_timeout
                 for future in running:
                     self._stop_call(executor, future, kill=False)
+            self._save_atoms([])                # nothing finished stays unsaved while we wait
             if not running:
                 if not delayed or stopping:
                     return
@@ -637,14 +707,18 @@ class Engine:
             result = future.result()
             try:
                 values = task.provided_values(result)
-                atom.state, atom.result, atom.failure = AtomState.SUCCESS, result, None
-                self._mark_finished(atom)
-                self._save_atom(atom)
+                serialization.dumps(result)     # refused now, not in a later batch
             except (FlowInvalid, MalformedData) as err:
                 exc, atom.result = err, None
             else:
+                atom.state, atom.result, atom.failure = AtomState.SUCCESS, result, None
+                self._mark_finished(atom)
                 self._provided[name] = values
-                self._emit(EventKind.TASK_SUCCEEDED, name, attempt=atom.attempts)
+                attempt = atom.attempts
+                # Saved with the next write: the next task's RUNNING, or before
+                # the engine waits or returns.
+                self._defer(atom, lambda: self._emit(EventKind.TASK_SUCCEEDED, name,
+                                                     attempt=attempt))
                 return None
         failure = Failure.from_exception(exc)
         atom.failure = failure

@@ -209,15 +209,22 @@ def _connect_args(url: str, timeouts: Timeouts) -> dict[str, Any]:
 
 def make_engine(url: str, options: dict[str, Any] | None = None, *,
                 timeouts: Timeouts = DEFAULT_TIMEOUTS) -> Engine:
-    """An engine with pre-ping (dropped connections are replaced before use)
-    and bounded timeouts (see the module docstring); SQLite files get WAL and
-    a busy timeout so threads and processes share them. ``options`` (keyword
-    arguments of ``create_engine``) win over these defaults; their
-    ``connect_args`` are merged into the driver's timeouts."""
+    """An engine with bounded timeouts (see the module docstring); SQLite
+    files get WAL and a busy timeout so threads and processes share them.
+    ``options`` (keyword arguments of ``create_engine``) win over these
+    defaults; their ``connect_args`` are merged into the driver's timeouts.
+
+    No pre-ping: it would cost a round trip on every checkout, on the hot
+    path. A pooled connection that died (server restart, idle cut) fails its
+    first statement with a disconnect error; SQLAlchemy then invalidates it
+    and every pooled connection older than it, :func:`is_transient` says
+    retry (``connection_invalidated``), and the retry gets a fresh one. The
+    logbook's writes are fenced idempotent upserts, so running one again
+    after a connection died before or during its commit is harmless."""
     parsed = make_url(url)
     options = dict(options or {})
     backend = parsed.get_backend_name()
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"pool_pre_ping": False}
     connect_args = _connect_args(url, timeouts)
     connect_args.update(options.pop("connect_args", None) or {})
     kwargs["connect_args"] = connect_args

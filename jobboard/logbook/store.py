@@ -2,19 +2,33 @@
 
 Fencing: ``take_over`` records the (token, owner) of a new claim holder with
 a conditional UPDATE (``WHERE token IS NULL OR token <= :t``). Every write
-(``save_flow``, ``save_atom``) first runs ``UPDATE logbooks ... WHERE
-job_id=:j AND token=:t`` in the same transaction as the write itself: a zero
-row count means a newer holder has taken over and the write is refused with
-:class:`~jobboard.errors.StaleOwner`; otherwise the UPDATE holds the
-logbook's row lock until commit, so a concurrent take-over waits for the
-write and no write of an old token lands after a take-over returned.
+(``save_flow``, ``save_atom``, ``save_atoms``) runs the fence, ``UPDATE
+logbooks ... WHERE job_id=:j AND token=:t``, in the same transaction as the
+write itself: no matching row means a newer holder has taken over and the
+write is refused with :class:`~jobboard.errors.StaleOwner`; otherwise the
+UPDATE holds the logbook's row lock until commit, so a concurrent take-over
+waits for the write and no write of an old token lands after a take-over
+returned. Under READ COMMITTED (PostgreSQL, and MySQL's locking reads) a
+fence that waited for a take-over's lock re-reads the committed row and
+matches nothing; SQLite has one writer at a time.
+
+The hot path (an atom saved before, ``created_at`` known) is one statement
+per atom with the fence folded in: on PostgreSQL a data-modifying CTE (the
+fence's UPDATE ... RETURNING attempt) joined by the atom UPDATE; on MySQL a
+multi-table UPDATE of the logbook row and the atom; on SQLite the fence and
+the UPDATE run in-process, two statements. ``save_atoms`` sends the
+statements of several atoms at once (one executemany) and commits once.
+Anything else (a new atom, a statement that matched fewer rows than atoms)
+takes the full path in the same transaction: the fence, one read of the
+flow and of the named atoms, one multi-row INSERT and one UPDATE by id;
+that path also tells a stale token, a missing logbook and a missing flow
+apart.
 
 Attempts: a job has one flow per attempt (``jobboard retry`` starts the next
 one). ``take_over(..., attempt=n)`` moves the logbook forward to attempt
-``n`` (never back); ``save_flow`` and ``save_atom`` write to the flow of the
+``n`` (never back); ``save_flow`` and the atom writes go to the flow of the
 logbook's current attempt, resolved by a subquery inside their own
-transaction, so the hot path stays two statements (the fence UPDATE and the
-atom UPDATE). Earlier attempts are kept: ``attempts()`` lists them all.
+statement. Earlier attempts are kept: ``attempts()`` lists them all.
 
 How it fails: each public call is one transaction on a pooled connection of
 its own (thread-safe), retried on transient errors (``_db.is_transient``) with
@@ -22,7 +36,9 @@ its own (thread-safe), retried on transient errors (``_db.is_transient``) with
 a database that stays down raises ``LogbookUnavailable``, a missing or older
 schema ``LogbookSchemaError``, any other database error ``LogbookError``. A
 call that returned has committed; the writes are idempotent upserts, so a
-retry after an ambiguous commit is harmless. ``check()`` tells those apart in
+retry after an ambiguous commit is harmless. Pooled connections are not
+pinged before use (no round trip per checkout): one that died fails its
+first statement as a disconnect, and the retry runs on a fresh one. ``check()`` tells those apart in
 one bounded round trip, without retries, for readiness probes.
 """
 
@@ -32,9 +48,11 @@ import logging
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from collections.abc import Sequence
 from typing import Any, Callable, TypeVar
 
-from sqlalchemy import Connection, Engine, case, delete, exc as sa_exc, insert, select, update
+from sqlalchemy import (Connection, Engine, bindparam, case, delete, exc as sa_exc, insert,
+                        select, update)
 from sqlalchemy.pool import NullPool
 
 from jobboard import serialization
@@ -56,7 +74,7 @@ WriteHook = Callable[[str, float, bool], None]
 _DELETE_BATCH = 500
 
 # Core tables and connections rather than ORM entities and sessions: the hot
-# path (two UPDATEs per save_atom) uses nothing of the ORM's unit of work.
+# path (one fenced UPDATE per atom) uses nothing of the ORM's unit of work.
 LOGBOOKS = LogBookRow.__table__
 FLOWS = FlowDetailRow.__table__
 ATOMS = AtomDetailRow.__table__
@@ -247,25 +265,38 @@ class Logbook:
         """Insert or update the atom (by name) in the flow of the job's current
         attempt; sets ``atom.updated_at`` (and ``created_at`` when it was new).
 
+        An atom saved before through this object (``created_at`` known) costs
+        one fenced statement and the commit.
+
         Raises:
             StaleOwner: ``token`` is not the logbook's current token.
             LogbookNotFound: no ``take_over`` created the logbook.
             LogbookError: the job has no flow yet (call ``save_flow`` first).
             MalformedData: the result or meta is not msgpack-native.
         """
-        values = {
-            "kind": atom.kind,
-            "state": AtomState(atom.state).value,
-            "result": serialization.dumps(atom.result),
-            "failure": _pack_failure(atom.failure),
-            "revert_failure": _pack_failure(atom.revert_failure),
-            "attempts": int(atom.attempts),
-            "meta": serialization.dumps(atom.meta or {}),
-            "started_at": atom.started_at,
-            "finished_at": atom.finished_at,
-        }
+        self.save_atoms(job_id, [atom], token=token)
+
+    def save_atoms(self, job_id: str, atoms: Sequence[AtomDetail], *, token: int) -> None:
+        """Insert or update several atoms (by name) in one transaction: all of
+        them are saved, or none (the engine saves a task's ``SUCCESS`` and the
+        next task's ``RUNNING`` together, and every ``PENDING`` row at once).
+        Sets each atom's ``updated_at`` (and ``created_at`` when it was new).
+        A later atom of the same name in ``atoms`` wins.
+
+        Raises:
+            StaleOwner: ``token`` is not the logbook's current token (nothing
+                is written).
+            LogbookNotFound: no ``take_over`` created the logbook.
+            LogbookError: the job has no flow yet (call ``save_flow`` first).
+            MalformedData: a result or meta is not msgpack-native (nothing is
+                written).
+        """
+        unique = list({atom.name: atom for atom in atoms}.values())
+        if not unique:
+            return
+        rows = [_atom_values(atom) for atom in unique]
         self._write("save_atom", job_id, token,
-                    lambda s: self._save_atom(s, job_id, atom, token, values))
+                    lambda c: self._save_atoms(c, job_id, unique, rows, token))
 
     def delete(self, job_id: str) -> bool:
         """Remove a job's logbook, every attempt's flow and atoms. Returns
@@ -404,41 +435,59 @@ class Logbook:
         return FlowDetail(job_id=job_id, name=name, state=state, meta=dict(meta),
                           created_at=created, updated_at=now, attempt=attempt)
 
-    def _save_atom(self, conn: Connection, job_id: str, atom: AtomDetail, token: int,
-                   values: dict[str, Any]) -> None:
-        """Fence, then one statement for an atom saved before through this
-        object (``created_at`` known); otherwise one read of the flow and the
-        atom, then an insert or an update."""
+    def _save_atoms(self, conn: Connection, job_id: str, atoms: list[AtomDetail],
+                    rows: list[dict[str, Any]], token: int) -> None:
+        """Atoms saved before through this object (``created_at`` known): the
+        fenced UPDATE by name, one statement for them all (see
+        :func:`_fenced_update`). Otherwise, or when that statement missed any
+        of them (a stale token, a row deleted meanwhile): :meth:`_upsert_atoms`,
+        which also tells why a write is refused. Both in this one transaction;
+        a fenced UPDATE that matched no row wrote nothing but the logbook's
+        ``updated_at`` under our own (still current or refused) token."""
         now = _now()
-        self._fence(conn, job_id, token, now)
-        current = (FLOWS.c.job_id == job_id) & (FLOWS.c.attempt == _current_attempt(job_id))
-        if atom.created_at is not None:
-            flow_id = select(FLOWS.c.id).where(current).scalar_subquery()
-            if conn.execute(
-                    update(ATOMS).where(ATOMS.c.flow_id == flow_id, ATOMS.c.name == atom.name)
-                    .values(updated_at=now, **values)).rowcount:
-                atom.updated_at = now
+        params = [{**row, "j": job_id, "t": token, "n": atom.name, "v_now": now}
+                  for atom, row in zip(atoms, rows)]
+        if all(atom.created_at is not None for atom in atoms):
+            if _fenced_update(conn, params) == len(params):
+                for atom in atoms:
+                    atom.updated_at = now
                 return
-        # The logbook row lock taken by _fence serializes writers of this job,
-        # so nobody can insert the same atom in between.
-        found = conn.execute(
-            select(FLOWS.c.id, ATOMS.c.id, ATOMS.c.created_at)
-            .select_from(FLOWS.outerjoin(ATOMS, (ATOMS.c.flow_id == FLOWS.c.id)
-                                         & (ATOMS.c.name == atom.name)))
-            .where(current)).first()
-        if found is None:
+        self._upsert_atoms(conn, job_id, atoms, params, token, now)
+
+    def _upsert_atoms(self, conn: Connection, job_id: str, atoms: list[AtomDetail],
+                      params: list[dict[str, Any]], token: int, now: datetime) -> None:
+        """Fence (the row lock serializes this job's writers, so nobody can
+        insert the same atom in between), read which atoms exist, then one
+        multi-row INSERT for the new ones and one UPDATE (executemany) for the
+        others."""
+        self._fence(conn, job_id, token, now)
+        names = [atom.name for atom in atoms]
+        if len(names) <= _NAMES_PER_QUERY:
+            found = conn.execute(_FLOW_ATOMS_NAMED, {"j": job_id, "names": names}).all()
+        else:
+            found = conn.execute(_FLOW_ATOMS_ALL, {"j": job_id}).all()
+        if not found:
             raise LogbookError(f"job {job_id} has no flow detail for its current attempt; "
                                "call save_flow first")
-        flow_id, atom_id, created_at = found
-        if atom_id is None:
-            conn.execute(insert(ATOMS).values(
-                flow_id=flow_id, name=atom.name, created_at=now, updated_at=now, **values))
-            atom.created_at = now
-        else:
-            conn.execute(update(ATOMS).where(ATOMS.c.id == atom_id)
-                            .values(updated_at=now, **values))
-            atom.created_at = _utc(created_at)
-        atom.updated_at = now
+        flow_id = found[0][0]
+        existing = {row[1]: (row[2], row[3]) for row in found if row[1] is not None}
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for atom, values in zip(atoms, params):
+            known = existing.get(atom.name)
+            if known is None:
+                inserts.append({"flow_id": flow_id, "name": atom.name, "created_at": now,
+                                "updated_at": now,
+                                **{col: values[f"v_{col}"] for col in _VALUE_COLUMNS}})
+                atom.created_at = now
+            else:
+                updates.append({**values, "a_id": known[0]})
+                atom.created_at = _utc(known[1])
+            atom.updated_at = now
+        if inserts:
+            conn.execute(insert(ATOMS), inserts)
+        if updates:
+            conn.execute(_ATOM_UPDATE_BY_ID, updates)
 
     @staticmethod
     def _delete_jobs(conn: Connection, job_ids: list[str],
@@ -549,6 +598,124 @@ def _flows_from_rows(job_id: str, rows: Any) -> list[FlowDetail]:
 def _token_row(conn: Connection, job_id: str) -> Any:
     """The logbook's (token,) row, or None when there is no logbook."""
     return conn.execute(select(LOGBOOKS.c.token).where(LOGBOOKS.c.job_id == job_id)).first()
+
+
+# -- the atom write statements, built once (SQLAlchemy caches their SQL) --------
+
+_VALUE_COLUMNS = ("kind", "state", "result", "failure", "revert_failure", "attempts", "meta",
+                  "started_at", "finished_at")
+# More names than this: read every atom of the flow instead of an IN list.
+_NAMES_PER_QUERY = 200
+
+
+def _atom_values(atom: AtomDetail) -> dict[str, Any]:
+    """An atom's columns as ``v_<column>`` parameters (serialized here, before
+    any transaction starts, so an unencodable value writes nothing)."""
+    return {
+        "v_kind": atom.kind,
+        "v_state": AtomState(atom.state).value,
+        "v_result": serialization.dumps(atom.result),
+        "v_failure": _pack_failure(atom.failure),
+        "v_revert_failure": _pack_failure(atom.revert_failure),
+        "v_attempts": int(atom.attempts),
+        "v_meta": serialization.dumps(atom.meta or {}),
+        "v_started_at": atom.started_at,
+        "v_finished_at": atom.finished_at,
+    }
+
+
+def _atom_set() -> dict[Any, Any]:
+    values: dict[Any, Any] = {ATOMS.c[col]: bindparam(f"v_{col}", type_=ATOMS.c[col].type)
+                              for col in _VALUE_COLUMNS}
+    values[ATOMS.c.updated_at] = bindparam("v_now", type_=ATOMS.c.updated_at.type)
+    return values
+
+
+def _j() -> Any:
+    return bindparam("j", type_=LOGBOOKS.c.job_id.type)
+
+
+def _attempt_now() -> Any:
+    return select(LOGBOOKS.c.attempt).where(LOGBOOKS.c.job_id == _j()).scalar_subquery()
+
+
+def _flow_atoms(named: bool) -> Any:
+    on = ATOMS.c.flow_id == FLOWS.c.id
+    if named:
+        on = on & ATOMS.c.name.in_(bindparam("names", expanding=True))
+    return (select(FLOWS.c.id, ATOMS.c.name, ATOMS.c.id, ATOMS.c.created_at)
+            .select_from(FLOWS.outerjoin(ATOMS, on))
+            .where(FLOWS.c.job_id == _j(), FLOWS.c.attempt == _attempt_now()))
+
+
+_FLOW_ATOMS_NAMED = _flow_atoms(True)
+_FLOW_ATOMS_ALL = _flow_atoms(False)
+_ATOM_UPDATE_BY_ID = update(ATOMS).where(ATOMS.c.id == bindparam("a_id")).values(_atom_set())
+_FENCE = (update(LOGBOOKS)
+          .where(LOGBOOKS.c.job_id == _j(), LOGBOOKS.c.token == bindparam("t"))
+          .values(updated_at=bindparam("v_now")))
+# SQLite: the fence and the update, two statements in one transaction (a
+# single writer holds the database; both run in-process, no round trip).
+_ATOM_UPDATE_BY_NAME = (
+    update(ATOMS)
+    .where(ATOMS.c.flow_id == select(FLOWS.c.id).where(FLOWS.c.job_id == _j(),
+                                                        FLOWS.c.attempt == _attempt_now())
+           .scalar_subquery(),
+           ATOMS.c.name == bindparam("n"))
+    .values(_atom_set()))
+
+
+def _postgresql_fenced_update() -> Any:
+    """One statement: a data-modifying CTE runs the fence (the logbook row's
+    UPDATE, whose lock is held to the commit as before) and the atom UPDATE
+    joins on what it returned; under READ COMMITTED a take-over committed
+    meanwhile makes the fence re-check the new row version and match nothing."""
+    fence = (update(LOGBOOKS)
+             .where(LOGBOOKS.c.job_id == _j(), LOGBOOKS.c.token == bindparam("t"))
+             .values(updated_at=bindparam("v_now"))
+             .returning(LOGBOOKS.c.attempt)
+             .cte("fence"))
+    return (update(ATOMS)
+            .where(ATOMS.c.flow_id == FLOWS.c.id, FLOWS.c.job_id == _j(),
+                   FLOWS.c.attempt == fence.c.attempt, ATOMS.c.name == bindparam("n"))
+            .values(_atom_set())
+            .add_cte(fence))
+
+
+def _mysql_fenced_update() -> Any:
+    """One multi-table UPDATE: the logbook row (fence, locked to the commit)
+    and the atom, joined through the flow of the current attempt."""
+    values = _atom_set()
+    values[LOGBOOKS.c.updated_at] = bindparam("v_now", type_=LOGBOOKS.c.updated_at.type)
+    return (update(ATOMS)
+            .where(ATOMS.c.flow_id == FLOWS.c.id, FLOWS.c.job_id == LOGBOOKS.c.job_id,
+                   FLOWS.c.attempt == LOGBOOKS.c.attempt, LOGBOOKS.c.job_id == _j(),
+                   LOGBOOKS.c.token == bindparam("t"), ATOMS.c.name == bindparam("n"))
+            .values(values))
+
+
+_FENCED_UPDATES: dict[str, Any] = {
+    "postgresql": _postgresql_fenced_update(),
+    "mysql": _mysql_fenced_update(),
+    "mariadb": _mysql_fenced_update(),
+}
+
+
+def _fenced_update(conn: Connection, params: list[dict[str, Any]]) -> int:
+    """Update existing atoms by name under the fence; returns how many rows
+    matched (0 for all of them when the token is stale)."""
+    dialect = conn.dialect.name
+    statement = _FENCED_UPDATES.get(dialect)
+    if dialect in ("mysql", "mariadb"):
+        # The matched-row count of a multi-table UPDATE includes the logbook's.
+        return sum(1 for p in params if conn.execute(statement, p).rowcount)
+    if statement is None:
+        if not conn.execute(_FENCE, params[0]).rowcount:
+            return 0
+        statement = _ATOM_UPDATE_BY_NAME
+    if len(params) == 1 or not conn.dialect.supports_sane_multi_rowcount:
+        return sum(conn.execute(statement, p).rowcount for p in params)
+    return conn.execute(statement, params).rowcount
 
 
 def _take_over_retryable(exc: BaseException) -> bool:

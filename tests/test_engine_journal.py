@@ -1,0 +1,145 @@
+"""Engine: which logbook writes a run makes, and that batching them keeps
+the ordering guarantees (RUNNING saved before a task is handed over, SUCCESS
+saved before any dependant starts), on every logbook backend."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import event
+
+from flows_for_tests import Journal, Step, make_engine
+from jobboard import Task, flows
+from jobboard.engine import ThreadExecutor
+from jobboard.events import EventKind, Notifier
+from jobboard.logbook import Logbook
+from jobboard.states import AtomState, FlowState
+from jobboard.testing.waiting import wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Peek(Task):
+    """Reads the logbook through another connection while it executes: what
+    a new owner would find at this instant."""
+
+    def __init__(self, name: str, url: str, seen: dict, **options) -> None:
+        super().__init__(name, **options)
+        self.url, self.seen = url, seen
+
+    def execute(self, **_inputs):
+        with Logbook(self.url, auto_upgrade=False) as other:
+            atoms = other.load_flow("job-1").atoms
+        self.seen[self.name] = {n: a.state for n, a in atoms.items()}
+        return self.name
+
+
+def _commits(book: Logbook) -> list[int]:
+    counter = [0]
+
+    def on_commit(_conn) -> None:
+        counter[0] += 1
+    event.listen(book._engine, "commit", on_commit)
+    return counter
+
+
+def test_linear_flow_saves_each_boundary_in_one_transaction(logbook):
+    j = Journal()
+    n = 6
+    flow = flows.linear("f", *[Step(f"s{i}", j, provides=f"o{i}") for i in range(n)])
+    commits = _commits(logbook)
+    outcome = make_engine(flow, logbook).run()
+    assert outcome.state is FlowState.SUCCESS
+    # take_over, load_flow, flow RUNNING, PENDING rows + RUNNING s0, n-1 x
+    # (SUCCESS + next RUNNING), the last SUCCESS, flow SUCCESS.
+    assert commits[0] == n + 5
+    stored = logbook.load_flow("job-1")
+    assert {a.state for a in stored.atoms.values()} == {AtomState.SUCCESS}
+    assert [a.attempts for a in stored.atoms.values()] == [1] * n
+
+
+def test_a_task_runs_only_after_its_predecessors_success_is_committed(logbook, logbook_url):
+    seen: dict = {}
+    flow = flows.graph(
+        "g",
+        Peek("a", logbook_url, seen, provides="x"),
+        Peek("b", logbook_url, seen, provides="y"),
+        Peek("c", logbook_url, seen, requires=("x", "y"), provides="z"),
+        Peek("d", logbook_url, seen, requires="z"),
+    )
+    outcome = make_engine(flow, logbook, executor=ThreadExecutor(width=2)).run()
+    assert outcome.state is FlowState.SUCCESS
+    for name, preds in {"a": "", "b": "", "c": "ab", "d": "c"}.items():
+        states = seen[name]
+        assert states[name] is AtomState.RUNNING, (name, states)      # saved before handed over
+        assert all(states[p] is AtomState.SUCCESS for p in preds), (name, states)
+    assert set(seen["a"]) == set("abcd")                 # every PENDING row came with it
+
+
+def test_succeeded_event_follows_the_save(logbook, logbook_url):
+    """A listener of task.succeeded finds the SUCCESS committed."""
+    found: list = []
+
+    def listener(ev) -> None:
+        if ev.kind == EventKind.TASK_SUCCEEDED:
+            with Logbook(logbook_url, auto_upgrade=False) as other:
+                found.append((ev.task, other.load_flow("job-1").atoms[ev.task].state))
+
+    notifier = Notifier()
+    notifier.subscribe(listener)
+    j = Journal()
+    flow = flows.linear("f", Step("a", j), Step("b", j))
+    assert make_engine(flow, logbook, notifier=notifier).run().ok
+    assert found == [("a", AtomState.SUCCESS), ("b", AtomState.SUCCESS)]
+
+
+def test_a_success_is_saved_before_the_engine_waits(book, tmp_path):
+    """A fast task finishing beside a slow one is saved at once, not with the
+    slow one's boundary (a crash meanwhile must not run it again)."""
+    url = str(book._engine.url)
+    release = threading.Event()
+    states: dict = {}
+
+    class Slow(Task):
+        def execute(self):
+            assert release.wait(20)
+
+    class Fast(Task):
+        def execute(self):
+            return "fast"
+
+    flow = flows.unordered("u", Slow("slow"), Fast("fast"))
+    engine = make_engine(flow, book, executor=ThreadExecutor(width=2))
+    runner = threading.Thread(target=lambda: states.update(outcome=engine.run()), daemon=True)
+    runner.start()
+    with Logbook(url, auto_upgrade=False) as other:
+        def fast_saved() -> bool:
+            detail = other.load_flow("job-1")
+            return detail is not None and "fast" in detail.atoms and \
+                detail.atoms["fast"].state is AtomState.SUCCESS
+        saved = wait_until(fast_saved, timeout=20)
+        slow_state = other.load_flow("job-1").atoms["slow"].state
+    release.set()
+    runner.join(30)
+    assert saved and slow_state is AtomState.RUNNING
+    assert states["outcome"].ok
+
+
+def test_a_gate_about_to_block_saves_what_finished_first(logbook):
+    """The conductor's gate blocks while ZooKeeper is suspended: it flushes
+    first, so a finished task is in the logbook while the engine waits."""
+    j = Journal()
+    flow = flows.linear("f", Step("s0", j, provides="o0"), Step("s1", j, provides="o1"))
+    seen: list[dict] = []
+    engine: list = []
+
+    def gate() -> None:
+        if j.count("execute:s0"):           # before s1: "suspended", about to block
+            engine[0].flush()
+            with Logbook(logbook.url, auto_upgrade=False) as other:
+                seen.append({n: a.state for n, a in other.load_flow("job-1").atoms.items()})
+
+    engine.append(make_engine(flow, logbook, gate=gate))
+    assert engine[0].run().ok
+    assert seen and seen[0]["s0"] is AtomState.SUCCESS
