@@ -13,6 +13,7 @@ from jobboard.board import Board, Claimer
 from jobboard.errors import (AlreadyClaimed, BoardError, InvalidTransition, JobNotFound,
                              NotClaimed)
 from jobboard.states import JobState
+from jobboard.testing.waiting import wait_until
 
 FACTORY = "tests.flows:noop"
 STATES = ["UNCLAIMED", "CLAIMED", "COMPLETE", "FAILED", "CANCELLED", "DEAD", "MALFORMED"]
@@ -244,3 +245,22 @@ def test_refusals_are_one_line_and_say_what_to_do(board):
         board.retry(job.uuid)
     message = str(raised.value)
     assert "\n" not in message and "COMPLETE" in message and "FAILED" in message
+
+
+def test_a_job_transferred_to_the_conductor_that_gave_it_back_is_taken_up(board, zk_hosts):
+    """A conductor's own release answers one deletion of the claim only: when
+    the job later comes back to it by a transfer, the vanished claim is seen
+    (it used to be ignored as "released lately", and the job stayed CLAIMED
+    by nobody)."""
+    job = board.post(FACTORY)
+    with other_board(zk_hosts) as board_a, other_board(zk_hosts) as board_b:
+        board_a.register_conductor("a", {})
+        board_b.register_conductor("b", {})
+        a, b = Claimer(board_a, "a"), Claimer(board_b, "b")
+        board_a.abandon(a.claim_next(), "a")
+        assert b.claim_next().uuid == job.uuid
+        a.claim_next()                       # a has seen b's claim
+        board.transfer(job.uuid, "b", "a")
+        taken = wait_until(lambda: a.claim_next(), timeout=10)
+        assert taken is not None and taken.uuid == job.uuid
+        assert board.claim_owner(job.uuid) == "a"

@@ -357,8 +357,10 @@ class Board:
         """Current claims: job id, owner, since (epoch seconds), fencing token."""
         return self.ownership.claims()
 
-    def released_recently(self) -> set[str]:
-        return self.ownership.released_recently()
+    def own_release(self, job_id: str) -> bool:
+        """Whether a deletion of the job's claim was this board's own
+        consume or abandon (each answers once)."""
+        return self.ownership.own_release(job_id)
 
     # -- admin (see jobboard.board.admin) -----------------------------------------
 

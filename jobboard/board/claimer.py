@@ -133,7 +133,8 @@ class Claimer:
     def _on_claims(self, children: list[str]) -> bool:
         # Orphans from before the first call are found by the first sweep.
         current = set(children)
-        gone = self._claims_seen - current
+        gone = {job_id for job_id in self._claims_seen - current
+                if not self.board.own_release(job_id)}
         if gone:
             self._suspects.update(gone)
             self._wake.set()
@@ -256,8 +257,8 @@ class Claimer:
             return None
         # A suspect claimed again since (a transfer, another claimer's restore)
         # is no orphan: only the rest cost a round trip.
-        suspects = {job_id for job_id in self._suspects - self.board.released_recently()
-                    - self._claims_seen if is_job_id(job_id)}
+        suspects = {job_id for job_id in self._suspects - self._claims_seen
+                    if is_job_id(job_id)}
         self._suspects = set()
         client = self.board.client
         markers = [(job_id, client.exists_async(self.board.paths.running_marker(job_id)))

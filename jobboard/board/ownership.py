@@ -60,17 +60,31 @@ class Ownership:
         self.index = index
         self.notifier = notifier
         self.max_record_bytes = max_record_bytes
-        # Jobs this board released lately (consume/abandon), so its claimer does
-        # not mistake its own releases for vanished claims.
+        # Claims this board is releasing (consume/abandon), so its claimer does
+        # not mistake their deletion for a vanished claim. Each entry answers
+        # one deletion only: a later loss of the job's claim (transferred to
+        # this conductor, say) is a real one.
         self._released: collections.deque[str] = collections.deque(maxlen=4096)
+        self._released_lock = threading.Lock()
 
     @property
     def session_id(self) -> int | None:
         client_id = self.client.client_id
         return client_id[0] if client_id else None
 
-    def released_recently(self) -> set[str]:
-        return set(self._released)
+    def own_release(self, job_id: str) -> bool:
+        """Whether the deletion of ``job_id``'s claim was this board's own
+        release; each release answers yes once."""
+        with self._released_lock:
+            try:
+                self._released.remove(job_id)
+                return True
+            except ValueError:
+                return False
+
+    def _releasing(self, job_id: str) -> None:
+        with self._released_lock:
+            self._released.append(job_id)
 
     def claim(self, job: Job | str, owner: str) -> Job:
         """Claim a job directly (conductors use :class:`Claimer`, which picks
@@ -224,32 +238,44 @@ class Ownership:
             cancel_stat = (self.client.retry(self.client.exists,
                                              self.paths.cancel_request(job_id))
                            if state is JobState.CANCELLED else None)
-            self._released.append(job_id)
-            for attempt in range(CONSUME_ATTEMPTS):
-                txn = self.client.transaction()
-                txn.set_data(self.paths.job(job_id), data, version=version)
-                txn.delete(self.paths.claim(job_id))
-                txn.delete(self.paths.running_marker(job_id))
-                if cancel_stat is not None:
-                    txn.delete(self.paths.cancel_request(job_id), version=cancel_stat.version)
-                try:
-                    results = txn.commit()
-                except ConnectionLoss:
-                    # The commit may or may not have landed: the record tells.
-                    # Not landed: the claim is still ours while the session
-                    # lives, so committing again is safe (the version check
-                    # refuses it otherwise).
-                    if self.records.read(job_id)[0].finished_at == finished.finished_at:
-                        break
-                    if attempt + 1 == CONSUME_ATTEMPTS:
-                        raise
-                    continue
-                if _zk.first_error(results) is not None:
-                    raise self._ownership_failure(job_id, owner)
-                break
+            self._releasing(job_id)
+            try:
+                finished = self._commit_finish(job_id, owner, finished, data, version,
+                                               cancel_stat)
+            except BaseException:
+                self.own_release(job_id)    # not released: its claim may vanish later
+                raise
         kind = EventKind.JOB_COMPLETED if state is JobState.COMPLETE else EventKind.JOB_FAILED
         self.notifier.emit(kind, job_id=job_id, owner=owner,
                            details={"claimed_at": current.claimed_at, "state": state.value})
+        return finished
+
+    def _commit_finish(self, job_id: str, owner: str, finished: Job, data: bytes,
+                       version: int, cancel_stat: Any) -> Job:
+        """The consume transaction, committed again after a connection loss
+        that left it unlanded."""
+        for attempt in range(CONSUME_ATTEMPTS):
+            txn = self.client.transaction()
+            txn.set_data(self.paths.job(job_id), data, version=version)
+            txn.delete(self.paths.claim(job_id))
+            txn.delete(self.paths.running_marker(job_id))
+            if cancel_stat is not None:
+                txn.delete(self.paths.cancel_request(job_id), version=cancel_stat.version)
+            try:
+                results = txn.commit()
+            except ConnectionLoss:
+                # The commit may or may not have landed: the record tells.
+                # Not landed: the claim is still ours while the session
+                # lives, so committing again is safe (the version check
+                # refuses it otherwise).
+                if self.records.read(job_id)[0].finished_at == finished.finished_at:
+                    break
+                if attempt + 1 == CONSUME_ATTEMPTS:
+                    raise
+                continue
+            if _zk.first_error(results) is not None:
+                raise self._ownership_failure(job_id, owner)
+            break
         return finished
 
     def _fit_outcome(self, job: Job, outcome: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -278,14 +304,21 @@ class Ownership:
             released = current.with_event("abandoned", state=JobState.UNCLAIMED,
                                           owner=None, transfer_to=None,
                                           deaths=current.deaths + int(crashed))
-            self._released.append(job_id)
 
             def release(txn: Any) -> None:
                 txn.delete(self.paths.claim(job_id))
                 txn.delete(self.paths.running_marker(job_id))
                 txn.set_data(self.paths.job(job_id), released.encode(), version=version)
 
-            if self.index.commit(release, released, version + 1, restore=True)[1] is not None:
+            self._releasing(job_id)
+            try:
+                refused = self.index.commit(release, released, version + 1,
+                                            restore=True)[1] is not None
+            except BaseException:
+                self.own_release(job_id)
+                raise
+            if refused:
+                self.own_release(job_id)
                 raise self._ownership_failure(job_id, owner)
         self.notifier.emit(EventKind.JOB_ABANDONED, job_id=job_id, owner=owner)
         return released
