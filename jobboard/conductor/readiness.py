@@ -19,7 +19,7 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 FIRST_PROBE_DELAY = 1.0
-MAX_PROBE_DELAY = 30.0
+MAX_PROBE_DELAY = 10.0
 
 
 class Readiness:
