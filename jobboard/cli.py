@@ -460,7 +460,7 @@ def _running_tasks(logbook_url: str, job_ids: list[str]) -> dict[str, dict[str, 
 
     if not job_ids:
         return {}
-    path = _sqlite_path(logbook_url)
+    path = preflight.sqlite_path(logbook_url)
     if path is not None and not path.exists():
         return {}    # no logbook yet: nothing has run (and reading must not create one)
     current: dict[str, dict[str, Any]] = {}
@@ -483,10 +483,6 @@ def _running_tasks(logbook_url: str, job_ids: list[str]) -> dict[str, dict[str, 
                 "heartbeat_at": latest["heartbeat_at"] if latest else None,
                 "tasks": running}
     return current
-
-
-# The file of a SQLite logbook URL, or None (also used by `show`).
-_sqlite_path = preflight.sqlite_path
 
 
 def _percent(progress: Any) -> str:
@@ -813,7 +809,7 @@ def _logbook_attempts(url: str, job_id: str) -> tuple[list[dict] | None, str | N
     (each read bounded by about :data:`LOGBOOK_READ_TIMEOUT` seconds)."""
     from jobboard.errors import LogbookError
 
-    path = _sqlite_path(url)
+    path = preflight.sqlite_path(url)
     if path is not None and not path.exists():
         return [], None          # no logbook yet (and reading must not create one)
     try:
@@ -979,7 +975,6 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
     import os
     import signal
 
-    from jobboard.cli_preflight import check_logbook
     from jobboard.conductor import Conductor
     from jobboard.conductor.conductor import default_name
     from jobboard.errors import BoardError
@@ -987,7 +982,7 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
     if not allow:
         raise click.UsageError("no --allow PREFIX given: the conductor would refuse every "
                                "flow factory (for example --allow myapp.flows)")
-    check_logbook(logbook)
+    preflight.check_logbook(logbook)
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger("jobboard").setLevel(logging.INFO)
     metrics = None

@@ -56,15 +56,13 @@ class Seconds(click.FloatRange):
 def sqlite_path(url: str) -> Path | None:
     """The file of a SQLite logbook URL; None for another database, an
     in-memory one or a URL that does not parse."""
-    from sqlalchemy.engine import make_url   # imported when used: commands start faster
+    from jobboard.logbook._db import sqlite_file   # imported when used: commands start faster
 
     try:
-        parsed = make_url(url)
+        database = sqlite_file(url)
     except Exception:  # noqa: BLE001 - not a URL: the Logbook reports it
         return None
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database).expanduser()
+    return None if database is None else Path(database).expanduser()
 
 
 def logbook_refusal(url: str, exc: Exception) -> str:

@@ -41,9 +41,8 @@ def zk_ensemble():
 
 # ---- logbook databases -------------------------------------------------------
 
-import os  # noqa: E402
-
-from jobboard.testing.databases import DatabaseUnavailable, isolated_database  # noqa: E402
+from jobboard.testing.databases import (DatabaseUnavailable, isolated_database,  # noqa: E402
+                                        skip_or_fail)
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
@@ -54,9 +53,7 @@ def logbook_url(request) -> str:
         manager = isolated_database(request.param)
         url = manager.__enter__()
     except DatabaseUnavailable as exc:
-        if request.param == "postgresql" and os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"PostgreSQL is required under CI=true: {exc}")
-        pytest.skip(str(exc))
+        skip_or_fail(exc, request.param)
     request.addfinalizer(lambda: manager.__exit__(None, None, None))
     return url
 

@@ -342,15 +342,13 @@ def _postgres_url(database: str, password: str | None = None) -> str:
     from sqlalchemy.engine import make_url
 
     from jobboard.testing.databases import (DatabaseUnavailable, isolated_database,
-                                            postgres_base_url)
+                                            postgres_base_url, skip_or_fail)
 
     try:
         with isolated_database("postgresql"):
             pass
     except DatabaseUnavailable as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"PostgreSQL is required under CI=true: {exc}")
-        pytest.skip(str(exc))
+        skip_or_fail(exc)
     url = make_url(postgres_base_url()).set(database=database)
     if password is not None:
         url = url.set(password=password)

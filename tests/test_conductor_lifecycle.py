@@ -16,7 +16,7 @@ from jobboard.errors import LogbookError
 from jobboard.logbook import Logbook
 from jobboard.states import FlowState, JobState
 from jobboard.testing.lifecycle_flows import read_events
-from test_conductor import Fleet, board, fleet, logbook_url, wait_until  # noqa: F401  (fixtures)
+from test_conductor import board, fleet, logbook_url, wait_until  # noqa: F401  (fixtures)
 
 GATED = "jobboard.testing.lifecycle_flows:gated"
 EXITS = "jobboard.testing.lifecycle_flows:exits"

@@ -40,7 +40,7 @@ from jobboard.logbook import Logbook
 from jobboard.serialization import loads
 from jobboard.states import JobState
 from jobboard.testing.chaos_flows import AUDIT_DDL
-from jobboard.testing.databases import DatabaseUnavailable, isolated_database
+from jobboard.testing.databases import DatabaseUnavailable, isolated_database, skip_or_fail
 from jobboard.testing.journal_flows import read_runs
 from jobboard.testing.proxy import TcpProxy
 from jobboard.testing.waiting import wait_until
@@ -65,9 +65,7 @@ def postgres_url():
         manager = isolated_database("postgresql")
         url = manager.__enter__()
     except DatabaseUnavailable as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"PostgreSQL is required under CI=true: {exc}")
-        pytest.skip(str(exc))
+        skip_or_fail(exc)
     try:
         yield url
     finally:

@@ -240,30 +240,21 @@ class QueueIndex:
         meanwhile is seen on one side or the other."""
         found: dict[str, list[tuple[str, int | None]]] = {}
         garbage: list[str] = []
-        for name in sorted(_zk.children(self.client, self.paths.delayed)):
-            parent = f"{self.paths.delayed}/{name}"
-            if DelayedBucket.parse(name) is None:
-                garbage.append(parent)
-                continue
-            for child in sorted(_zk.children(self.client, parent)):
-                entry = DelayedEntry.parse(child)
-                if entry is None:
-                    garbage.append(f"{parent}/{child}")
-                else:
-                    found.setdefault(entry.job_id, []).append((f"{parent}/{child}",
-                                                               entry.version))
-        for name in sorted(_zk.children(self.client, self.paths.queue)):
-            parent = f"{self.paths.queue}/{name}"
-            if Bucket.parse(name) is None:
-                garbage.append(parent)
-                continue
-            for child in _zk.children(self.client, parent):
-                entry = Entry.parse(child)
-                if entry is None:
-                    garbage.append(f"{parent}/{child}")
-                else:
-                    found.setdefault(entry.job_id, []).append((f"{parent}/{child}",
-                                                               entry.version))
+        for root, bucket_of, entry_of in (
+                (self.paths.delayed, DelayedBucket.parse, DelayedEntry.parse),
+                (self.paths.queue, Bucket.parse, Entry.parse)):
+            for name in sorted(_zk.children(self.client, root)):
+                parent = f"{root}/{name}"
+                if bucket_of(name) is None:
+                    garbage.append(parent)
+                    continue
+                for child in sorted(_zk.children(self.client, parent)):
+                    entry = entry_of(child)
+                    if entry is None:
+                        garbage.append(f"{parent}/{child}")
+                    else:
+                        found.setdefault(entry.job_id, []).append((f"{parent}/{child}",
+                                                                   entry.version))
         return found, garbage
 
     @staticmethod

@@ -183,9 +183,16 @@ def safe_url(url: str) -> str:
         return "<bad url>"
 
 
-def is_sqlite_file(url: str) -> bool:
+def sqlite_file(url: str) -> str | None:
+    """The file of a SQLite URL; None for another database or an in-memory one."""
     parsed = make_url(url)
-    return parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return parsed.database
+
+
+def is_sqlite_file(url: str) -> bool:
+    return sqlite_file(url) is not None
 
 
 def _connect_args(url: str, timeouts: Timeouts) -> dict[str, Any]:
@@ -300,7 +307,8 @@ def check(engine: Engine, url: str) -> None:
     connection. Raises as ``Logbook.check`` documents."""
     where = safe_url(url)
     head = head_revision()
-    if is_sqlite_file(url) and not Path(make_url(url).database or "").exists():
+    database = sqlite_file(url)
+    if database is not None and not Path(database).exists():
         raise LogbookSchemaError(f"no logbook schema in {where} (no such file); "
                                  "run `jobboard logbook upgrade`", url=where, head=head)
     try:

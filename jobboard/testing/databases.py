@@ -8,7 +8,7 @@ MariaDB database; each is dropped afterwards. Server addresses come from
 the local servers with trust auth, database ``test``).
 
 Fails with :class:`DatabaseUnavailable` (saying which server and why) when
-a server cannot be reached; the caller decides whether that skips or fails.
+a server cannot be reached; :func:`skip_or_fail` is the tests' answer to it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from typing import NoReturn
 
 BACKENDS = ("sqlite", "postgresql", "mysql")
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -28,6 +29,16 @@ CONNECT_TIMEOUT = 3
 
 class DatabaseUnavailable(RuntimeError):
     """The database server for a backend cannot be reached or used."""
+
+
+def skip_or_fail(exc: DatabaseUnavailable, backend: str = "postgresql") -> NoReturn:
+    """A test's answer to a missing server: skip, except PostgreSQL under
+    ``CI=true``, which CI installs, so its absence fails the test."""
+    import pytest
+
+    if backend == "postgresql" and os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"PostgreSQL is required under CI=true: {exc}")
+    pytest.skip(str(exc))
 
 
 def postgres_base_url() -> str:
