@@ -41,8 +41,8 @@ chaos: venv zookeeper
 # jobboard and OpenStack TaskFlow side by side (~20 min). TaskFlow goes only
 # into the benchmark's own virtualenv, never into jobboard's dependencies.
 bench: bench-venv
-	.venv-bench/bin/python -m bench.compare --json bench/results/latest.json \
-		--markdown bench/results/latest.md
+	BENCH_COMMAND="make bench" .venv-bench/bin/python -m bench.compare \
+		--json bench/results/latest.json --markdown bench/results/latest.md $(BENCH_ARGS)
 
 # Whole jobs through a real fleet (~6 min): K conductor processes, PostgreSQL
 # and SQLite logbooks, TaskFlow's nonblocking conductor side by side.

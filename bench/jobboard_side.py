@@ -6,17 +6,39 @@ writes its figures, as they come, to ``--out``:
     python -m bench.jobboard_side scale --zk 127.0.0.1:2181 --out s.json
     python -m bench.jobboard_side half|e2e|failover --zk ... --out ...
 
-``watch`` is the helper process that plays a conductor watching the board.
+Backlogs: every measurement labelled "N waiting" starts with exactly N jobs
+waiting. Before each one the board is filled (``post_many``) or drained
+(claim + consume) to that count, the count is read back from the board and
+the case fails if it is not N; the count read back before and after the
+measurement is recorded next to it (a measurement moves it by the jobs it
+posts or claims).
+
+"Watching" means the same on both sides: a conductor at capacity. It has
+claimed one job and holds it (capacity 1, so it takes nothing more), and it
+keeps every watch a conductor keeps while it cannot take another job, so it
+would claim the moment a slot freed. Here that is the ``watch`` helper
+process: a started :class:`~jobboard.board.Claimer` (child watches on the
+conductors, the claim set and the delayed index) whose claim went through the
+queue, so the plan set its watch on the queue's bucket list (and on any empty
+bucket that outranks the one it worked); like ``Conductor._loop`` at
+capacity, it does not claim again, so a watch that fires wakes it and nothing
+more. On TaskFlow's side (:mod:`bench.taskflow_side`) it is a connected
+``ZookeeperJobBoard`` that claimed one job and holds its lock: the board keeps
+its children watch on the jobs directory and re-lists on every change, busy or
+idle.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import tempfile
 import threading
 import time
 from pathlib import Path
+from subprocess import Popen
+from typing import Callable
 
 from bench._common import (
     PYTHON,
@@ -33,10 +55,16 @@ from jobboard.testing.waiting import wait_until
 from jobboard.testing.zookeeper import four_letter
 
 SYNC_POSTS = 300
+BATCHED_POSTS = 2000
 SEQ_CLAIMS = 500
 PIPELINED_CLAIMS = 1000
 WORKERS = 16
 RSS_SECONDS = 30.0
+WATCHER = "watcher"
+
+
+class LevelError(RuntimeError):
+    """The board did not hold the backlog a measurement is labelled with."""
 
 
 def zk_requests(address: str) -> int:
@@ -52,26 +80,55 @@ def waiting(board: Board) -> int:
     return sum(board.depth()["waiting"].values())
 
 
-def fill_to(board: Board, level: int, chunk: int = 5000) -> dict:
-    """Post batched (``post_many``) until ``level`` jobs wait; returns the rate."""
-    missing = level - waiting(board)
-    posted, started = 0, time.perf_counter()
-    while posted < missing:
-        count = min(chunk, missing - posted)
-        board.post_many([{"factory": FACTORY} for _ in range(count)])
-        posted += count
+def set_level(board: Board, level: int, chunk: int = 5000) -> dict:
+    """Post (``post_many``) or drain (claim + consume, oldest first) until
+    exactly ``level`` jobs wait.
+
+    Raises:
+        LevelError: the board does not hold ``level`` waiting jobs afterwards.
+    """
+    now = waiting(board)
+    done = {"posted": 0, "drained": 0}
+    started = time.perf_counter()
+    if now < level:
+        while done["posted"] < level - now:
+            count = min(chunk, level - now - done["posted"])
+            board.post_many([{"factory": FACTORY} for _ in range(count)])
+            done["posted"] += count
+    elif now > level:
+        done["drained"] = claim_consume_pipelined(board, now - level, "bench-drain",
+                                                  workers=WORKERS)["jobs"]
     elapsed = time.perf_counter() - started
-    return {"posted": posted, "per_s": round(posted / elapsed) if posted else None}
+    got = waiting(board)
+    if got != level:
+        raise LevelError(f"wanted {level} waiting jobs, the board holds {got}")
+    moved = done["posted"] or done["drained"]
+    return {**done, "per_s": round(moved / elapsed) if moved else None}
 
 
-def start_watcher(zk: str, root: str, workdir: Path) -> object:
+def at_level(board: Board, level: int, measure: Callable[[], dict]) -> dict:
+    """Set the backlog to exactly ``level``, then measure; the waiting count
+    read back before and after is recorded with the figures."""
+    set_level(board, level)
+    before = waiting(board)
+    result = measure()
+    return {**result, "waiting_before": before, "waiting_after": waiting(board)}
+
+
+def start_watcher(zk: str, root: str, workdir: Path, board: Board) -> tuple[Popen, dict]:
+    """Start the ``watch`` helper (a conductor at capacity, see the module
+    docstring) and wait until it holds its job; posts the job when none
+    waits. Returns the process and what it reported (its session id, the job
+    it holds)."""
+    if not waiting(board):
+        board.post(FACTORY)
     ready = workdir / f"watch-ready-{time.monotonic_ns()}"
     process = spawn([PYTHON, "-m", "bench.jobboard_side", "watch", "--zk", zk,
                      "--root", root, "--ready", str(ready)], workdir / "watch.log")
-    if not wait_until(ready.exists, 60):
+    if not wait_until(ready.exists, 60, 0.02):
         stop(process)
         raise RuntimeError("the watcher process did not start")
-    return process
+    return process, json.loads(ready.read_text())
 
 
 def conductor_command(zk: str, root: str, logbook: str, name: str, *,
@@ -86,26 +143,62 @@ def registered(board: Board, name: str) -> bool:
     return any(c["name"] == name for c in board.conductors())
 
 
+def wait_registered(board: Board, name: str, process: Popen,
+                    timeout: float = 60.0) -> None:
+    """Wait until the conductor process ``name`` has registered.
+
+    Raises:
+        RuntimeError: it exited first, or did not register within ``timeout``.
+    """
+    if not wait_until(lambda: registered(board, name) or process.poll() is not None,
+                      timeout, 0.05) or process.poll() is not None:
+        raise RuntimeError(f"conductor {name} did not register (exit code "
+                           f"{process.poll()}; see its log)")
+
+
 # -- cases --------------------------------------------------------------------------
 
 
 def case_watch(args: argparse.Namespace) -> None:
-    """A conductor at capacity: connected, its claimer's watches set, not
-    claiming. Runs until SIGTERM."""
-    board = Board.connect(args.zk, root=args.root)
-    claimer = Claimer(board, "watcher").start()
+    """A conductor at capacity 1 (see the module docstring): claim one job
+    through the queue, hold it, keep the claimer's watches; give the job back
+    on SIGTERM. Reports its session id, the job and how often a watch woke it
+    in the ``--ready`` file (rewritten on every wake)."""
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    Path(args.ready).write_text("ready")
+    board = Board.connect(args.zk, root=args.root)
+    claimer = Claimer(board, WATCHER).start()
+    held = None
+    while held is None and not stopping.is_set():
+        held = claimer.claim_next()
+        if held is None:
+            claimer.wait_for_work(0.5)
+    claimer.wait_for_work(0)     # what woke it before it held its job
+    report = {"session_id": board.session_id, "held": held and held.uuid, "wakes": 0}
+
+    def write() -> None:
+        tmp = Path(f"{args.ready}.tmp")
+        tmp.write_text(json.dumps(report))
+        tmp.replace(args.ready)
+
+    write()
+    # At capacity, as Conductor._loop: a watch that fires wakes the claimer
+    # and nothing claims until a slot frees (waiting on the claimer's event
+    # costs no ZooKeeper request; it only lets the wakes be counted).
     while not stopping.is_set():
-        claimer.wait_for_work(0.5)
+        if claimer.wait_for_work(0.5) and not stopping.is_set():
+            report["wakes"] += 1
+            write()
+    if held is not None:
+        board.abandon(held, WATCHER)
     claimer.stop()
     board.close()
 
 
 def case_scale(args: argparse.Namespace, out: Results) -> None:
-    """Posts/s (sync, batched) while a conductor watches, then claim latency
-    and claim+consume/s, at each backlog; conductor RSS at the largest."""
+    """At each backlog (exactly, see the module docstring): posts/s (sync,
+    batched) while a conductor watches, then claim latency and
+    claim+consume/s; conductor RSS at the largest."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-jb-"))
     root = "/bench-scale"
     levels = [int(x) for x in args.levels.split(",")]
@@ -113,64 +206,79 @@ def case_scale(args: argparse.Namespace, out: Results) -> None:
     with Board.connect(args.zk, root=root) as board:
         for level in [0, *levels]:
             row: dict = {"backlog": level}
-            watcher = start_watcher(args.zk, root, workdir)
+            watcher, seen = start_watcher(args.zk, root, workdir, board)
+            row["watcher"] = seen
             try:
-                if level:
-                    row["fill"] = fill_to(board, level)
-                row["sync_posts_per_s"] = round(sync_posts(board, SYNC_POSTS), 1)
-                started = time.perf_counter()
-                board.post_many([{"factory": FACTORY} for _ in range(2000)])
-                row["batched_posts_per_s"] = round(2000 / (time.perf_counter() - started))
+                row["sync_posts"] = at_level(board, level, lambda: {
+                    "posts": args.sync_posts,
+                    "per_s": round(sync_posts(board, args.sync_posts), 1)})
+                row["batched_posts"] = at_level(board, level, lambda: {
+                    "posts": args.batched_posts,
+                    "per_s": batched_posts(board, args.batched_posts)})
             finally:
                 stop(watcher)
             if level:
-                fill_to(board, level)
-                row["sequential"] = claim_consume_sequential(board, SEQ_CLAIMS)
-                fill_to(board, level)
-                row["pipelined"] = claim_consume_pipelined(board, PIPELINED_CLAIMS,
-                                                           workers=WORKERS)
+                # At most half the backlog, so the claims run near the label.
+                count = max(1, min(args.seq_claims, level // 2))
+                row["sequential"] = at_level(
+                    board, level, lambda: claim_consume_sequential(board, count))
+                count = max(1, min(args.pipelined_claims, level // 2))
+                row["pipelined"] = at_level(
+                    board, level, lambda: claim_consume_pipelined(board, count,
+                                                                  workers=WORKERS))
             rows.append(row)
             out.set("levels", rows)
-        biggest = levels[-1]
-        fill_to(board, biggest)
-        out.set("rss", conductor_rss(args.zk, root, workdir, board, biggest))
+        set_level(board, levels[-1])
+        out.set("rss", conductor_rss(args.zk, root, workdir, board, args.rss_seconds))
 
 
-def conductor_rss(zk: str, root: str, workdir: Path, board: Board, level: int) -> dict:
+def batched_posts(board: Board, count: int) -> int:
+    started = time.perf_counter()
+    board.post_many([{"factory": FACTORY} for _ in range(count)])
+    return round(count / (time.perf_counter() - started))
+
+
+def conductor_rss(zk: str, root: str, workdir: Path, board: Board, seconds: float) -> dict:
     """Peak RSS (VmHWM) of a conductor process claiming and running jobs from
-    a board with ``level`` waiting jobs, after RSS_SECONDS."""
+    the board (its backlog set by the caller), after ``seconds``."""
     before = waiting(board)
     logbook = f"sqlite:///{workdir}/rss-logbook.db"
     process = spawn(conductor_command(zk, root, logbook, "rss-conductor"),
                     workdir / "rss-conductor.log")
     try:
-        wait_until(lambda: registered(board, "rss-conductor"), 60, 0.1)
-        time.sleep(RSS_SECONDS)
+        wait_registered(board, "rss-conductor", process)
+        time.sleep(seconds)     # the measurement is "RSS after this long"
         memory = memory_mb(process.pid)
     finally:
         stop(process, timeout=20)
     done = before - waiting(board)
-    return {"waiting": before, "seconds": RSS_SECONDS, "jobs_run": done, **memory}
+    return {"waiting": before, "seconds": seconds, "jobs_run": done, **memory}
 
 
 def case_half(args: argparse.Namespace, out: Results) -> None:
-    """Claim latency while another conductor holds half of the jobs."""
+    """Claim latency on a board of exactly ``level`` jobs whose older half
+    another conductor holds (so half of them wait)."""
     rows = []
     for level in (int(x) for x in args.levels.split(",")):
         root = f"/bench-half-{level}"
         with Board.connect(args.zk, root=root) as board, \
                 Board.connect(args.zk, root=root) as other:
-            fill_to(board, level)
+            set_level(board, level)
             holder = Claimer(other, "holder").start()
             held = 0
             while held < level // 2:
                 held += len(holder.claim_batch(min(64, level // 2 - held)))
-            count = min(args.claims, level // 2)
+            before_waiting = waiting(board)
+            if before_waiting != level - held:
+                raise LevelError(f"{level} jobs with {held} held should leave "
+                                 f"{level - held} waiting, not {before_waiting}")
+            count = max(1, min(args.claims, level // 2))
             before = zk_requests(args.zk)
             result = claim_consume_sequential(board, count, "bench-half")
             used = zk_requests(args.zk) - before
             result["zk_requests_per_claim_consume"] = round(used / max(1, result["claims"]), 1)
-            rows.append({"backlog": level, "held": held, **result})
+            rows.append({"backlog": level, "held": held, "waiting_before": before_waiting,
+                         "waiting_after": waiting(board), **result})
             out.set("levels", rows)
             holder.stop()
 
@@ -190,7 +298,7 @@ def case_e2e(args: argparse.Namespace, out: Results) -> None:
                                               concurrency=concurrency),
                             workdir / f"{name}.log")
             try:
-                wait_until(lambda name=name: registered(board, name), 60, 0.05)
+                wait_registered(board, name, process)
                 started = time.monotonic()
 
                 def finished() -> bool:
@@ -232,9 +340,8 @@ def failover_once(zk: str, workdir: Path, session_timeout: float) -> dict:
                                                           concurrency=1,
                                                           session_timeout=session_timeout),
                                         workdir / f"{name}-{tag}.log")
-            for name in processes:
-                if not wait_until(lambda name=name: registered(board, name), 60, 0.05):
-                    raise RuntimeError(f"conductor {name} did not register")
+            for name, process in processes.items():
+                wait_registered(board, name, process)
             job = board.post("jobboard.testing.flows:five_steps",
                              args={"journal": journal, "hold_at": "step2", "gate": gate})
             resumed_after = kill_holder_and_time_resume(journal, gate, session_timeout)
@@ -254,7 +361,12 @@ def main() -> None:
     parser.add_argument("--ready")
     parser.add_argument("--out")
     parser.add_argument("--levels", default="1000,10000,100000")
-    parser.add_argument("--claims", type=int, default=200)
+    parser.add_argument("--claims", type=int, default=200, help="claims of the half case")
+    parser.add_argument("--sync-posts", type=int, default=SYNC_POSTS)
+    parser.add_argument("--batched-posts", type=int, default=BATCHED_POSTS)
+    parser.add_argument("--seq-claims", type=int, default=SEQ_CLAIMS)
+    parser.add_argument("--pipelined-claims", type=int, default=PIPELINED_CLAIMS)
+    parser.add_argument("--rss-seconds", type=float, default=RSS_SECONDS)
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--concurrency", default="1,4")
     parser.add_argument("--budget", type=float, default=120.0)

@@ -8,12 +8,24 @@ far they got:
 
     python -m bench.taskflow_side posts|claims|half|e2e|failover --zk ... --out ...
 
-``watch`` and ``conductor`` are helper processes (a board that watches; a
-``blocking`` conductor). Only TaskFlow's public API is used, except where a
-board is pre-filled: those jobs are written with TaskFlow's own posting
-format (``taskflow.jobs.base.format_posting``) by pipelined kazoo creates,
-because ``ZookeeperJobBoard.post`` cannot reach 10,000 waiting jobs in
-bounded time (that is measured by the ``posts`` case).
+``watch`` and ``conductor`` are helper processes (a conductor at capacity
+that watches the board, see below; a ``blocking`` conductor). Only
+TaskFlow's public API is used, except where a board is pre-filled: those
+jobs are written with TaskFlow's own posting format
+(``taskflow.jobs.base.format_posting``) by pipelined kazoo creates, because
+``ZookeeperJobBoard.post`` cannot reach 10,000 waiting jobs in bounded time
+(that is measured by the ``posts`` case).
+
+Backlogs, as on jobboard's side: a figure labelled "N waiting" starts with
+exactly N unclaimed jobs, counted from the board (job znodes less their
+``.lock`` claims) and recorded with the figure; the case fails where the
+count is not N.
+
+"Watching" means the same on both sides (see :mod:`bench.jobboard_side`): a
+conductor at capacity 1. Here the ``watch`` helper is a connected
+``ZookeeperJobBoard`` (what every TaskFlow conductor holds: a children watch
+on the jobs directory, re-listed on every change, and a read of every new
+job) that has claimed one job and holds its lock.
 """
 
 from __future__ import annotations
@@ -55,6 +67,12 @@ from jobboard.testing.waiting import wait_until
 COLLAPSED_PER_S = 5.0     # stop posting below this rate
 SEQ_CLAIMS = 500
 RSS_SECONDS = 30.0
+LEVELS = "0,1000,10000,100000"   # backlogs where a window of the posts curve starts
+WINDOW_POSTS = 100
+
+
+class LevelError(RuntimeError):
+    """The board did not hold the backlog a measurement is labelled with."""
 
 
 def board_conf(zk: str, path: str, session_timeout: float = 10.0) -> dict:
@@ -79,6 +97,25 @@ def open_persistence(db_path: str):
 def job_children(client: KazooClient, path: str) -> list[str]:
     return [c for c in client.get_children(path)
             if c.startswith("job") and not c.endswith(".lock")]
+
+
+def waiting_jobs(client: KazooClient, path: str) -> int:
+    """Jobs on the board that nobody holds (job znodes less ``.lock`` claims)."""
+    children = client.get_children(path)
+    jobs = {c for c in children if c.startswith("job") and not c.endswith(".lock")}
+    return len(jobs - {c[:-len(".lock")] for c in children if c.endswith(".lock")})
+
+
+def check_level(client: KazooClient, path: str, level: int) -> int:
+    """The waiting count, which must be ``level``.
+
+    Raises:
+        LevelError: it is not.
+    """
+    got = waiting_jobs(client, path)
+    if got != level:
+        raise LevelError(f"wanted {level} waiting jobs at {path}, the board holds {got}")
+    return got
 
 
 def raw_fill(zk: str, path: str, count: int, book=None) -> dict:
@@ -130,13 +167,31 @@ def post_flow_job(board, persistence, name: str, factory, kwargs: dict):
 
 
 def case_watch(args: argparse.Namespace) -> None:
-    """A connected board: what every TaskFlow conductor holds (it re-lists
-    the jobs on every change, busy or idle). Runs until SIGTERM."""
-    board = connect_board("watcher", args.zk, args.path)
+    """A conductor at capacity 1 (see the module docstring): a connected
+    board that claimed one job and holds it; the job is given back on
+    SIGTERM. Reports the job in the ``--ready`` file."""
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    Path(args.ready).write_text("ready")
-    stopping.wait()
+    board = connect_board("watcher", args.zk, args.path)
+    held = None
+    deadline = time.monotonic() + 60
+    while held is None and not stopping.is_set() and time.monotonic() < deadline:
+        for job in board.iterjobs(only_unclaimed=True):
+            try:
+                board.claim(job, "watcher")
+            except (tf_exc.UnclaimableJob, tf_exc.NotFound):
+                continue
+            held = job
+            break
+        else:
+            stopping.wait(0.05)    # the listing is still arriving
+    tmp = Path(f"{args.ready}.tmp")
+    tmp.write_text(jsonutils.dumps({"held": held and held.uuid}))
+    tmp.replace(args.ready)
+    while not stopping.wait(0.5):
+        pass
+    if held is not None:
+        board.abandon(held, "watcher")
     board.close()
 
 
@@ -155,22 +210,34 @@ def case_conductor(args: argparse.Namespace) -> None:
 
 
 def case_posts(args: argparse.Namespace, out: Results) -> None:
-    """``ZookeeperJobBoard.post`` one at a time while a conductor's board
-    watches, until the rate collapses or the budget is spent."""
+    """``ZookeeperJobBoard.post`` one at a time while a conductor watches
+    (holding one job of its own), until the rate collapses or the budget is
+    spent. Windows of WINDOW_POSTS posts; a window starts exactly at each of
+    ``--levels``, where the waiting count is read back and checked."""
+    levels = [int(x) for x in args.levels.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="bench-tf-"))
     path = "/taskflow/posts"
     budget = Budget(args.budget)
-    client = KazooClient(hosts=args.zk)
-    client.start(30)
-    client.ensure_path(path)
-    client.stop()
-    watcher = start_helper(["watch", "--zk", args.zk, "--path", path], workdir, "watch")
+    counter = KazooClient(hosts=args.zk)
+    counter.start(30)
+    counter.ensure_path(path)
     board = connect_board("poster", args.zk, path)
-    curve, posted, stopped = [], 0, "budget"
+    board.post("noop", details={"store": {}})      # the watcher's own job
+    watcher = start_helper(["watch", "--zk", args.zk, "--path", path], workdir, "watch")
+    if watcher is None or not jsonutils.loads((workdir / "watch-ready").read_text())["held"]:
+        stop(watcher)
+        raise RuntimeError("the TaskFlow watcher did not claim its job")
+    curve, measured, posted, stopped = [], {}, 0, "budget"
     try:
+        check_level(counter, path, 0)
         while not budget.over() and posted < args.max:
+            if posted in levels:
+                measured[str(posted)] = check_level(counter, path, posted)
+                out.set("measured_waiting", measured)
+            next_level = min((level for level in levels if level > posted), default=args.max)
             window_start, start_count = time.perf_counter(), posted
-            while posted - start_count < 100 and time.perf_counter() - window_start < 3:
+            while (posted - start_count < WINDOW_POSTS and posted < next_level
+                   and time.perf_counter() - window_start < 3):
                 board.post("noop", details={"store": {}})
                 posted += 1
             rate = (posted - start_count) / (time.perf_counter() - window_start)
@@ -188,6 +255,8 @@ def case_posts(args: argparse.Namespace, out: Results) -> None:
     finally:
         stop(watcher)
         board.close()
+        counter.stop()
+        counter.close()
 
 
 def sequential_claims(board, count: int, budget: Budget, who: str = "claimer",
@@ -219,7 +288,8 @@ def sequential_claims(board, count: int, budget: Budget, who: str = "claimer",
     elapsed = time.perf_counter() - started
     return {**latency_summary(latencies), "conflicts": conflicts,
             "jobs_per_s": round(len(latencies) / elapsed, 2) if elapsed else None,
-            "finished": len(latencies) >= count, "budget_s": budget.seconds}
+            "finished": len(latencies) >= count, "target": count,
+            "budget_s": budget.seconds}
 
 
 def case_claims(args: argparse.Namespace, out: Results) -> None:
@@ -240,8 +310,14 @@ def case_claims(args: argparse.Namespace, out: Results) -> None:
                                      backend=persistence)
     out.set("backlog", level)
     out.set("fill", raw_fill(args.zk, path, level, book=book))
+    counter = KazooClient(hosts=args.zk)
+    counter.start(30)
+    check_level(counter, path, level)
     if args.rss:
-        out.set("rss", conductor_rss(args.zk, path, workdir))
+        out.set("rss", conductor_rss(args.zk, path, workdir, args.rss_seconds))
+        missing = level - waiting_jobs(counter, path)
+        if missing > 0:    # what the conductor ran, so that the claims start at the level
+            out.set("refill", raw_fill(args.zk, path, missing, book=book))
     out.set("phase", "connecting the claimer's board")
     budget = Budget(args.budget)
     out.set("deadline_epoch", time.time() + args.budget)
@@ -249,12 +325,17 @@ def case_claims(args: argparse.Namespace, out: Results) -> None:
     board = connect_board("claimer", args.zk, path)
     out.set("connect_s", round(time.perf_counter() - started, 2))
     out.set("phase", "claiming")
-    out.set("sequential", sequential_claims(board, SEQ_CLAIMS, budget))
+    before = check_level(counter, path, level)
+    result = sequential_claims(board, min(args.seq_claims, max(1, level // 2)), budget)
+    out.set("sequential", {**result, "waiting_before": before,
+                           "waiting_after": waiting_jobs(counter, path)})
     out.set("phase", "done")
     board.close()
+    counter.stop()
+    counter.close()
 
 
-def conductor_rss(zk: str, path: str, workdir: Path) -> dict:
+def conductor_rss(zk: str, path: str, workdir: Path, seconds: float) -> dict:
     client = KazooClient(hosts=zk)
     client.start(30)
     before = len(job_children(client, path))
@@ -263,17 +344,17 @@ def conductor_rss(zk: str, path: str, workdir: Path) -> dict:
                      "--ready", str(workdir / "rss-ready")], workdir / "rss-conductor.log")
     try:
         started = time.monotonic()
-        ready = wait_until((workdir / "rss-ready").exists, 2 * RSS_SECONDS, 0.05)
+        ready = wait_until((workdir / "rss-ready").exists, 2 * seconds, 0.05)
         ready_after = time.monotonic() - started
         if ready:
-            time.sleep(RSS_SECONDS)
+            time.sleep(seconds)     # the measurement is "RSS after this long"
         memory = memory_mb(process.pid)
     finally:
         stop(process, timeout=20)
     done = before - len(job_children(client, path))
     client.stop()
     client.close()
-    return {"waiting": before, "seconds": RSS_SECONDS, "connected": bool(ready),
+    return {"waiting": before, "seconds": seconds, "connected": bool(ready),
             "connect_s": round(ready_after, 1), "jobs_run": done, **memory}
 
 
@@ -295,6 +376,7 @@ def case_half(args: argparse.Namespace, out: Results) -> None:
             for result in pending:
                 result.get(timeout=60)
         out.set("held", len(names))
+        waiting_before = check_level(holder, path, level - len(names))
         budget = Budget(args.budget)
         out.set("deadline_epoch", time.time() + args.budget)
         board = connect_board("claimer", args.zk, path)
@@ -302,7 +384,8 @@ def case_half(args: argparse.Namespace, out: Results) -> None:
         result = sequential_claims(board, args.claims, budget, fresh_pass=True)
         used = zk_requests(args.zk) - before
         result["zk_requests_per_claim_consume"] = round(used / max(1, result["claims"]), 1)
-        out.set("sequential", result)
+        out.set("sequential", {**result, "waiting_before": waiting_before,
+                               "waiting_after": waiting_jobs(holder, path)})
         board.close()
     finally:
         holder.stop()
@@ -396,7 +479,10 @@ def main() -> None:
     parser.add_argument("--max", type=int, default=100_000)
     parser.add_argument("--level", type=int, default=1000)
     parser.add_argument("--rss", action="store_true")
-    parser.add_argument("--claims", type=int, default=200)
+    parser.add_argument("--claims", type=int, default=200, help="claims of the half case")
+    parser.add_argument("--seq-claims", type=int, default=SEQ_CLAIMS)
+    parser.add_argument("--levels", default=LEVELS, help="posts: where windows start")
+    parser.add_argument("--rss-seconds", type=float, default=RSS_SECONDS)
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--sessions", default="4,10")
     args = parser.parse_args()
