@@ -10,6 +10,10 @@ subcommand of a group: ``[logbook.prune] older_than = 30``). Unknown keys and
 values of the wrong type are refused with a :class:`ConfigError` naming the
 key; the CLI derives the known keys and their types from its commands.
 
+The default logbook is the SQLite file ``$XDG_STATE_HOME/jobboard/logbook.db``
+(``~/.local/state/jobboard/logbook.db`` when that variable is unset), the
+same from every directory (:func:`default_logbook_url`).
+
 Secrets: ZooKeeper credentials come from ``--auth-file``/``JOBBOARD_AUTH_FILE``
 (a file holding ``USER:PASSWORD``), ``JOBBOARD_AUTH``, or ``--auth`` (which
 every user of the machine can read in ``ps``).
@@ -32,8 +36,26 @@ from jobboard.errors import ConfigError
 
 DEFAULT_ZK = "127.0.0.1:2181"
 DEFAULT_ROOT = "/jobboard"
-DEFAULT_LOGBOOK = "sqlite:///jobboard.db"
 DEFAULT_CONFIG_FILE = "jobboard.toml"
+#: The default logbook as the help text shows it (see :func:`default_logbook_url`).
+DEFAULT_LOGBOOK_HELP = "sqlite:///$XDG_STATE_HOME/jobboard/logbook.db"
+
+
+def state_dir() -> Path:
+    """Where jobboard keeps its local state (the default SQLite logbook, a
+    development ZooKeeper's data): ``$XDG_STATE_HOME/jobboard``, else
+    ``~/.local/state/jobboard`` (the XDG base directory default). Not created
+    here."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    # The XDG spec: a relative value is invalid and must be ignored.
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "state"
+    return root / "jobboard"
+
+
+def default_logbook_url() -> str:
+    """The logbook when none is configured: a SQLite file at a fixed place,
+    ``{state_dir}/logbook.db``, whatever the current directory."""
+    return f"sqlite:///{state_dir() / 'logbook.db'}"
 
 
 def config_path(explicit: str | None = None) -> Path | None:

@@ -115,7 +115,7 @@ def test_unreadable_config_file_is_a_config_error(tmp_path):
 
 def test_cli_config_keys_come_from_the_commands(tmp_path, monkeypatch):
     """Every long option of every command is a config key, and only those."""
-    from jobboard.cli import _schema
+    from jobboard.cli.settings import schema as _schema
 
     schema = _schema(main)
     assert set(schema.commands) == set(main.commands)
@@ -138,10 +138,14 @@ def test_config_file_applies_to_group_subcommands(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path}/book.db"
     (tmp_path / "jobboard.toml").write_text(f'logbook = "{url}"\n')
     monkeypatch.chdir(tmp_path)
+    created = CliRunner().invoke(main, ["logbook", "upgrade"], env={"JOBBOARD_LOGBOOK": None},
+                                 catch_exceptions=False)
+    assert created.exit_code == 0, created.output
+    assert (tmp_path / "book.db").exists()
     result = CliRunner().invoke(main, ["logbook", "list", "--json"],
                                 env={"JOBBOARD_LOGBOOK": None}, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "book.db").exists()
+    assert json.loads(result.output) == {"logbooks": [], "limit": 100}
 
 
 # ---- credentials from a file --------------------------------------------------------
@@ -183,7 +187,8 @@ def _conductor_params(args: list[str], settings: dict) -> dict:
     a config file's settings (the environment from the test)."""
     import click
 
-    from jobboard.cli import _schema, conductor
+    from jobboard.cli.daemon import conductor
+    from jobboard.cli.settings import schema as _schema
 
     parent = click.Context(main, info_name="jobboard",
                            default_map=config.default_map(settings, _schema(main)))
@@ -224,7 +229,7 @@ def test_conductor_execution_settings_flag_env_config_default(monkeypatch):
     ({"conductor": {"task_timeout": True}}, "conductor.task_timeout must be a number"),
 ])
 def test_conductor_execution_settings_are_checked_in_the_config_file(settings, says):
-    from jobboard.cli import _schema
+    from jobboard.cli.settings import schema as _schema
 
     with pytest.raises(ConfigError, match=says) as caught:
         config.default_map(settings, _schema(main), source="jobboard.toml")

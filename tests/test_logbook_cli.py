@@ -69,7 +69,7 @@ def test_show_missing_is_one_error_line(filled, logbook_url):
 def test_list_upgrade_and_prune(filled, logbook_url):
     listed = _run(["list", "--json", "--limit", "5"], logbook_url)
     assert listed.exit_code == 0, listed.output
-    assert [i["job_id"] for i in json.loads(listed.output)] == ["job-1"]
+    assert [i["job_id"] for i in json.loads(listed.output)["logbooks"]] == ["job-1"]
     assert _run(["upgrade"], logbook_url).exit_code == 0
     kept = _run(["prune", "--older-than", "1"], logbook_url)
     assert kept.exit_code == 0 and "removed 0" in kept.output
@@ -127,7 +127,7 @@ def test_show_of_a_new_attempt_without_flow(filled, logbook_url):
 
 
 def test_list_shows_the_attempt(retried, logbook_url):
-    listed = json.loads(_run(["list", "--json"], logbook_url).output)
+    listed = json.loads(_run(["list", "--json"], logbook_url).output)["logbooks"]
     assert [(i["job_id"], i["attempt"], i["flow_state"]) for i in listed] == \
         [("job-1", 2, "RUNNING")]
     assert "ATTEMPT" in _run(["list"], logbook_url).output
@@ -136,13 +136,24 @@ def test_list_shows_the_attempt(retried, logbook_url):
 def test_schema_errors_name_the_fix(logbook_url):
     """A server logbook nobody migrated: one line saying what to run, then
     `logbook upgrade` migrates it (on every backend)."""
+    from jobboard.cli.logbook_access import sqlite_path
+
+    path = sqlite_path(logbook_url)
     shown = _run(["show", "job-1"], logbook_url)
-    if not logbook_url.startswith("sqlite"):      # SQLite files migrate themselves
+    if path is None:
         assert shown.exit_code == 1
         assert "run `jobboard logbook upgrade`" in shown.output
         assert "Traceback" not in shown.output
+    elif not path.exists():                       # reading never creates one
+        assert shown.exit_code == 1 and f"error: no logbook at {path}" in shown.output
+        assert not path.exists()
     upgraded = _run(["upgrade"], logbook_url)
-    assert upgraded.exit_code == 0 and "up to date" in upgraded.output
+    assert upgraded.exit_code == 0, upgraded.output
+    assert upgraded.output.startswith("created the logbook schema in ")
+    again = _run(["upgrade", "--json"], logbook_url)
+    assert again.exit_code == 0, again.output
+    doc = json.loads(again.output)
+    assert doc["action"] == "current" and doc["revision"] and "nothing to do" in doc["message"]
     assert "no logbook for job job-1" in _run(["show", "job-1"], logbook_url).output
 
 

@@ -1,29 +1,37 @@
 """What ``jobboard conductor`` checks before it starts, and the option type
 of its durations.
 
+:func:`check_allow` refuses ``--allow`` prefixes none of which can be
+imported (the conductor would refuse every job) and warns about each one
+that cannot; :func:`session_timeout_note` says when ZooKeeper granted
+another session timeout than ``--session-timeout`` asked for (the server
+clamps it to its ``minSessionTimeout..maxSessionTimeout``).
+
 A conductor whose logbook is unusable must not start "without a word" and
 then fail every job: :func:`check_logbook` opens the logbook, brings its
 schema up to date (under the migration lock) and probes it, all within
 about :data:`LOGBOOK_CHECK_TIMEOUT` seconds, and turns any failure into one
 line naming the password-free URL and what to do.
 
-How it fails: :func:`check_logbook` raises
-:class:`~jobboard.errors.ConfigError` with that line (the CLI prints it as
-``error: ...`` and exits 1); nothing else escapes it but a bug.
+How it fails: :func:`check_logbook` and :func:`check_allow` raise
+:class:`~jobboard.errors.ConfigError` with one line (the CLI prints it as
+``error: ...`` and exits 1); nothing else escapes them but a bug.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
 from jobboard.errors import ConfigError, LogbookError, LogbookSchemaError, LogbookUnavailable
 
-__all__ = ["LOGBOOK_CHECK_TIMEOUT", "Seconds", "check_logbook", "logbook_refusal",
-           "sqlite_path"]
+from jobboard.cli.logbook_access import check_driver, prepare_default, sqlite_path
+
+__all__ = ["LOGBOOK_CHECK_TIMEOUT", "Seconds", "check_allow", "check_logbook",
+           "logbook_refusal", "session_timeout_note"]
 
 #: Seconds the start-up check of the logbook may take: a database that does
 #: not answer in this time is reported, not waited for.
@@ -51,18 +59,6 @@ class Seconds(click.FloatRange):
         if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
             self.fail(f"{value!r} is not a positive number of seconds", param, ctx)
         return number
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file of a SQLite logbook URL; None for another database, an
-    in-memory one or a URL that does not parse."""
-    from jobboard.logbook._db import sqlite_file   # imported when used: commands start faster
-
-    try:
-        database = sqlite_file(url)
-    except Exception:  # noqa: BLE001 - not a URL: the Logbook reports it
-        return None
-    return None if database is None else Path(database).expanduser()
 
 
 def logbook_refusal(url: str, exc: Exception) -> str:
@@ -108,6 +104,8 @@ def check_logbook(url: str) -> None:
 
     from jobboard.logbook import Logbook
 
+    check_driver(url)
+    prepare_default(url)
     try:
         backend = make_url(url).get_backend_name()
     except Exception:  # noqa: BLE001 - Logbook reports a bad URL itself
@@ -122,3 +120,41 @@ def check_logbook(url: str) -> None:
             book.check()
     except LogbookError as exc:
         raise ConfigError(logbook_refusal(url, exc)) from None
+
+
+def _importable(prefix: str) -> bool:
+    try:
+        return importlib.util.find_spec(prefix.rstrip(".")) is not None
+    except (ImportError, ValueError):   # a parent package missing, or a bad name
+        return False
+
+
+def check_allow(prefixes: tuple[str, ...], warn: Callable[[str], None]) -> None:
+    """Say at start which ``--allow`` prefixes import nothing here.
+
+    Raises:
+        ConfigError: none of them can be imported: every job would be refused.
+    """
+    missing = [prefix for prefix in prefixes if not _importable(prefix)]
+    if not missing:
+        return
+    if len(missing) == len(prefixes):
+        raise ConfigError(
+            f"conductor not started: no module {', '.join(missing)} can be imported here, so "
+            "every flow factory would be refused; check --allow and that the flows' package "
+            "is installed or on PYTHONPATH")
+    for prefix in missing:
+        warn(f"--allow {prefix}: no such module can be imported here; jobs whose factory is "
+             "in it will fail")
+
+
+def session_timeout_note(asked: float, granted_ms: int | None, hosts: str) -> str | None:
+    """A warning when ZooKeeper granted a session timeout other than the one
+    asked for; None when it granted that one (or is not known)."""
+    if granted_ms is None or abs(granted_ms - asked * 1000) < 1:
+        return None
+    granted = granted_ms / 1000
+    bound = "maximum" if granted < asked else "minimum"
+    return (f"--session-timeout {asked:g} is outside what ZooKeeper at {hosts} allows: it "
+            f"granted {granted:g}s (its {bound}, maxSessionTimeout/minSessionTimeout in "
+            f"zoo.cfg); a dead conductor's jobs are reclaimed after {granted:g}s")
