@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test chaos bench zookeeper venv clean
+.PHONY: demo test chaos bench zookeeper chromium venv clean
 
 $(BIN)/jobboard: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,22 @@ zookeeper:
 		exit 1; \
 	fi
 
+# Debian's chromium for the console's browser test (Playwright drives it; no
+# browser is downloaded). Without it that test skips (and fails under CI=true).
+chromium:
+	@if [ -e /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "chromium is not installed and cannot be installed here: the browser test will skip"; \
+	fi
+
 demo: venv zookeeper
 	$(BIN)/jobboard demo
 
-test: venv zookeeper
+test: venv zookeeper chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) --ignore=tests/chaos tests
 
 # The chaos suite (~2 min): a 3-node ensemble, a PostgreSQL logbook and a

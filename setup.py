@@ -1,5 +1,7 @@
 from setuptools import find_packages, setup
 
+WEB = ["starlette>=0.37", "uvicorn>=0.29", "jinja2>=3.1"]
+
 setup(
     name="jobboard",
     version="0.1.0",
@@ -10,7 +12,8 @@ setup(
     packages=find_packages(include=["jobboard", "jobboard.*"]),
     include_package_data=True,
     package_data={"jobboard.logbook": ["migrations/*.ini", "migrations/*.py",
-                                       "migrations/versions/*.py"]},
+                                       "migrations/versions/*.py"],
+                  "jobboard.web": ["templates/*.html", "static/*"]},
     install_requires=[
         "kazoo>=2.9",
         "msgpack>=1.0",
@@ -23,8 +26,12 @@ setup(
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],
         "mysql": ["pymysql>=1.1"],
+        # the admin console (`jobboard web`)
+        "web": WEB,
+        # the browser test drives Debian's chromium: Playwright's own browsers
+        # are never downloaded
         "test": ["pytest>=7.4", "pytest-timeout>=2.2", "hypothesis>=6.90", "psycopg[binary]>=3.1",
-                 "pymysql>=1.1"],
+                 "pymysql>=1.1", *WEB, "httpx>=0.27", "playwright>=1.40"],
     },
     entry_points={"console_scripts": ["jobboard=jobboard.cli:main"]},
 )
