@@ -56,7 +56,7 @@ def measure(kind: str, tasks: int, executor: str, url: str, round_: int) -> dict
         event.listen(book._engine, "before_cursor_execute", on_statement)
         runner = ThreadExecutor(width=8) if executor == "threads" else SerialExecutor()
         try:
-            engine = Engine(_flow(kind, tasks), logbook=book,
+            engine = Engine(_flow(kind, tasks), journal=book,
                             job_id=f"bench-{kind}-{executor}-{round_}", token=1,
                             executor=runner, owner="bench")
             started = time.perf_counter()

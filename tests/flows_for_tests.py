@@ -116,7 +116,7 @@ def not_a_flow() -> str:
 def make_engine(flow: Any, logbook: Logbook, *, job_id: str = "job-1", token: int = 1,
                 **options: Any) -> Engine:
     options.setdefault("executor", SerialExecutor())
-    return Engine(flow, logbook=logbook, job_id=job_id, token=token, owner="test", **options)
+    return Engine(flow, journal=logbook, job_id=job_id, token=token, owner="test", **options)
 
 
 class RecordingLocker:

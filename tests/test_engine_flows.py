@@ -180,8 +180,8 @@ def test_cycle_rejected_naming_tasks():
 def test_missing_input_rejected(book):
     flow = flows.linear("f", Add("add", provides="sum"))
     with pytest.raises(FlowInvalid, match="'add' requires 'y'"):
-        Engine(flow, logbook=book, job_id="j", token=1, store={"x": 1})
-    Engine(flow, logbook=book, job_id="j", token=1, store={"x": 1, "y": 2})  # fine
+        Engine(flow, journal=book, job_id="j", token=1, store={"x": 1})
+    Engine(flow, journal=book, job_id="j", token=1, store={"x": 1, "y": 2})  # fine
 
 
 def test_input_from_a_later_task_is_missing():

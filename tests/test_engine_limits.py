@@ -38,7 +38,7 @@ def executor(request, processes):
 
 
 def engine_for(flow, book, executor, **options) -> Engine:
-    return Engine(flow, logbook=book, job_id="job-1", token=1, owner="test",
+    return Engine(flow, journal=book, job_id="job-1", token=1, owner="test",
                   executor=executor, **options)
 
 
@@ -237,18 +237,18 @@ class FailingJournal:
     def __getattr__(self, name):
         return getattr(self._book, name)
 
-    def save_atom(self, job_id, atom, *, token):
-        if atom.name == self._fail_on and "progress" in atom.meta:
+    def save_atoms(self, job_id, atoms, *, token):
+        if any(atom.name == self._fail_on and "progress" in atom.meta for atom in atoms):
             assert self._journal.wait_for(self._before, 30)
             raise LogbookUnavailable("database went away")
-        return self._book.save_atom(job_id, atom, token=token)
+        return self._book.save_atoms(job_id, atoms, token=token)
 
 
 def test_process_workers_are_killed_when_run_raises(book, processes, tmp_path):
     journal = FileJournal(tmp_path)
     engine = Engine(flows.unordered("u", Hang("hang", journal),
                                     Beats("beats", journal, count=1000)),
-                    logbook=FailingJournal(book, "beats", journal, "started:hang"),
+                    journal=FailingJournal(book, "beats", journal, "started:hang"),
                     job_id="job-1", token=1, executor=processes, stop_timeout=0.3)
     with pytest.raises(LogbookUnavailable):
         engine.run()
@@ -280,7 +280,7 @@ def test_one_process_executor_serves_two_engines_at_once(tmp_path, processes):
     with Logbook(f"sqlite:///{tmp_path}/shared.db") as book:
         engines = [Engine(flows.linear("f", Record("a", FileJournal(tmp_path, f"j{i}")),
                                        Record("b", FileJournal(tmp_path, f"j{i}"))),
-                          logbook=book, job_id=f"job-{i}", token=1, executor=processes)
+                          journal=book, job_id=f"job-{i}", token=1, executor=processes)
                    for i in range(2)]
         runs = [run_in_thread(e) for e in engines]
         for thread, box in runs:

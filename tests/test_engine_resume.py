@@ -145,7 +145,7 @@ CHILD = textwrap.dedent("""
 
     flow = flows.linear("five", *[Mark(f"s{{i}}", provides=f"o{{i}}") for i in range(5)])
     with Logbook({url!r}) as lb:
-        out = Engine(flow, logbook=lb, job_id="killed", token=int(sys.argv[1]), owner="child",
+        out = Engine(flow, journal=lb, job_id="killed", token=int(sys.argv[1]), owner="child",
                      executor=SerialExecutor()).run()
         print(out.state)
 """)

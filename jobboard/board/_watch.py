@@ -31,6 +31,11 @@ with ``get_children_async`` and handles the answer in a completion callback.
 
 ``func`` runs in kazoo's completion thread: it must be quick and must not
 make synchronous ZooKeeper calls (set a flag, wake a thread).
+
+``settle``: after a change, wait that long before reading again. A watch
+fires once per read, so every change in that window costs one read in all:
+a directory that changes hundreds of times a second (the claim set of a busy
+fleet) is read a few times a second instead of once per change.
 """
 
 from __future__ import annotations
@@ -62,13 +67,15 @@ class ChildWatch:
         path: the znode whose children are watched.
         func: called with the list of children; returning ``False`` stops
             the watch.
+        settle: seconds to wait after a change before reading again.
     """
 
     def __init__(self, client: KazooClient, path: str,
-                 func: Callable[[list[str]], bool | None]) -> None:
+                 func: Callable[[list[str]], bool | None], *, settle: float = 0.0) -> None:
         self.client = client
         self.path = path
         self._func = func
+        self._settle = settle
         self._lock = threading.Lock()
         self._stopped = False
         self._started = False
@@ -222,7 +229,9 @@ class ChildWatch:
         # and kazoo discarded its watches.
         with self._lock:
             self._armed = False
-        if event.type != EventType.NONE or self.client.connected:
+        if event.type != EventType.NONE and self._settle > 0:
+            self._schedule(self._settle)
+        elif event.type != EventType.NONE or self.client.connected:
             self._arm()
 
     def _on_state(self, state: str) -> None:

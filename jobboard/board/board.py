@@ -320,26 +320,28 @@ class Board:
         return self.ownership.claim_owner(check_job_id(job_id))
 
     def consume(self, job: Job | str, owner: str, outcome: dict[str, Any] | None = None,
-                *, state: JobState = JobState.COMPLETE) -> Job:
-        """Finish a claimed job with ``outcome``, dropping the claim."""
-        return self.ownership.consume(job, owner, outcome, state=state)
+                *, state: JobState = JobState.COMPLETE, working: bool = False) -> Job:
+        """Finish a claimed job with ``outcome``, dropping the claim (and the
+        caller's working marker, with ``working``)."""
+        return self.ownership.consume(job, owner, outcome, state=state, working=working)
 
     def abandon(self, job: Job | str, owner: str, *, crashed: bool = False) -> Job:
         """Give a claimed job back: claimable again at once, ahead of its priority
         (``crashed``: count it against ``max_claims``)."""
         return self.ownership.abandon(job, owner, crashed=crashed)
 
-    def start_working(self, job_id: str, token: int, *, stop_timeout: float,
+    def start_working(self, job_id: str, mark: str | int, *, stop_timeout: float,
                       abort: Callable[[], bool] = lambda: False) -> float | None:
-        """Mark a job's tasks as running in this run (its claim ``token``),
-        after the previous run's have stopped or ``stop_timeout`` passed;
-        returns the seconds waited, None when ``abort()`` turned true first."""
-        return self.ownership.start_working(job_id, token, stop_timeout=stop_timeout,
+        """Mark a job's tasks as running in this run (``mark``: its claim's
+        ``Job.run_mark``), after the previous run's have stopped or
+        ``stop_timeout`` passed; returns the seconds waited, None when
+        ``abort()`` turned true first."""
+        return self.ownership.start_working(job_id, mark, stop_timeout=stop_timeout,
                                             abort=abort)
 
-    def stop_working(self, job_id: str, token: int) -> None:
+    def stop_working(self, job_id: str, mark: str | int) -> None:
         """No task of this run of the job runs any more: the next may start."""
-        self.ownership.stop_working(job_id, token)
+        self.ownership.stop_working(job_id, mark)
 
     def transfer(self, job: Job | str, from_owner: str | None, to_owner: str) -> Job:
         """Move a claim to another live conductor, which resumes the job."""
@@ -356,11 +358,6 @@ class Board:
     def claims(self) -> list[dict[str, Any]]:
         """Current claims: job id, owner, since (epoch seconds), fencing token."""
         return self.ownership.claims()
-
-    def own_release(self, job_id: str) -> bool:
-        """Whether a deletion of the job's claim was this board's own
-        consume or abandon (each answers once)."""
-        return self.ownership.own_release(job_id)
 
     # -- admin (see jobboard.board.admin) -----------------------------------------
 

@@ -10,9 +10,11 @@ herding onto the same head entry.
 
 Watches, not polling, say when to look again: a child watch on the bucket
 list and on the empty buckets of higher priority than the one being worked
-(a post there re-plans the next claim), on the claim set (a claim that
-vanished while its running marker stayed is an orphan, put back on the
-board) and on the delayed index (a timer for the next due job).
+(a post there re-plans the next claim), on the claim set (after a change,
+settled for :data:`CLAIMS_SETTLE` so that a busy fleet's claims and consumes
+cost a few reads a second, not one per job: the jobs marked running whose
+claim is gone are orphans, put back on the board) and on the delayed index
+(a timer for the next due job).
 
 How it fails: ZooKeeper errors surface as :class:`BoardUnavailable` from
 :meth:`Claimer.claim_next`, after the answers of claims already sent were
@@ -45,6 +47,8 @@ from jobboard.errors import BoardError, MalformedData
 log = logging.getLogger(__name__)
 
 ORPHAN_SWEEP_SECONDS = 30.0
+# Seconds a change of the claim set settles before the orphan check reads it.
+CLAIMS_SETTLE = 0.2
 MAX_ATTEMPTS_PER_CALL = 64
 # Job records of the next few candidates are read ahead, pipelined, so that a
 # claim usually costs a single round trip (the transaction); a stale read is
@@ -76,7 +80,7 @@ class Claimer:
         self._read_ahead: dict[str, object] = {}
         self._skip: set[str] = set()
         self._suspects: set[str] = set()
-        self._claims_seen: set[str] = set()
+        self._claims_changed = False
         self._delayed_dirty = True
         self._next_due: float | None = None
         self._last_sweep = float("-inf")     # the first claim sweeps for orphans
@@ -110,10 +114,12 @@ class Claimer:
         for watch in self._watches:
             watch.stop()
         paths, client = self.board.paths, self.board.client
-        specs = [(paths.claims, self._on_claims), (paths.delayed, self._on_delayed)]
+        specs = [(paths.claims, self._on_claims, CLAIMS_SETTLE),
+                 (paths.delayed, self._on_delayed, 0.0)]
         if self._members_fn is None:
-            specs.insert(0, (paths.conductors, self._on_members))
-        self._watches = [ChildWatch(client, path, callback).start() for path, callback in specs]
+            specs.insert(0, (paths.conductors, self._on_members, 0.0))
+        self._watches = [ChildWatch(client, path, callback, settle=settle).start()
+                         for path, callback, settle in specs]
         for watch in self._watches:     # as kazoo's did: first answers in before returning
             watch.wait_first(5.0)
 
@@ -131,14 +137,10 @@ class Claimer:
         return not self._stopped
 
     def _on_claims(self, children: list[str]) -> bool:
-        # Orphans from before the first call are found by the first sweep.
-        current = set(children)
-        gone = {job_id for job_id in self._claims_seen - current
-                if not self.board.own_release(job_id)}
-        if gone:
-            self._suspects.update(gone)
-            self._wake.set()
-        self._claims_seen = current
+        # A claim may have vanished: the next call checks for orphans (one
+        # listing of the running markers and one of the claims).
+        self._claims_changed = True
+        self._wake.set()
         return not self._stopped
 
     def _on_delayed(self, children: list[str]) -> bool:
@@ -250,15 +252,13 @@ class Claimer:
 
     def _handle_orphans(self) -> Job | None:
         now = time.monotonic()
-        if now - self._last_sweep > ORPHAN_SWEEP_SECONDS:
+        if self._claims_changed or now - self._last_sweep > ORPHAN_SWEEP_SECONDS:
+            self._claims_changed = False
             self._last_sweep = now
             self._suspects.update(self.board.orphans())
         if not self._suspects:
             return None
-        # A suspect claimed again since (a transfer, another claimer's restore)
-        # is no orphan: only the rest cost a round trip.
-        suspects = {job_id for job_id in self._suspects - self._claims_seen
-                    if is_job_id(job_id)}
+        suspects = {job_id for job_id in self._suspects if is_job_id(job_id)}
         self._suspects = set()
         client = self.board.client
         markers = [(job_id, client.exists_async(self.board.paths.running_marker(job_id)))

@@ -266,12 +266,15 @@ REQUIRED_FIELDS = tuple(name for name, spec in _FIELDS.items() if spec.default i
 @dataclass(frozen=True)
 class Claim:
     """The holder's view of its claim: who, the fencing token, and the version of
-    the job record it saw when it claimed (every ownership change bumps it)."""
+    the job record it saw when it claimed (every ownership change bumps it).
+    ``working``: the claim's transaction also set the job's working marker
+    (a job never claimed before: no earlier run to wait for)."""
 
     owner: str
     token: int
     record_version: int
     claimed_at: float
+    working: bool = False
 
 
 @dataclass(frozen=True)
@@ -305,6 +308,12 @@ class Job:
     @property
     def token(self) -> int | None:
         return self.claim.token if self.claim else None
+
+    @property
+    def run_mark(self) -> str:
+        """Tells this claim of the job from every other (the attempt and the
+        claim count): what a run writes into the job's working marker."""
+        return f"{self.attempt}.{self.claims}"
 
     def with_event(self, event: str, **changes: Any) -> "Job":
         """A copy with ``changes`` applied and ``event`` appended to the history."""

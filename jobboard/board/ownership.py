@@ -10,7 +10,6 @@ owner. A claim's fencing token is the zxid of its transaction.
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -60,31 +59,11 @@ class Ownership:
         self.index = index
         self.notifier = notifier
         self.max_record_bytes = max_record_bytes
-        # Claims this board is releasing (consume/abandon), so its claimer does
-        # not mistake their deletion for a vanished claim. Each entry answers
-        # one deletion only: a later loss of the job's claim (transferred to
-        # this conductor, say) is a real one.
-        self._released: collections.deque[str] = collections.deque(maxlen=4096)
-        self._released_lock = threading.Lock()
 
     @property
     def session_id(self) -> int | None:
         client_id = self.client.client_id
         return client_id[0] if client_id else None
-
-    def own_release(self, job_id: str) -> bool:
-        """Whether the deletion of ``job_id``'s claim was this board's own
-        release; each release answers yes once."""
-        with self._released_lock:
-            try:
-                self._released.remove(job_id)
-                return True
-            except ValueError:
-                return False
-
-    def _releasing(self, job_id: str) -> None:
-        with self._released_lock:
-            self._released.append(job_id)
 
     def claim(self, job: Job | str, owner: str) -> Job:
         """Claim a job directly (conductors use :class:`Claimer`, which picks
@@ -118,12 +97,18 @@ class Ownership:
                                running_exists=running_exists)()
 
     def take_async(self, job: Job, version: int, owner: str, *, entry: str | None = None,
-                   running_exists: bool = False) -> Callable[[], Job | None]:
+                   running_exists: bool = False,
+                   mark_working: bool = True) -> Callable[[], Job | None]:
         """Send the claim transaction of :meth:`take` now; the returned call
-        waits for its answer. Claims sent together share ZooKeeper's commits."""
+        waits for its answer. Claims sent together share ZooKeeper's commits.
+
+        A job never claimed before has had no run to wait for: its working
+        marker (see :meth:`start_working`) is set by the claim transaction
+        itself (``Claim.working``), unless ``mark_working`` is False."""
         now = time.time()
         claimed = job.with_event("claimed", state=JobState.CLAIMED, owner=owner,
                                  claims=job.claims + 1, claimed_at=now, transfer_to=None)
+        working = mark_working and not running_exists and job.claims == 0 and job.attempt == 1
         txn = self.client.transaction()
         if entry is not None:
             txn.delete(entry)
@@ -133,6 +118,9 @@ class Ownership:
         else:
             txn.create(self.paths.running_marker(job.uuid), owner.encode())
         txn.set_data(self.paths.job(job.uuid), claimed.encode(), version=version)
+        if working:
+            txn.create(self.paths.working_marker(job.uuid), claimed.run_mark.encode(),
+                       ephemeral=True)
         pending = txn.commit_async()
 
         def answer() -> Job | None:
@@ -143,10 +131,18 @@ class Ownership:
             except KazooTimeoutError as exc:   # may still land: the claimer settles it later
                 raise BoardUnavailable(f"no answer to the claim of job {job.uuid} "
                                        f"within {READ_TIMEOUT:g}s") from exc
-            if _zk.first_error(results) is not None:
+            error = _zk.first_error(results)
+            if error is not None:
+                if working and error is results[-1]:
+                    # Only the working marker failed (a stray one, or a board
+                    # without its directory yet): claim without it; the run
+                    # then waits for it and sets its own.
+                    return self.take_async(job, version, owner, entry=entry,
+                                           mark_working=False)()
                 return None
-            stat = results[-1]
-            held = replace(claimed, claim=Claim(owner, stat.mzxid, stat.version, now))
+            stat = results[-2] if working else results[-1]
+            held = replace(claimed, claim=Claim(owner, stat.mzxid, stat.version, now,
+                                                working=working))
             kind = EventKind.JOB_RECLAIMED if job.claims else EventKind.JOB_CLAIMED
             self.notifier.emit(kind, job_id=job.uuid, owner=owner,
                                details={"posted_at": max(job.created_at, job.not_before or 0),
@@ -216,9 +212,10 @@ class Ownership:
             else ClaimLost(job_id, owner)
 
     def consume(self, job: Job | str, owner: str, outcome: dict[str, Any] | None = None,
-                *, state: JobState = JobState.COMPLETE) -> Job:
+                *, state: JobState = JobState.COMPLETE, working: bool = False) -> Job:
         """Finish a claimed job: record ``outcome`` (kept for :meth:`wait`) and
-        drop the claim, in one transaction.
+        drop the claim, in one transaction. ``working``: the caller's run
+        holds the job's working marker, which goes in the same transaction.
 
         Raises:
             NotClaimed: the job is not claimed.
@@ -238,20 +235,15 @@ class Ownership:
             cancel_stat = (self.client.retry(self.client.exists,
                                              self.paths.cancel_request(job_id))
                            if state is JobState.CANCELLED else None)
-            self._releasing(job_id)
-            try:
-                finished = self._commit_finish(job_id, owner, finished, data, version,
-                                               cancel_stat)
-            except BaseException:
-                self.own_release(job_id)    # not released: its claim may vanish later
-                raise
+            finished = self._commit_finish(job_id, owner, finished, data, version,
+                                           cancel_stat, working)
         kind = EventKind.JOB_COMPLETED if state is JobState.COMPLETE else EventKind.JOB_FAILED
         self.notifier.emit(kind, job_id=job_id, owner=owner,
                            details={"claimed_at": current.claimed_at, "state": state.value})
         return finished
 
     def _commit_finish(self, job_id: str, owner: str, finished: Job, data: bytes,
-                       version: int, cancel_stat: Any) -> Job:
+                       version: int, cancel_stat: Any, working: bool) -> Job:
         """The consume transaction, committed again after a connection loss
         that left it unlanded."""
         for attempt in range(CONSUME_ATTEMPTS):
@@ -261,6 +253,8 @@ class Ownership:
             txn.delete(self.paths.running_marker(job_id))
             if cancel_stat is not None:
                 txn.delete(self.paths.cancel_request(job_id), version=cancel_stat.version)
+            if working:
+                txn.delete(self.paths.working_marker(job_id))
             try:
                 results = txn.commit()
             except ConnectionLoss:
@@ -273,7 +267,11 @@ class Ownership:
                 if attempt + 1 == CONSUME_ATTEMPTS:
                     raise
                 continue
-            if _zk.first_error(results) is not None:
+            error = _zk.first_error(results)
+            if error is not None and working and error is results[-1]:
+                working = False     # our marker is gone already: finish without it
+                continue
+            if error is not None:
                 raise self._ownership_failure(job_id, owner)
             break
         return finished
@@ -310,15 +308,7 @@ class Ownership:
                 txn.delete(self.paths.running_marker(job_id))
                 txn.set_data(self.paths.job(job_id), released.encode(), version=version)
 
-            self._releasing(job_id)
-            try:
-                refused = self.index.commit(release, released, version + 1,
-                                            restore=True)[1] is not None
-            except BaseException:
-                self.own_release(job_id)
-                raise
-            if refused:
-                self.own_release(job_id)
+            if self.index.commit(release, released, version + 1, restore=True)[1] is not None:
                 raise self._ownership_failure(job_id, owner)
         self.notifier.emit(EventKind.JOB_ABANDONED, job_id=job_id, owner=owner)
         return released
@@ -372,12 +362,12 @@ class Ownership:
                          job_id, current.owner)
             return None
 
-    def start_working(self, job_id: str, token: int, *, stop_timeout: float,
+    def start_working(self, job_id: str, mark: str | int, *, stop_timeout: float,
                       abort: Callable[[], bool] = lambda: False) -> float | None:
         """The hand-off: wait until no other run's tasks of the job are running
         (its working marker is gone: they stopped, or that session ended), at
         most ``stop_timeout`` seconds, then mark the job as worked on by this
-        run (the claim's ``token``). Past the timeout the other run's marker is
+        run (``mark``: :attr:`Job.run_mark` of its claim). Past the timeout the other run's marker is
         replaced: its tasks were asked to stop that long ago. A marker of an
         older run of this same session (a job given back and claimed again
         while that run still stops) is waited for the same way.
@@ -390,7 +380,7 @@ class Ownership:
             BoardUnavailable: ZooKeeper unreachable.
         """
         path = self.paths.working_marker(job_id)
-        mine = str(token).encode()
+        mine = str(mark).encode()
         started = time.monotonic()
         deadline = started + max(0.0, stop_timeout)
         gone = threading.Event()
@@ -425,7 +415,7 @@ class Ownership:
                     pass
         return None
 
-    def stop_working(self, job_id: str, token: int) -> None:
+    def stop_working(self, job_id: str, mark: str | int) -> None:
         """Drop this run's working marker (another run's is left alone)."""
         path = self.paths.working_marker(job_id)
         with _zk.translated(f"handing job {job_id} on"):
@@ -433,7 +423,7 @@ class Ownership:
                 data, stat = self.client.retry(self.client.get, path)
             except NoNodeError:
                 return
-            if stat.ephemeralOwner == self.session_id and data == str(token).encode():
+            if stat.ephemeralOwner == self.session_id and data == str(mark).encode():
                 try:
                     self.client.retry(self.client.delete, path, version=stat.version)
                 except (NoNodeError, BadVersionError):

@@ -31,12 +31,12 @@ from typing import Any, Iterator, Sequence
 
 from jobboard import __version__
 from jobboard.board import Board, Claimer, Job
+from jobboard.conductor.executors import KINDS as EXECUTORS, Executors
 from jobboard.conductor.leader import Duty
 from jobboard.conductor.readiness import Readiness
-from jobboard.conductor.run import JobRun
+from jobboard.conductor.run import JobRun, RunContext
 from jobboard.conductor.session import SessionWatch
 from jobboard.errors import BoardError, BoardUnavailable, Cancelled, InvalidArgument
-from jobboard.engine import Executor, ThreadExecutor
 from jobboard.locks import Locks
 from jobboard.logbook import Logbook
 
@@ -47,7 +47,6 @@ REGISTRATION_INTERVAL = 2.0
 DEFAULT_FSCK_INTERVAL = 300.0
 DEFAULT_STOP_TIMEOUT = 30.0
 DEFAULT_FACTORY_TIMEOUT = 60.0
-EXECUTORS = ("thread", "process")
 
 
 def default_name() -> str:
@@ -116,7 +115,7 @@ class Conductor:
         self.task_timeout = task_timeout
         self.stop_timeout = stop_timeout
         self.factory_timeout = factory_timeout
-        self._process_pool: Any = None
+        self.executors = Executors(executor, concurrency=concurrency, task_width=task_width)
         self.readiness = Readiness(lambda: self.logbook.check(), on_change=self._on_readiness)
         self.locks = Locks(board.client, root=board.paths.locks, identifier=self.name)
         # By (job, claim token): a job given back and claimed again while its
@@ -137,6 +136,12 @@ class Conductor:
         self._repair_duty: Duty | None = None
         self.session = SessionWatch(board.client, on_lost=self._on_session_lost,
                                     on_state=self._on_state)
+        self._run_context = RunContext(
+            board=board, journal=logbook, owner=self.name, session=self.session,
+            executors=self.executors, locker=self.locker, gate=self.gate,
+            journal_down=self.readiness.down, release_later=self.release_later,
+            allow=self.allow, factory_timeout=factory_timeout, task_timeout=task_timeout,
+            stop_timeout=stop_timeout)
         if metrics is not None:
             board.notifier.subscribe(metrics.listener)
             metrics.attach_logbook(logbook)
@@ -215,7 +220,7 @@ class Conductor:
                 self._start(job)
 
     def _start(self, job: Job) -> None:
-        run = JobRun(self, job)
+        run = JobRun(self._run_context, job)
         with self._runs_lock:
             self.runs[run.key] = run
         self._in_flight_changed()
@@ -254,8 +259,7 @@ class Conductor:
             for run in left:   # its tasks get stop_timeout; then it gives the job back
                 run.finished.wait(max(5.0, self.lock_timeout, self.stop_timeout + 2.0))
         self.claimer.stop()
-        if self._process_pool is not None:
-            self._process_pool.shutdown(wait=False)
+        self.executors.shutdown()
         if self._repair_duty is not None:
             self._repair_duty.stop()
         self.session.close()
@@ -368,23 +372,6 @@ class Conductor:
     def _in_flight_changed(self) -> None:
         if self.metrics is not None:
             self.metrics.set_in_flight(self.name, self.in_flight)
-
-    # -- executors ------------------------------------------------------------------
-
-    def executor_for_job(self) -> Executor:
-        """Threads: a pool per job (``task_width``). Processes: one pool of
-        workers shared by every job, started on first use."""
-        if self.executor == "thread":
-            return ThreadExecutor(self.task_width)
-        with self._runs_lock:
-            if self._process_pool is None:
-                from jobboard.engine import ProcessExecutor
-                self._process_pool = ProcessExecutor(self.concurrency * self.task_width)
-            return self._process_pool
-
-    def release_executor(self, executor: Executor) -> None:
-        if executor is not self._process_pool:
-            executor.shutdown(wait=False)
 
     # -- locks for flows and tasks ------------------------------------------------
 

@@ -38,35 +38,74 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
 
-from jobboard.board import Job
+from jobboard.board import Board, Job
+from jobboard.conductor.executors import Executors
+from jobboard.conductor.session import SessionWatch
 from jobboard.engine import Engine, build_flow
+from jobboard.engine.journal import Failure, Journal
+from jobboard.engine.runner import record_unbuilt
 from jobboard.errors import (BoardError, BoardUnavailable, Cancelled, EngineError,
-                             LockTimeout, LogbookError, StaleOwner)
-from jobboard.logbook import Failure
+                             LockTimeout, LogbookError)
 from jobboard.states import FlowState, JobState
 
-if TYPE_CHECKING:
-    from jobboard.conductor.conductor import Conductor
-
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a job run needs of the conductor that claimed the job.
+
+    Attributes:
+        board: The board the job was claimed from (as ``owner``).
+        journal: Where the engine records the flow (the logbook).
+        owner: The conductor's name, the claim's owner.
+        session: The conductor's ZooKeeper session watch (connected, pauses).
+        executors: Where the tasks run.
+        locker: Takes the named locks a flow or task declares.
+        gate: Called before each task; blocks while the connection is suspended.
+        journal_down: Called with the reason when the journal fails: the
+            conductor turns NOT READY.
+        release_later: Called with a job the run could not give back (the
+            conductor tries again from its loop).
+    """
+
+    board: Board
+    journal: Journal
+    owner: str
+    session: SessionWatch
+    executors: Executors
+    locker: Callable[[Sequence[str]], AbstractContextManager[Any]]
+    gate: Callable[[], None]
+    journal_down: Callable[[str], None]
+    release_later: Callable[[Job], None]
+    allow: tuple[str, ...] = ()
+    factory_timeout: float = 60.0
+    task_timeout: float | None = None
+    stop_timeout: float = 30.0
 
 
 class JobRun:
     """One job in flight on a conductor."""
 
-    def __init__(self, conductor: "Conductor", job: Job) -> None:
-        self.conductor = conductor
+    def __init__(self, context: RunContext, job: Job) -> None:
+        self.context = context
         self.job = job
         self.key = (job.uuid, job.claim.token if job.claim else 0)
-        self._pauses_seen = conductor.session.pauses
+        self._pauses_seen = context.session.pauses
         self.engine: Engine | None = None
         self.claim_lost = threading.Event()
         self.cancel_requested = threading.Event()
         self.shutting_down = threading.Event()
         self.releasing = threading.Event()     # our own consume/abandon deletes the claim
         self.finished = threading.Event()
+        # This run holds the job's working marker (set by the claim itself
+        # for a job never claimed before, else by start_working).
+        self._working = bool(job.claim and job.claim.working)
 
     # -- signals from outside (watch threads, shutdown) ---------------------------
 
@@ -92,8 +131,8 @@ class JobRun:
     # -- the run ------------------------------------------------------------------
 
     def run(self) -> None:
-        board = self.conductor.board
-        name = self.conductor.name
+        board = self.context.board
+        name = self.context.owner
         job = self.job
         try:
             self._watch_claim()
@@ -102,13 +141,14 @@ class JobRun:
                 return
             state, document = outcome
             self.releasing.set()
-            board.consume(job, name, document, state=state)
+            board.consume(job, name, document, state=state, working=self._working)
+            self._working = False             # gone with the consume
             log.info("job %s (%s) %s", job.uuid, job.name, state.value)
         except LogbookError as exc:
             # The logbook's failure (down, schema, credentials, disk), not the
             # job's: give it back uncounted and claim nothing more until the
             # logbook answers again.
-            self.conductor.readiness.down(f"logbook failed: {exc}")
+            self.context.journal_down(f"logbook failed: {exc}")
             log.warning("job %s: handed back, the logbook failed", job.uuid)
             self._abandon()
         except (LockTimeout, Cancelled) as exc:
@@ -133,33 +173,39 @@ class JobRun:
                           "its claims)", job.uuid)
             self._abandon(crashed=True)
         finally:
+            self._stop_working()
             self.finished.set()
 
     def _run_flow(self) -> tuple[JobState, dict[str, Any]] | None:
         """Returns (state, outcome document) to consume with, or None when the
         job must not be consumed by us."""
-        conductor = self.conductor
+        context = self.context
         job = self.job
         token = job.claim.token
-        waited = conductor.board.start_working(job.uuid, token, stop_timeout=conductor.stop_timeout,
-                                               abort=self._stopping)
-        if waited is None:                  # lost or stopping while waiting for the hand-off
-            if not self.claim_lost.is_set():
-                self._abandon()
-            return None
-        if waited >= 0.5:
-            log.info("job %s: waited %.1fs for its previous holder to stop", job.uuid, waited)
-        executor = conductor.executor_for_job()
+        if not self._working:
+            waited = context.board.start_working(job.uuid, job.run_mark,
+                                                 stop_timeout=context.stop_timeout,
+                                                 abort=self._stopping)
+            if waited is None:              # lost or stopping while waiting for the hand-off
+                if not self.claim_lost.is_set():
+                    self._abandon()
+                return None
+            self._working = True
+            if waited >= 0.5:
+                log.info("job %s: waited %.1fs for its previous holder to stop",
+                         job.uuid, waited)
+        consuming = False
+        executor = context.executors.acquire()
         try:
             try:
-                flow = build_flow(job.factory, job.args, conductor.allow,
-                                  timeout=conductor.factory_timeout)
+                flow = build_flow(job.factory, job.args, context.allow,
+                                  timeout=context.factory_timeout)
                 self.engine = Engine(
-                    flow, logbook=conductor.logbook, job_id=job.uuid, token=token,
+                    flow, journal=context.journal, job_id=job.uuid, token=token,
                     attempt=job.attempt, store=job.store, executor=executor,
-                    notifier=conductor.board.notifier, locker=conductor.locker,
-                    owner=conductor.name, gate=self._gate,
-                    task_timeout=conductor.task_timeout, stop_timeout=conductor.stop_timeout)
+                    notifier=context.board.notifier, locker=context.locker,
+                    owner=context.owner, gate=self._gate,
+                    task_timeout=context.task_timeout, stop_timeout=context.stop_timeout)
             except EngineError as exc:
                 return self._broken(exc)
             if self.claim_lost.is_set() or self.shutting_down.is_set():
@@ -167,12 +213,18 @@ class JobRun:
             if self.cancel_requested.is_set():   # set by the watch _watch_claim placed
                 self.engine.cancel(revert=True)
             outcome = self.engine.run()
+            # A flow that ended (not stopped) is consumed next, with the
+            # working marker in the same transaction.
+            consuming = not (outcome.fenced or self.claim_lost.is_set()
+                             or (outcome.state is FlowState.CANCELLED and not outcome.reverted))
         finally:
             if self.engine is not None and self.engine.running_tasks:
                 log.warning("job %s: task(s) %s ignored the request to stop; handing the job "
                             "on anyway", job.uuid, ", ".join(self.engine.running_tasks))
-            conductor.release_executor(executor)
-            self._stop_working()
+                consuming = False
+            context.executors.release(executor)
+            if not consuming:
+                self._stop_working()
         if outcome.fenced or self.claim_lost.is_set():
             if self._claim_still_ours():
                 # Lost only in appearance (a check failed mid-reconnect): give
@@ -205,16 +257,16 @@ class JobRun:
         still (a pause past the session timeout is learnt late) does the gate
         ask ZooKeeper. A connection that drops again while asking is waited
         out too: only a claim seen gone or held by another session is lost."""
-        session = self.conductor.session
+        session = self.context.session
         while not (self.claim_lost.is_set() or self.shutting_down.is_set()):
             if not session.connected and self.engine is not None:
                 self.engine.flush()    # what finished is saved before we wait
-            self.conductor.gate()
+            self.context.gate()
             if not session.paused_since(self._pauses_seen):
                 return
             seen = session.pauses
             try:
-                held = self.conductor.board.holds_claim(self.job.uuid)
+                held = self.context.board.holds_claim(self.job.uuid)
             except BoardUnavailable:
                 self.shutting_down.wait(0.05)
                 continue
@@ -225,23 +277,20 @@ class JobRun:
 
     def _broken(self, exc: EngineError) -> tuple[JobState, dict[str, Any]] | None:
         """The flow cannot even be built: fail the job for good, with the reason
-        in the logbook and on the board."""
+        in the journal (through the engine) and on the board."""
         job = self.job
-        reason = str(exc)
-        log.error("job %s: %s; marking it failed", job.uuid, reason)
-        failure = Failure.from_exception(exc)
+        log.error("job %s: %s; marking it failed", job.uuid, exc)
         try:
-            logbook = self.conductor.logbook
-            logbook.take_over(job.uuid, job.claim.token, self.conductor.name, name=job.name,
-                              attempt=job.attempt)
-            logbook.save_flow(job.uuid, job.name, FlowState.FAILURE, token=job.claim.token,
-                              meta={"error": reason, "failure": failure.to_dict()})
-        except StaleOwner:
-            return None
+            failure = record_unbuilt(self.context.journal, exc, job_id=job.uuid,
+                                     token=job.claim.token, owner=self.context.owner,
+                                     name=job.name, attempt=job.attempt)
+            if failure is None:
+                return None                 # fenced: a newer owner has it
         except LogbookError as err:
             log.warning("job %s: could not record the failure in the logbook: %s",
                         job.uuid, err)
-        return JobState.FAILED, {"flow_state": FlowState.FAILURE.value, "reason": reason,
+            failure = Failure.from_exception(exc)
+        return JobState.FAILED, {"flow_state": FlowState.FAILURE.value, "reason": str(exc),
                                  "failure": failure.to_dict()}
 
     def _stopping(self) -> bool:
@@ -249,14 +298,17 @@ class JobRun:
 
     def _stop_working(self) -> None:
         """Our tasks of this job have stopped: the next holder may start."""
+        if not self._working:
+            return
+        self._working = False
         try:
-            self.conductor.board.stop_working(self.job.uuid, self.job.claim.token)
+            self.context.board.stop_working(self.job.uuid, self.job.run_mark)
         except BoardError as exc:   # gone with our session at the latest
             log.warning("job %s: could not hand the job on yet: %s", self.job.uuid, exc)
 
     def _claim_still_ours(self) -> bool:
         try:
-            return self.conductor.board.holds_claim(self.job.uuid)
+            return self.context.board.holds_claim(self.job.uuid)
         except BoardUnavailable:
             return False        # unreachable or expired: the session's end frees it
 
@@ -265,17 +317,17 @@ class JobRun:
             return
         self.releasing.set()
         try:
-            self.conductor.board.abandon(self.job, self.conductor.name, crashed=crashed)
+            self.context.board.abandon(self.job, self.context.owner, crashed=crashed)
             log.info("job %s abandoned for another conductor", self.job.uuid)
         except BoardUnavailable as exc:     # our session may well survive: try again
             log.warning("job %s: could not abandon yet: %s", self.job.uuid, exc)
-            self.conductor.release_later(self.job)
+            self.context.release_later(self.job)
         except BoardError as exc:
             log.warning("job %s: could not abandon: %s", self.job.uuid, exc)
 
     def _watch_claim(self) -> None:
         """Watch the claim and the cancel request; both fire on kazoo's thread."""
-        board = self.conductor.board
+        board = self.context.board
         job_id = self.job.uuid
 
         def on_claim(event: Any) -> None:

@@ -1,26 +1,31 @@
-"""The engine: runs one job's flow, recording every step in the logbook.
+"""The engine: runs one job's flow, recording every step in its journal.
 
-``Engine.run()`` compiles the flow to a DAG, loads what the logbook already
-knows about the job and then:
+The journal (:class:`~jobboard.engine.journal.Journal`; the conductor's is
+the SQL logbook) is where every transition is saved before it is acted on.
+``Engine.run()`` compiles the flow to a DAG, takes the journal over (which
+returns what it already knows about the job) and then:
 
 1. runs ready tasks through the executor, saving ``RUNNING`` before a task is
    handed over and ``SUCCESS`` with its result before any dependant starts;
 2. on a failure (after its retry policy gave up) stops starting tasks, lets
    running ones finish, and reverts everything that ran, latest completion
    first, a task only after everything depending on it;
-3. on resume skips ``SUCCESS`` tasks (their results come from the logbook),
+3. on resume skips ``SUCCESS`` tasks (their results come from the journal),
    re-runs ``RUNNING``/``PENDING`` ones (and ``FAILURE``/``RETRYING`` ones
    with attempts left), and carries on an interrupted revert.
 
-Logbook writes (one transaction per task boundary): the ``PENDING`` rows of
-a new flow, a finished task's ``SUCCESS`` and the ``RUNNING`` of every task
-starting next go to the logbook together (``save_atoms``), in one
-transaction saved before those tasks are handed to the executor. A
-``SUCCESS`` waits for that write only while the engine prepares the next
-starts (the gate, flow locks): before it waits for running tasks, sleeps
-for a retry, or returns, it saves what is left on its own, and a gate
-about to block calls :meth:`Engine.flush` first. Its ``TASK_SUCCEEDED``
-event is emitted once it is saved.
+Journal writes (one transaction per task boundary): the take-over returns
+the flow as saved; the flow's ``RUNNING`` state, the ``PENDING`` rows of a
+new flow and the first tasks' ``RUNNING`` go together; then a finished
+task's ``SUCCESS`` and the ``RUNNING`` of every task starting next, saved
+before those tasks are handed to the executor; the last tasks' ``SUCCESS``
+goes with the flow's final state. So a flow of T linear tasks costs T + 2
+transactions. What waits for the next write waits only while the engine
+prepares the next starts (the gate, flow locks) or is about to end: before
+it waits for running tasks or sleeps for a retry it saves what is left on
+its own, and a gate about to block calls :meth:`Engine.flush` first. Events
+(``FLOW_STARTED``, ``TASK_SUCCEEDED``) are emitted once what they report is
+saved.
 
 Time limits: a call of ``execute``/``revert`` running longer than its
 task's ``timeout`` (or the engine's ``task_timeout``), counted from when the
@@ -43,11 +48,11 @@ for the next owner). Whenever ``run()`` returns or raises, every call it
 started has been asked to stop, and waited for up to ``stop_timeout`` before
 being killed (``running_tasks`` names those still running afterwards).
 
-How it fails: a ``StaleOwner`` from the logbook stops the engine at once
+How it fails: a ``StaleOwner`` from the journal stops the engine at once
 (outcome ``CANCELLED``, ``fenced=True``, no further writes); any other
-logbook error, a lock error, or an exception from a listener (``Cancelled``
+journal error, a lock error, or an exception from a listener (``Cancelled``
 or a ``BaseException`` simulating a crash) propagates out of ``run()``,
-leaving the logbook as it was for another conductor to resume.
+leaving the journal as it was for another conductor to resume.
 """
 
 from __future__ import annotations
@@ -70,12 +75,12 @@ from jobboard.engine.calls import Call, Inflight
 from jobboard.engine.compile import compile_flow
 from jobboard.engine.executor import Executor, ThreadExecutor
 from jobboard.engine.flows import Flow
+from jobboard.engine.journal import AtomDetail, Failure, FlowDetail, Journal
 from jobboard.engine.locking import LockedTask, Locker, render_locks
 from jobboard.engine.tasks import Task
 from jobboard.errors import (EngineError, FlowInvalid, MalformedData, StaleOwner,
                              TaskInterrupted, TaskTimeout)
 from jobboard.events import EventKind, Notifier
-from jobboard.logbook import AtomDetail, Failure, FlowDetail, Logbook
 from jobboard.states import AtomState, FlowState
 
 __all__ = ["Engine", "Outcome"]
@@ -99,7 +104,7 @@ class Outcome:
         results: Every name provided by a task that stands successful.
         failure: The failure that made the flow revert (or the revert
             failure), None on success.
-        fenced: The run stopped because a newer owner took the logbook over.
+        fenced: The run stopped because a newer owner took the journal over.
         reverted: A cancelled run was reverted (``cancel(revert=True)``).
     """
 
@@ -112,6 +117,26 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.state == FlowState.SUCCESS
+
+
+def record_unbuilt(journal: Journal, error: BaseException, *, job_id: str, token: int,
+                   owner: str, name: str, attempt: int = 1) -> Failure | None:
+    """Record in the journal that a job's flow could not even be built (its
+    factory failed, or the flow is invalid): the attempt's flow is saved
+    ``FAILURE`` with the reason. Returns the failure recorded, or None when
+    a newer token holds the journal (nothing was written).
+
+    Raises:
+        LogbookError: the journal failed other than by fencing.
+    """
+    failure = Failure.from_exception(error)
+    try:
+        journal.take_over(job_id, token, owner, name=name, attempt=attempt)
+        journal.save_flow(job_id, name, FlowState.FAILURE, token=token,
+                          meta={"error": str(error), "failure": failure.to_dict()})
+    except StaleOwner:
+        return None
+    return failure
 
 
 def _now() -> datetime:
@@ -128,14 +153,14 @@ def _error_of(future: Future[Any]) -> BaseException | None:
 
 
 class Engine:
-    """Runs one job's flow against the logbook.
+    """Runs one job's flow against its journal.
 
     Args:
         flow: The flow (or a single task), as its factory built it.
-        logbook: Where every state transition is recorded.
-        job_id: The job; its logbook holds one flow detail.
+        journal: Where every state transition is recorded (the logbook).
+        job_id: The job; its journal holds one flow detail per attempt.
         token: The claim's fencing token; writes with an older token than
-            the logbook's are refused (``StaleOwner``) and stop the engine.
+            the journal's are refused (``StaleOwner``) and stop the engine.
         store: The flow's initial inputs.
         executor: Runs the tasks; a ``ThreadExecutor()`` owned by the
             engine by default (a given executor is not shut down).
@@ -144,7 +169,7 @@ class Engine:
             without one, declared locks are not taken.
         owner: The conductor's name, recorded with the token.
         attempt: The job's attempt (``retry`` adds one): a later attempt
-            than the logbook's starts the flow afresh; earlier ones are kept.
+            than the journal's starts the flow afresh; earlier ones are kept.
         gate: Called before each task starts; may block (the conductor
             blocks while its ZooKeeper session is suspended; it calls
             :meth:`flush` first). A ``cancel()`` meanwhile is honoured when
@@ -163,7 +188,7 @@ class Engine:
         ValueError: A negative or zero time setting.
     """
 
-    def __init__(self, flow: Flow | Task, *, logbook: Logbook, job_id: str, token: int,
+    def __init__(self, flow: Flow | Task, *, journal: Journal, job_id: str, token: int,
                  store: Mapping[str, Any] | None = None, executor: Executor | None = None,
                  notifier: Notifier | None = None, locker: Locker | None = None,
                  owner: str = "", gate: Callable[[], None] | None = None,
@@ -178,7 +203,7 @@ class Engine:
         self.flow = flow
         self.store: dict[str, Any] = dict(store or {})
         self.compiled = compile_flow(flow, store_keys=self.store.keys())
-        self.logbook = logbook
+        self.journal = journal
         self.job_id = job_id
         self.token = token
         self.attempt = attempt
@@ -198,8 +223,10 @@ class Engine:
         self._provided: dict[str, dict[str, Any]] = {}
         self._failures: dict[str, Failure] = {}
         self._seq = 0
-        # Atoms whose save waits for the next write, with what to emit after it.
-        self._pending: list[tuple[AtomDetail, Callable[[], None] | None]] = []
+        # Atoms whose save waits for the next write, with what to emit after
+        # it (an atom None: only the call), and the flow state to save with it.
+        self._pending: list[tuple[AtomDetail | None, Callable[[], None] | None]] = []
+        self._pending_flow: FlowState | None = None
 
     # -- public ----------------------------------------------------------------
 
@@ -213,7 +240,7 @@ class Engine:
         Args:
             revert: Also revert what completed (an admin's cancel); a call
                 that ended because it was asked to stop counts as failed by
-                the cancel and is reverted too. Without it the logbook is
+                the cancel and is reverted too. Without it the journal is
                 left as is, so the flow can be resumed (an interrupted task
                 stays ``RUNNING`` and runs again), and a revert under way
                 stops as well.
@@ -243,7 +270,7 @@ class Engine:
 
         Raises:
             EngineError: ``run()`` was already called on this engine.
-            LogbookError: The logbook failed other than by fencing.
+            LogbookError: The journal failed other than by fencing.
             LockTimeout: A flow lock could not be taken.
         """
         with self._guard:
@@ -258,7 +285,7 @@ class Engine:
                 clean = True
                 return outcome
             except StaleOwner as exc:
-                # Only the engine's own logbook writes raise it here: a task's
+                # Only the engine's own journal writes raise it here: a task's
                 # exceptions end in its future.
                 log.warning("job %s: engine stopped, %s", self.job_id, exc)
                 self._emit(EventKind.FLOW_CANCELLED, fenced=True, reason=str(exc))
@@ -279,14 +306,17 @@ class Engine:
         self._save_atoms([atom])
 
     def _save_atoms(self, atoms: list[AtomDetail]) -> None:
-        """Save the deferred atoms and ``atoms`` in one transaction, then emit
-        the deferred atoms' events (each only once its atom is saved)."""
+        """Save the deferred flow state and atoms and ``atoms`` in one
+        transaction, then run the deferred calls (each event only once what
+        it reports is saved)."""
         pending, self._pending = self._pending, []
-        batch = [atom for atom, _ in pending] + atoms
-        if len(batch) == 1:
-            self.logbook.save_atom(self.job_id, batch[0], token=self.token)
+        flow, self._pending_flow = self._pending_flow, None
+        batch = [atom for atom, _ in pending if atom is not None] + atoms
+        if flow is not None:
+            self.journal.save_flow(self.job_id, self.flow.name, flow, token=self.token,
+                                   atoms=batch)
         elif batch:
-            self.logbook.save_atoms(self.job_id, batch, token=self.token)
+            self.journal.save_atoms(self.job_id, batch, token=self.token)
         for _, after in pending:
             if after is not None:
                 after()
@@ -304,9 +334,15 @@ class Engine:
         ``_forward`` returns."""
         self._pending.append((atom, after))
 
-    def _save_flow(self, state: FlowState) -> None:
-        self._save_atoms([])
-        self.logbook.save_flow(self.job_id, self.flow.name, state, token=self.token)
+    def _save_flow(self, state: FlowState, *, defer: bool = False,
+                   after: Callable[[], None] | None = None) -> None:
+        """Save the flow's state with what waits for the next write; with
+        ``defer``, as part of the next write (then call ``after``)."""
+        self._pending_flow = state
+        if after is not None:
+            self._pending.append((None, after))
+        if not defer:
+            self._save_atoms([])
 
     def _results(self) -> dict[str, Any]:
         results: dict[str, Any] = {}
@@ -479,7 +515,7 @@ class Engine:
         """A call that ended because the engine's cancel asked it to stop."""
         atom = self.atoms[name]
         if not self._cancel_revert:
-            # Left RUNNING in the logbook: the next owner runs it again.
+            # Left RUNNING in the journal: the next owner runs it again.
             log.info("job %s: task %s stopped by the cancel (%s)", self.job_id, name, exc)
             return
         atom.state, atom.failure = AtomState.FAILURE, Failure.from_exception(exc)
@@ -491,23 +527,24 @@ class Engine:
     # -- the run ---------------------------------------------------------------
 
     def _run(self, executor: Executor, locks: ExitStack) -> Outcome:
-        self.logbook.take_over(self.job_id, self.token, self.owner, name=self.flow.name,
-                               attempt=self.attempt)
-        detail = self.logbook.load_flow(self.job_id)
+        detail = self.journal.take_over(self.job_id, self.token, self.owner,
+                                        name=self.flow.name, attempt=self.attempt)
         if detail is not None and detail.state in _FINISHED:
             return self._finished_outcome(detail)
         resumed = detail is not None
         known = detail.atoms if detail is not None else {}
         for name in sorted(set(known) - set(self.compiled.tasks)):
-            log.warning("job %s: task %r in the logbook is not in flow %s any more; ignored",
+            log.warning("job %s: task %r in the journal is not in flow %s any more; ignored",
                         self.job_id, name, self.flow.name)
         reverting = detail is not None and detail.state == FlowState.REVERTING
         held: set[int] = set()
         if isinstance(self.flow, Flow):
             self._enter_locks_of(self.flow, locks, held)
-        self._save_flow(FlowState.REVERTING if reverting else FlowState.RUNNING)
-        self._emit(EventKind.FLOW_STARTED, resumed=resumed, reverting=reverting,
-                   tasks=len(self.compiled.tasks))
+        # Saved with the first write: the PENDING rows and the first RUNNING.
+        self._save_flow(FlowState.REVERTING if reverting else FlowState.RUNNING, defer=True,
+                        after=lambda: self._emit(EventKind.FLOW_STARTED, resumed=resumed,
+                                                 reverting=reverting,
+                                                 tasks=len(self.compiled.tasks)))
         for name in self.compiled.tasks:
             atom = known.get(name)
             if atom is None:
@@ -527,9 +564,10 @@ class Engine:
             self._forward(executor, locks, held)
             if not self._failures and not self._cancel_revert:
                 if self.cancelled:
+                    self._save_atoms([])
                     self._emit(EventKind.FLOW_CANCELLED, fenced=False, reverted=False)
                     return Outcome(FlowState.CANCELLED, self._results())
-                self._save_flow(FlowState.SUCCESS)
+                self._save_flow(FlowState.SUCCESS)     # with the last tasks' SUCCESS
                 self._emit(EventKind.FLOW_SUCCEEDED)
                 return Outcome(FlowState.SUCCESS, self._results())
             self._save_flow(FlowState.REVERTING)
@@ -651,14 +689,15 @@ class Engine:
                 stop_by = time.monotonic() + self.stop_timeout
                 for future in running:
                     self._stop_call(executor, future, kill=False)
-            self._save_atoms([])                # nothing finished stays unsaved while we wait
             if not running:
                 if not delayed or stopping:
-                    return
+                    return      # what finished is saved with the caller's next write
+                self._save_atoms([])            # nothing finished stays unsaved while we wait
                 due, _, policy = delayed[0]
                 policy.sleep(max(0.0, due - time.monotonic()))
                 heapq.heappush(ready, heapq.heappop(delayed)[1])
                 continue
+            self._save_atoms([])                # nothing finished stays unsaved while we wait
             now = time.monotonic()
             done = self._wait(set(running),
                               delayed[0][0] - now if delayed else None,
@@ -776,6 +815,7 @@ class Engine:
                 halted, exc = self._await_revert(executor, name, future, halts)
                 if halted:
                     # Left REVERTING: the next owner carries the revert on.
+                    self._save_atoms([])
                     self._emit(EventKind.FLOW_CANCELLED, fenced=False, reverted=False)
                     return Outcome(FlowState.CANCELLED, self._results())
             if exc is None:

@@ -222,9 +222,11 @@ class Logbook:
     # -- writes --------------------------------------------------------------
 
     def take_over(self, job_id: str, token: int, owner: str, *, name: str = "",
-                  attempt: int = 1) -> None:
+                  attempt: int = 1) -> FlowDetail | None:
         """Become the logbook's writer: create it if absent and record
-        ``(token, owner)`` unless a newer token already holds it.
+        ``(token, owner)`` unless a newer token already holds it. Returns the
+        flow of the current attempt with its atoms (None when it saved none),
+        read in the same transaction.
 
         An ``attempt`` above the logbook's current one moves the logbook to
         it: later writes go to that attempt's flow, which starts empty
@@ -238,14 +240,20 @@ class Logbook:
         if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
             raise InvalidArgument(f"attempt must be an integer >= 1, not {attempt!r}",
                                   argument="attempt")
-        self._write("take_over", job_id, token,
-                    lambda s: self._take_over(s, job_id, token, owner, name, attempt),
-                    retry_if=_take_over_retryable)
+
+        def step(conn: Connection) -> FlowDetail | None:
+            self._take_over(conn, job_id, token, owner, name, attempt)
+            query = _FLOW_QUERY.where(FLOWS.c.job_id == job_id,
+                                      FLOWS.c.attempt == _current_attempt(job_id))
+            flows = _flows_from_rows(job_id, conn.execute(query).all())
+            return flows[0] if flows else None
+
+        return self._write("take_over", job_id, token, step, retry_if=_take_over_retryable)
 
     def save_flow(self, job_id: str, name: str, state: FlowState, *, token: int,
-                  meta: dict | None = None) -> FlowDetail:
-        """Create or update the flow detail of the job's current attempt (its
-        atoms are not touched).
+                  meta: dict | None = None, atoms: Sequence[AtomDetail] = ()) -> FlowDetail:
+        """Create or update the flow detail of the job's current attempt, and
+        save ``atoms`` (as :meth:`save_atoms`) in the same transaction.
 
         Returns:
             The flow as stored, without its atoms.
@@ -253,13 +261,21 @@ class Logbook:
         Raises:
             StaleOwner: ``token`` is not the logbook's current token.
             LogbookNotFound: no ``take_over`` created the logbook.
-            MalformedData: ``meta`` is not msgpack-native.
+            MalformedData: ``meta``, or an atom's result or meta, is not
+                msgpack-native (nothing is written).
         """
         packed = serialization.dumps(meta or {})
         state = FlowState(state)
-        return self._write("save_flow", job_id, token,
-                           lambda s: self._save_flow(s, job_id, name, state, token, packed,
-                                                     meta or {}))
+        unique = _unique(atoms)
+        rows = [_atom_values(atom) for atom in unique]
+
+        def step(conn: Connection) -> FlowDetail:
+            flow, created = self._save_flow(conn, job_id, name, state, token, packed, meta or {})
+            if unique:
+                self._save_atoms(conn, job_id, unique, rows, token, new_flow=created)
+            return flow
+
+        return self._write("save_flow", job_id, token, step)
 
     def save_atom(self, job_id: str, atom: AtomDetail, *, token: int) -> None:
         """Insert or update the atom (by name) in the flow of the job's current
@@ -291,7 +307,7 @@ class Logbook:
             MalformedData: a result or meta is not msgpack-native (nothing is
                 written).
         """
-        unique = list({atom.name: atom for atom in atoms}.values())
+        unique = _unique(atoms)
         if not unique:
             return
         rows = [_atom_values(atom) for atom in unique]
@@ -414,7 +430,9 @@ class Logbook:
         raise StaleOwner(job_id, token, current[0])
 
     def _save_flow(self, conn: Connection, job_id: str, name: str, state: FlowState,
-                   token: int, packed_meta: bytes, meta: dict) -> FlowDetail:
+                   token: int, packed_meta: bytes, meta: dict) -> tuple[FlowDetail, bool]:
+        """Fence, then insert or update the current attempt's flow; also says
+        whether the flow was created (it then has no atoms yet)."""
         now = _now()
         self._fence(conn, job_id, token, now)
         # The fence holds the logbook row's lock: its attempt cannot move now.
@@ -432,21 +450,27 @@ class Logbook:
             created = _utc(created_at)
             conn.execute(update(FLOWS).where(FLOWS.c.id == flow_id).values(
                 name=name, state=state.value, meta=packed_meta, updated_at=now))
-        return FlowDetail(job_id=job_id, name=name, state=state, meta=dict(meta),
-                          created_at=created, updated_at=now, attempt=attempt)
+        detail = FlowDetail(job_id=job_id, name=name, state=state, meta=dict(meta),
+                            created_at=created, updated_at=now, attempt=attempt)
+        return detail, flow_id is None
 
     def _save_atoms(self, conn: Connection, job_id: str, atoms: list[AtomDetail],
-                    rows: list[dict[str, Any]], token: int) -> None:
+                    rows: list[dict[str, Any]], token: int, *, new_flow: bool = False) -> None:
         """Atoms saved before through this object (``created_at`` known): the
         fenced UPDATE by name, one statement for them all (see
         :func:`_fenced_update`). Otherwise, or when that statement missed any
         of them (a stale token, a row deleted meanwhile): :meth:`_upsert_atoms`,
         which also tells why a write is refused. Both in this one transaction;
         a fenced UPDATE that matched no row wrote nothing but the logbook's
-        ``updated_at`` under our own (still current or refused) token."""
+        ``updated_at`` under our own (still current or refused) token.
+        ``new_flow``: the flow was created in this transaction, under its
+        fence: every atom is new."""
         now = _now()
         params = [{**row, "j": job_id, "t": token, "n": atom.name, "v_now": now}
                   for atom, row in zip(atoms, rows)]
+        if new_flow:
+            self._upsert_atoms(conn, job_id, atoms, params, token, now, fenced=True)
+            return
         if all(atom.created_at is not None for atom in atoms):
             if _fenced_update(conn, params) == len(params):
                 for atom in atoms:
@@ -455,12 +479,14 @@ class Logbook:
         self._upsert_atoms(conn, job_id, atoms, params, token, now)
 
     def _upsert_atoms(self, conn: Connection, job_id: str, atoms: list[AtomDetail],
-                      params: list[dict[str, Any]], token: int, now: datetime) -> None:
+                      params: list[dict[str, Any]], token: int, now: datetime, *,
+                      fenced: bool = False) -> None:
         """Fence (the row lock serializes this job's writers, so nobody can
-        insert the same atom in between), read which atoms exist, then one
-        multi-row INSERT for the new ones and one UPDATE (executemany) for the
-        others."""
-        self._fence(conn, job_id, token, now)
+        insert the same atom in between; ``fenced``: this transaction did
+        already), read which atoms exist, then one multi-row INSERT for the
+        new ones and one UPDATE (executemany) for the others."""
+        if not fenced:
+            self._fence(conn, job_id, token, now)
         names = [atom.name for atom in atoms]
         if len(names) <= _NAMES_PER_QUERY:
             found = conn.execute(_FLOW_ATOMS_NAMED, {"j": job_id, "names": names}).all()
@@ -593,6 +619,11 @@ def _flows_from_rows(job_id: str, rows: Any) -> list[FlowDetail]:
             created_at=_utc(row[14]), updated_at=_utc(row[15]),
             started_at=_utc(row[16]), finished_at=_utc(row[17]))
     return list(flows.values())
+
+
+def _unique(atoms: Sequence[AtomDetail]) -> list[AtomDetail]:
+    """The atoms by name, a later one of the same name winning."""
+    return list({atom.name: atom for atom in atoms}.values())
 
 
 def _token_row(conn: Connection, job_id: str) -> Any:
