@@ -22,6 +22,7 @@ setup(
         "tenacity>=8.2",
         "prometheus-client>=0.17",
         "click>=8.1",
+        "cronsim>=2.6",
     ],
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],

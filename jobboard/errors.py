@@ -24,6 +24,8 @@ those libraries to handle a failure. Extra data rides on attributes
      │    ├── PayloadTooLarge           the encoded job exceeds the znode limit
      │    ├── WaitTimeout (TimeoutError) the job did not finish in time
      │    ├── BoardInsecure             the board's znodes are open to other identities
+     │    ├── ScheduleNotFound          no schedule of that name
+     │    ├── ScheduleExists            add of a schedule name in use, without replace
      │    └── BoardUnavailable          ZooKeeper cannot be reached / session lost
      ├── LogbookError
      │    ├── StaleOwner                a write fenced off by a newer token
@@ -83,6 +85,23 @@ class JobNotFound(BoardError, LookupError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no job {job_id} on the board")
         self.job_id = job_id
+
+
+class ScheduleNotFound(BoardError, LookupError):
+    """No schedule of that name on the board."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no schedule named {name!r} (jobboard schedule list shows them)")
+        self.name = name
+
+
+class ScheduleExists(BoardError):
+    """A schedule of that name exists already."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a schedule named {name!r} exists already (remove it first, "
+                         f"or add it with --replace)")
+        self.name = name
 
 
 class AlreadyClaimed(BoardError):

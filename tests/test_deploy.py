@@ -28,7 +28,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from jobboard.board import Board
-from jobboard.metrics import BoardCollector, Metrics
+from jobboard.metrics import BoardCollector, Metrics, ScheduleCollector
 from jobboard.testing.zookeeper import free_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -55,11 +55,12 @@ def require(binary: str) -> str:
 
 def exported_names() -> set[str]:
     """Every sample name a conductor (Metrics) and the exporter
-    (BoardCollector) can expose, suffixes included."""
+    (BoardCollector, ScheduleCollector) can expose, suffixes included."""
     registry = CollectorRegistry()
     Metrics(registry)
     families = list(registry.collect())
     families += list(BoardCollector(board=None).describe())
+    families += list(ScheduleCollector(schedules=None).describe())
     names = set()
     for family in families:
         if family.type == "counter":

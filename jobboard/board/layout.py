@@ -21,6 +21,9 @@
     {root}/conductors/{name}           ephemeral registration of a live conductor
     {root}/locks/...                   named distributed locks (jobboard.locks)
     {root}/leaders/{duty}              elections of the conductor running a fleet duty
+                                       (``fsck``, ``scheduler``)
+    {root}/schedules/{name}            a schedule's definition (jobboard.schedules)
+    {root}/schedules/{name}/status     what the scheduler did for it: cursor, last fire
     {root}/malformed/{n}               quarantine: a record that failed validation, moved
                                        aside with its path, the reason and its bytes
 
@@ -183,11 +186,12 @@ class Paths:
         self.quarantine = f"{root}/malformed"
         self.leaders = f"{root}/leaders"
         self.working = f"{root}/working"
+        self.schedules = f"{root}/schedules"
 
     def containers(self) -> list[str]:
         return [self.jobs, self.queue, self.delayed, self.claims, self.running,
                 self.keys, self.cancel_requests, self.dead, self.conductors, self.locks,
-                self.quarantine, self.working]
+                self.quarantine, self.working, self.schedules]
 
     def shards(self) -> list[str]:
         return [f"{self.jobs}/{n:02x}" for n in range(256)]
@@ -219,6 +223,12 @@ class Paths:
 
     def working_marker(self, job_id: str) -> str:
         return f"{self.working}/{job_id}"
+
+    def schedule(self, name: str) -> str:
+        return f"{self.schedules}/{name}"
+
+    def schedule_status(self, name: str) -> str:
+        return f"{self.schedules}/{name}/status"
 
     def conductor(self, name: str) -> str:
         return f"{self.conductors}/{name}"

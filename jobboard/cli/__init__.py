@@ -36,11 +36,12 @@ from jobboard.cli.dev import demo, dev_group
 from jobboard.cli.inspection import claims, conductors, fsck, jobs, show
 from jobboard.cli.logbook import logbook_group
 from jobboard.cli.posting import post
+from jobboard.schedule_command import schedule
 
 __all__ = ["CONNECT_TIMEOUT", "DAEMON_CONNECT_TIMEOUT", "ExitCode", "main"]
 
 for _command in (post, jobs, show, fsck, claims, abandon, transfer, trash, cancel, retry,
-                 conductors, exporter, logbook_group, conductor, demo, dev_group):
+                 conductors, exporter, logbook_group, conductor, demo, dev_group, schedule):
     main.add_command(_command)
 
 # ---- the web console (jobboard[web]) -------------------------------------------

@@ -47,6 +47,9 @@ __all__ = ["conductor", "exporter"]
               type=click.FloatRange(min=0),
               help="Seconds between repair sweeps of the board, run by one elected "
                    "conductor at a time (0: this one never stands).")
+@click.option("--no-scheduler", "no_scheduler", is_flag=True,
+              help="Never run the fleet's scheduler here (the conductors that do elect "
+                   "one among them to post the fires of the board's schedules).")
 @click.option("--executor", default="thread", show_default=True, envvar="JOBBOARD_EXECUTOR",
               show_envvar=True, type=click.Choice(["thread", "process"]),
               help="Where tasks run: threads of the conductor, or worker processes "
@@ -64,8 +67,9 @@ __all__ = ["conductor", "exporter"]
 @board_options
 def conductor(name: str | None, concurrency: int, metrics_port: int | None,
               allow: tuple[str, ...], grace: float, session_timeout: float, max_claims: int,
-              fsck_interval: float, executor: str, task_timeout: float | None,
-              stop_timeout: float, as_json: bool, conn: Connection) -> None:
+              fsck_interval: float, no_scheduler: bool, executor: str,
+              task_timeout: float | None, stop_timeout: float, as_json: bool,
+              conn: Connection) -> None:
     """Run a conductor: claim jobs and run their flows until SIGTERM.
 
     It refuses to start (one line, exit 1) when its logbook cannot be reached
@@ -124,7 +128,7 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
     worker = Conductor(board, store, name=name, concurrency=concurrency, allow=allow,
                        grace=grace, metrics=metrics, fsck_interval=fsck_interval,
                        executor=executor, task_timeout=task_timeout,
-                       stop_timeout=stop_timeout)
+                       stop_timeout=stop_timeout, scheduler=not no_scheduler)
     signals = {"count": 0}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -187,7 +191,8 @@ def exporter(port: int, addr: str, as_json: bool, conn: Connection) -> None:
 
     from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
 
-    from jobboard.metrics import BoardCollector, serve
+    from jobboard.metrics import BoardCollector, ScheduleCollector, serve
+    from jobboard.schedules import Schedules
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -196,6 +201,7 @@ def exporter(port: int, addr: str, as_json: bool, conn: Connection) -> None:
     with open_board(conn, timeout=DAEMON_CONNECT_TIMEOUT) as board:
         registry = CollectorRegistry()
         registry.register(BoardCollector(board))
+        registry.register(ScheduleCollector(Schedules(board)))
         ProcessCollector(registry=registry)
         try:
             server = serve(port, registry, addr=addr)

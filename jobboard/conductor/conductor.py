@@ -39,6 +39,7 @@ from jobboard.conductor.session import SessionWatch
 from jobboard.errors import BoardError, BoardUnavailable, Cancelled, InvalidArgument
 from jobboard.locks import Locks
 from jobboard.logbook import Logbook
+from jobboard.schedules import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ class Conductor:
             (processes); a new holder waits as long for the old one's tasks.
         factory_timeout: seconds a flow factory may take to build the flow;
             one that does not return fails its job.
+        scheduler: stand in the election of the fleet's scheduler, which
+            posts the fires of the board's schedules (one conductor at a
+            time); False: never run it here (``--no-scheduler``).
 
     Raises:
         InvalidArgument: a setting out of range.
@@ -90,7 +94,8 @@ class Conductor:
                  fsck_interval: float = DEFAULT_FSCK_INTERVAL,
                  executor: str = "thread", task_timeout: float | None = None,
                  stop_timeout: float = DEFAULT_STOP_TIMEOUT,
-                 factory_timeout: float = DEFAULT_FACTORY_TIMEOUT) -> None:
+                 factory_timeout: float = DEFAULT_FACTORY_TIMEOUT,
+                 scheduler: bool = True) -> None:
         if concurrency < 1:
             raise InvalidArgument("concurrency must be at least 1", argument="concurrency")
         if executor not in EXECUTORS:
@@ -134,6 +139,8 @@ class Conductor:
         self.claimer = Claimer(board, self.name)
         self.fsck_interval = fsck_interval
         self._repair_duty: Duty | None = None
+        self.run_scheduler = scheduler
+        self.scheduler: Scheduler | None = None
         self.session = SessionWatch(board.client, on_lost=self._on_session_lost,
                                     on_state=self._on_state)
         self._run_context = RunContext(
@@ -163,6 +170,8 @@ class Conductor:
                     self.board.client, f"{self.board.paths.leaders}/fsck", self.name,
                     interval=self.fsck_interval, work=self._repair_board,
                     generation=lambda: self.session.generation).start()
+            if self.run_scheduler:
+                self.scheduler = Scheduler(self.board, name=self.name).start()
             self._loop()
         finally:
             self._shutdown()
@@ -262,6 +271,8 @@ class Conductor:
         self.executors.shutdown()
         if self._repair_duty is not None:
             self._repair_duty.stop()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self.session.close()
         try:
             self.board.client.delete(self.board.paths.conductor(self.name))
