@@ -372,7 +372,7 @@ def test_every_second_for_ten_seconds_across_a_leader_kill(board, zk_hosts):
 @pytest.fixture
 def cli(zk_hosts, tmp_path):
     from jobboard.cli import main
-    from jobboard.schedule_command import schedule
+    from jobboard.cli.schedule import schedule
 
     added = "schedule" not in main.commands
     if added:

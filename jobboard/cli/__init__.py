@@ -36,7 +36,7 @@ from jobboard.cli.dev import demo, dev_group
 from jobboard.cli.inspection import claims, conductors, fsck, jobs, show
 from jobboard.cli.logbook import logbook_group
 from jobboard.cli.posting import post
-from jobboard.schedule_command import schedule
+from jobboard.cli.schedule import schedule
 
 __all__ = ["CONNECT_TIMEOUT", "DAEMON_CONNECT_TIMEOUT", "ExitCode", "main"]
 
