@@ -79,6 +79,7 @@ class AtomState(str, Enum):
     REVERTING = "REVERTING"
     REVERTED = "REVERTED"
     REVERT_FAILURE = "REVERT_FAILURE"
+    IGNORE = "IGNORE"         # skipped: a link's decider said no (conditional branch)
 
     def __str__(self) -> str:
         return self.value

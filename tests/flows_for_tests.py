@@ -139,3 +139,108 @@ class RecordingLocker:
             with self._lock:
                 self.held.difference_update(names)
                 self.calls.append(("exit", names))
+
+
+# -- cross-process flows (kill -9 and conductor tests) ----------------------------
+#
+# Tasks append "execute:<task>:<value>" / "revert:<task>:<value>" lines to a
+# journal file; with the environment variable KILL_AT naming such a line, the
+# process kills itself (SIGKILL) right after writing it.
+
+import os as _os
+import signal as _signal
+from collections.abc import Iterable as _Iterable
+
+from jobboard.engine.controllers import ForEach
+from jobboard.engine.flows import Flow, Link
+
+
+def _line(journal: str, line: str) -> None:
+    fd = _os.open(journal, _os.O_WRONLY | _os.O_APPEND | _os.O_CREAT, 0o644)
+    try:
+        _os.write(fd, (line + "\n").encode())
+    finally:
+        _os.close(fd)
+    if _os.environ.get("KILL_AT") == line:
+        _os.kill(_os.getpid(), _signal.SIGKILL)
+
+
+def read_lines(journal: str) -> list[str]:
+    try:
+        with open(journal, encoding="utf-8") as handle:
+            return [line.strip() for line in handle if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+class FileStep(Task):
+    """Journals to a file; ``value`` is its result (default: its name)."""
+
+    def __init__(self, name: str, journal: str, **options: Any) -> None:
+        super().__init__(name, **options)
+        self.journal = journal
+
+    def execute(self) -> str:
+        _line(self.journal, f"execute:{self.name}:-")
+        return self.name
+
+    def revert(self, **_: Any) -> None:
+        _line(self.journal, f"revert:{self.name}:-")
+
+
+class HostStep(Task):
+    """Works on ``host``; fails unless the host is ``good`` (when given)."""
+
+    def __init__(self, name: str, journal: str, good: str | None = None,
+                 **options: Any) -> None:
+        super().__init__(name, **options)
+        self.journal = journal
+        self.good = good
+
+    def execute(self, host: str) -> str:
+        _line(self.journal, f"execute:{self.name}:{host}")
+        if self.good is not None and host != self.good:
+            raise ConnectionError(f"{self.name}: {host} is down")
+        return f"{self.name}@{host}"
+
+    def revert(self, host: str, **_: Any) -> None:
+        _line(self.journal, f"revert:{self.name}:{host}")
+
+
+class Reversed(Flow):
+    """A third-party pattern: its items run last to first."""
+
+    kind = "reversed"
+
+    def links(self) -> _Iterable[Link]:
+        items = list(reversed(self.items))
+        return [Link(a.name, b.name) for a, b in zip(items, items[1:])]
+
+
+def reversed_chain(journal: str) -> Flow:
+    """``c``, then ``b``, then ``a`` (a Reversed pattern), then ``after``."""
+    return flows.linear("outer", Reversed("rev", *[FileStep(n, journal) for n in "abc"]),
+                        FileStep("after", journal, provides="done"))
+
+
+def retry_hosts(journal: str) -> Flow:
+    """``prep``, then a scope tried on h1, h2, h3 (``probe`` works on h3 only),
+    then ``finish``."""
+    return flows.linear(
+        "deploy", FileStep("prep", journal),
+        flows.linear("attempt", HostStep("setup", journal),
+                     HostStep("probe", journal, good="h3", provides="probed"),
+                     retry=ForEach(["h1", "h2", "h3"], provides="host")),
+        FileStep("finish", journal))
+
+
+def branches(journal: str) -> Flow:
+    """``a``, then ``b1 -> b2`` (its decider says yes) and ``c1 -> c2`` (its
+    decider says yes only when the environment has SECOND_RUN=1)."""
+    g = flows.graph("branches", FileStep("a", journal, provides="x"),
+                    FileStep("b1", journal), FileStep("b2", journal),
+                    FileStep("c1", journal), FileStep("c2", journal),
+                    edges=[("b1", "b2"), ("c1", "c2")])
+    g.link("a", "b1", decider=lambda history: history["a"] == "a")
+    g.link("a", "c1", decider=lambda history: _os.environ.get("SECOND_RUN") == "1")
+    return g

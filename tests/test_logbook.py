@@ -252,7 +252,7 @@ def test_upgrade_reaches_the_models(logbook):
     with logbook._engine.connect() as conn:
         context = MigrationContext.configure(
             conn, opts={"version_table": VERSION_TABLE, "compare_type": True})
-        assert context.get_current_revision() == "0002"
+        assert context.get_current_revision() == "0003"
         assert compare_metadata(context, Base.metadata) == []
 
 

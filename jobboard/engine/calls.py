@@ -19,10 +19,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any
 
-__all__ = ["Call", "Inflight"]
+from jobboard.errors import TaskInterrupted
+
+__all__ = ["Call", "Inflight", "error_of"]
 
 log = logging.getLogger(__name__)
 
@@ -181,3 +183,12 @@ class Inflight:
     def names(self) -> list[str]:
         """Names of the tasks whose calls are still running (sorted)."""
         return sorted({c.name for c in self.unfinished()})
+
+
+def error_of(future: "Future[Any]") -> BaseException | None:
+    """A done future's exception; a cancelled (never started) call counts as
+    interrupted."""
+    try:
+        return future.exception(timeout=0)
+    except CancelledError:
+        return TaskInterrupted("the call was cancelled before it started")

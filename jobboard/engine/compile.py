@@ -1,16 +1,20 @@
-"""Compilation of nested flows into one DAG of tasks, and its validation.
+"""Compilation of nested flows into one DAG of atoms, and its validation.
 
-A linear flow chains its items (every exit task of one item precedes every
-entry task of the next), an unordered flow adds no edges between its items,
-a graph flow adds an edge from the task providing a name to each task of
-another item requiring it, plus its explicit edges. The result is a
-:class:`CompiledFlow`: tasks in a topological order, predecessors and
-successors, the task each argument comes from, each task's retry policy and
-enclosing flows.
+Each flow pattern orders its items through its ``links()`` (see
+:mod:`.flows`): a link from a nested flow leaves from its exit tasks (those
+nothing in it follows), a link to one arrives at its entry tasks. A flow with
+a retry controller puts the controller before its entry tasks, and is
+always linked as one unit: a link between a task inside it and a task
+outside it is moved to the flow's ends. The result is a
+:class:`CompiledFlow`: atoms (tasks and controllers) in a topological order,
+predecessors and successors, the atom each argument comes from, each task's
+retry policy and enclosing flows, each controller's scope, and the links'
+deciders.
 
 Fails with :class:`~jobboard.errors.FlowInvalid` on a cycle (naming the
-tasks in it), an ambiguous provider, or, when the store's keys are given, a
-required input that neither the store nor an earlier task provides.
+tasks in it), an ambiguous provider, a link naming something that is not in
+its flow, or, when the store's keys are given, a required input that neither
+the store nor an earlier task provides.
 """
 
 from __future__ import annotations
@@ -20,19 +24,35 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobboard.engine.flows import Flow, GraphFlow, Item, LinearFlow
+from jobboard.engine.controllers import RetryController
+from jobboard.engine.flows import Flow, Item, Link
 from jobboard.engine.tasks import Task
 from jobboard.errors import FlowInvalid
 
-__all__ = ["CompiledFlow", "compile_flow"]
+__all__ = ["CompiledFlow", "CompiledDecider", "compile_flow"]
+
+
+@dataclass(frozen=True)
+class CompiledDecider:
+    """A conditional link: ``link.decider`` sees the results of ``sources``
+    and, saying no, skips ``targets`` (``entries`` are the first of them)."""
+
+    link: Link
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    entries: frozenset[str]
+
+    @property
+    def label(self) -> str:
+        return f"{self.link.before} -> {self.link.after}"
 
 
 @dataclass
 class CompiledFlow:
-    """A nested flow flattened into a DAG of tasks."""
+    """A nested flow flattened into a DAG of atoms (tasks and controllers)."""
 
     root: Flow | Task
-    tasks: dict[str, Task]                    # by name, in topological order
+    tasks: dict[str, Task]                    # every atom by name, in topological order
     preds: dict[str, set[str]]
     succs: dict[str, set[str]]
     flows_of: dict[str, tuple[Flow, ...]]     # enclosing flows, outermost first
@@ -40,9 +60,16 @@ class CompiledFlow:
     # (task, param) -> providing task name, or None for the store
     sources: dict[str, dict[str, str | None]] = field(default_factory=dict)
     optional_sources: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    controllers: dict[str, RetryController] = field(default_factory=dict)
+    scope: dict[str, tuple[str, ...]] = field(default_factory=dict)   # controller -> atoms
+    controller_of: dict[str, str] = field(default_factory=dict)       # innermost enclosing
+    deciders: list[CompiledDecider] = field(default_factory=list)
+    deciders_into: dict[str, list[CompiledDecider]] = field(default_factory=dict)
+    # atom -> atoms to revert before it, besides its successors (revert_links)
+    revert_before: dict[str, set[str]] = field(default_factory=dict)
 
-    order: list[str] = field(init=False)        # task names, topological
-    index: dict[str, int] = field(init=False)   # task name -> position in order
+    order: list[str] = field(init=False)        # atom names, topological
+    index: dict[str, int] = field(init=False)   # atom name -> position in order
 
     def __post_init__(self) -> None:
         self.order = list(self.tasks)
@@ -55,6 +82,86 @@ class _Part:
     edges: set[tuple[str, str]]
     entries: set[str]
     exits: set[str]
+    names: set[str]          # every atom and flow name inside (its own included)
+
+
+class _Compiler:
+    """Builds the parts of a flow bottom-up."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, _Part] = {}
+        self.items: dict[str, Item] = {}
+        self.deciders: list[CompiledDecider] = []
+        self.revert_pairs: set[tuple[str, str]] = set()
+
+    def compile(self, item: Item) -> _Part:
+        if isinstance(item, Task):
+            part = _Part([item], set(), {item.name}, {item.name}, {item.name})
+            self._register(item, part)
+            return part
+        children = [self.compile(child) for child in item.items]
+        tasks = [t for c in children for t in c.tasks]
+        edges = set().union(*(c.edges for c in children)) if children else set()
+        names = {item.name}.union(*(c.names for c in children))
+        for link in item.links():
+            for end in (link.before, link.after):
+                if end not in names or end == item.name:
+                    raise FlowInvalid(f"flow {item.name}: link ({link.before!r}, "
+                                      f"{link.after!r}) names {end!r}, which is not a task "
+                                      "or flow in it")
+            before = self._unit(item, link.before, link.after)
+            after = self._unit(item, link.after, link.before)
+            edges.update((a, b) for a in before.exits for b in after.entries)
+            if link.decider is not None:
+                self.deciders.append(CompiledDecider(
+                    link, tuple(t.name for t in before.tasks),
+                    tuple(t.name for t in after.tasks), frozenset(after.entries)))
+        for first, then in item.revert_links():
+            for end in (first, then):
+                if end not in names:
+                    raise FlowInvalid(f"flow {item.name}: revert link ({first!r}, {then!r}) "
+                                      f"names {end!r}, which is not a task or flow in it")
+            self.revert_pairs.update((a.name, b.name) for a in self.parts[first].tasks
+                                     for b in self.parts[then].tasks)
+        entries, exits = _ends((t.name for t in tasks), edges)
+        ctl = item.controller
+        if ctl is not None:
+            edges.update((ctl.name, e) for e in entries)
+            tasks = [ctl, *tasks]
+            names.add(ctl.name)
+            entries, exits = {ctl.name}, exits or {ctl.name}
+            self._register(ctl, _Part([ctl], set(), {ctl.name}, {ctl.name}, {ctl.name}))
+        part = _Part(tasks, edges, entries, exits, names)
+        self._register(item, part)
+        return part
+
+    def _register(self, item: Item, part: _Part) -> None:
+        self.parts.setdefault(item.name, part)
+        self.items.setdefault(item.name, item)
+
+    def _unit(self, flow: Flow, name: str, other: str) -> _Part:
+        """The part a link end stands for: the outermost flow with a
+        controller inside ``flow`` holding ``name`` but not ``other``, else
+        ``name``'s own part."""
+        for item in _path(flow, name):
+            if isinstance(item, Flow) and item.controller is not None \
+                    and other not in self.parts[item.name].names:
+                return self.parts[item.name]
+        return self.parts[name]
+
+
+def _path(flow: Flow, name: str) -> list[Item]:
+    """The items from a child of ``flow`` down to the one named ``name``."""
+    for child in flow.items:
+        if child.name == name:
+            return [child]
+        if isinstance(child, Flow):
+            if child.controller is not None and child.controller.name == name:
+                return [child, child.controller]
+            below = _path(child, name)
+            if below:
+                return [child, *below]
+    return []
 
 
 def _ends(names: Iterable[str], edges: set[tuple[str, str]]) -> tuple[set[str], set[str]]:
@@ -62,48 +169,6 @@ def _ends(names: Iterable[str], edges: set[tuple[str, str]]) -> tuple[set[str], 
     has_pred = {b for a, b in edges if a in names and b in names}
     has_succ = {a for a, b in edges if a in names and b in names}
     return names - has_pred, names - has_succ
-
-
-def _compile_item(item: Item, parts: dict[str, _Part]) -> _Part:
-    if isinstance(item, Task):
-        part = _Part([item], set(), {item.name}, {item.name})
-        parts.setdefault(item.name, part)
-        return part
-    children = [_compile_item(child, parts) for child in item.items]
-    tasks = [t for c in children for t in c.tasks]
-    edges = set().union(*(c.edges for c in children)) if children else set()
-    if isinstance(item, LinearFlow):
-        for before, after in zip(children, children[1:]):
-            edges.update((a, b) for a in before.exits for b in after.entries)
-    elif isinstance(item, GraphFlow):
-        edges |= _graph_edges(item, children, parts)
-    entries, exits = _ends((t.name for t in tasks), edges)
-    part = _Part(tasks, edges, entries, exits)
-    parts.setdefault(item.name, part)
-    return part
-
-
-def _graph_edges(flow: GraphFlow, children: list[_Part],
-                 parts: dict[str, _Part]) -> set[tuple[str, str]]:
-    edges: set[tuple[str, str]] = set()
-    providers: dict[str, list[tuple[int, str]]] = {}
-    for i, child in enumerate(children):
-        for t in child.tasks:
-            for n in t.provides:
-                providers.setdefault(n, []).append((i, t.name))
-    for i, child in enumerate(children):
-        for t in child.tasks:
-            for n in sorted(t.requires | frozenset(t.optional.values())):
-                outside = [(j, p) for j, p in providers.get(n, []) if j != i]
-                items = {j for j, _ in outside}
-                if len(items) > 1:
-                    names = sorted(p for _, p in outside)
-                    raise FlowInvalid(f"graph flow {flow.name}: {t.name!r} requires {n!r}, "
-                                      f"which several tasks provide: {names}")
-                edges.update((p, t.name) for _, p in outside)
-    for a, b in flow.edges:
-        edges.update((x, y) for x in parts[a].exits for y in parts[b].entries)
-    return edges
 
 
 def _topological(names: list[str], preds: dict[str, set[str]],
@@ -149,9 +214,11 @@ def compile_flow(root: Flow | Task, store_keys: Collection[str] | None = None) -
         The compiled flow.
 
     Raises:
-        FlowInvalid: A cycle, an ambiguous provider, or a missing input.
+        FlowInvalid: A cycle, an ambiguous provider, a bad link, or a
+            missing input.
     """
-    part = _compile_item(root, {})
+    compiler = _Compiler()
+    part = compiler.compile(root)
     names = [t.name for t in part.tasks]
     preds: dict[str, set[str]] = {n: set() for n in names}
     succs: dict[str, set[str]] = {n: set() for n in names}
@@ -162,8 +229,11 @@ def compile_flow(root: Flow | Task, store_keys: Collection[str] | None = None) -
     by_name = {t.name: t for t in part.tasks}
     flows_of: dict[str, tuple[Flow, ...]] = {}
     retry_of: dict[str, Any] = {}
+    controllers: dict[str, RetryController] = {}
+    scope: dict[str, tuple[str, ...]] = {}
+    controller_of: dict[str, str] = {}
 
-    def walk(item: Item, chain: tuple[Flow, ...]) -> None:
+    def walk(item: Item, chain: tuple[Flow, ...], ctls: tuple[str, ...]) -> None:
         if isinstance(item, Task):
             flows_of[item.name] = chain
             policy = item.retry
@@ -171,13 +241,33 @@ def compile_flow(root: Flow | Task, store_keys: Collection[str] | None = None) -
                 if policy is None:
                     policy = f.retry
             retry_of[item.name] = policy
-        else:
-            for child in item.items:
-                walk(child, chain + (item,))
-    walk(root, ())
+            if ctls:
+                controller_of[item.name] = ctls[-1]
+            return
+        chain = chain + (item,)
+        ctl = item.controller
+        if ctl is not None:
+            flows_of[ctl.name] = chain
+            retry_of[ctl.name] = None
+            controllers[ctl.name] = ctl
+            if ctls:
+                controller_of[ctl.name] = ctls[-1]
+            inside = {t.name for t in item.iter_atoms()} - {ctl.name}
+            scope[ctl.name] = tuple(n for n in order if n in inside)
+            ctls = ctls + (ctl.name,)
+        for child in item.items:
+            walk(child, chain, ctls)
+    walk(root, (), ())
 
     compiled = CompiledFlow(root, {n: by_name[n] for n in order}, preds, succs,
-                            flows_of, retry_of)
+                            flows_of, retry_of, controllers=controllers, scope=scope,
+                            controller_of=controller_of, deciders=compiler.deciders)
+    for decider in compiler.deciders:
+        for entry in decider.entries:
+            compiled.deciders_into.setdefault(entry, []).append(decider)
+    for first, then in compiler.revert_pairs:
+        if first != then:
+            compiled.revert_before.setdefault(then, set()).add(first)
     _resolve_sources(compiled, store_keys)
     return compiled
 

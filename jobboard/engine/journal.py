@@ -73,6 +73,7 @@ class AtomDetail:
     revert_failure: Failure | None = None
     attempts: int = 0
     meta: dict = field(default_factory=dict)
+    version: str | None = None          # Task.version that wrote it; None: unknown
     created_at: datetime | None = None
     updated_at: datetime | None = None
     started_at: datetime | None = None

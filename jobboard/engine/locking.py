@@ -1,12 +1,19 @@
-"""Lock names for tasks and flows, and holding them around a task's work.
+"""Declared locks of tasks and flows, and holding them around a task's work.
 
-Tasks and flows declare lock name templates (``"volume/{volume_id}"``),
-rendered with ``str.format_map`` from the task's arguments, earlier results
-and the store. A template naming something unknown fails the task (task
-locks) or the run (flow locks) with :class:`~jobboard.errors.FlowInvalid`.
+Tasks and flows declare locks (``locks=[...]``): a plain string is a mutex
+name template (``"volume/{volume_id}"``); :func:`read`, :func:`write`
+(the two sides of a read/write lock) and :func:`semaphore` (``n`` holders at
+once) declare the other kinds. Templates are rendered with
+``str.format_map`` from the task's arguments, earlier results and the store.
+A template naming something unknown fails the task (task locks) or the run
+(flow locks) with :class:`~jobboard.errors.FlowInvalid`.
 
-The engine takes a *locker*: ``locker(names) -> context manager`` that holds
-all ``names`` while entered (the ZooKeeper locks in ``jobboard.locks`` fit).
+The engine takes a *locker*: ``locker(specs) -> context manager`` that holds
+all ``specs`` (rendered :class:`LockSpec` objects) while entered;
+``jobboard.locks.Locks.acquire_all`` takes them as they are. A
+:class:`LockSpec` is a ``str`` (its name) carrying ``kind`` and ``leases``,
+so a locker written for names only still works: it takes every lock as a
+mutex, which is more exclusive, never less.
 Task locks are held in the thread running the task, so an executor stays a
 plain runner; they are released on every exit path. An executor that runs
 the task elsewhere (a worker process) unwraps the :class:`LockedTask`: it
@@ -16,32 +23,18 @@ holds :meth:`LockedTask.holding` in the parent while the child runs
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from jobboard.engine.lockspec import (LOCK_KINDS, LockSpec, as_lock_specs, mutex, read,
+                                      render_locks, semaphore, write)
 from jobboard.engine.tasks import Task
-from jobboard.errors import FlowInvalid
 
-__all__ = ["Locker", "render_locks", "LockedTask"]
+__all__ = ["Locker", "LockSpec", "LOCK_KINDS", "mutex", "read", "write", "semaphore",
+           "as_lock_specs", "render_locks", "LockedTask"]
 
-Locker = Callable[[Sequence[str]], AbstractContextManager[Any]]
-
-
-def render_locks(templates: Sequence[str], values: Mapping[str, Any], owner: str) -> list[str]:
-    """Fill lock name templates from ``values``.
-
-    Raises:
-        FlowInvalid: A template names a value that is not available.
-    """
-    names = []
-    for template in templates:
-        try:
-            names.append(template.format_map(values))
-        except (KeyError, IndexError, AttributeError, ValueError) as exc:
-            raise FlowInvalid(f"{owner}: lock {template!r} cannot be filled in "
-                              f"({type(exc).__name__}: {exc})") from exc
-    return names
+Locker = Callable[[Sequence[LockSpec]], AbstractContextManager[Any]]
 
 
 class LockedTask(Task):

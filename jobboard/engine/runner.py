@@ -5,14 +5,25 @@ the SQL logbook) is where every transition is saved before it is acted on.
 ``Engine.run()`` compiles the flow to a DAG, takes the journal over (which
 returns what it already knows about the job) and then:
 
-1. runs ready tasks through the executor, saving ``RUNNING`` before a task is
-   handed over and ``SUCCESS`` with its result before any dependant starts;
-2. on a failure (after its retry policy gave up) stops starting tasks, lets
-   running ones finish, and reverts everything that ran, latest completion
-   first, a task only after everything depending on it;
-3. on resume skips ``SUCCESS`` tasks (their results come from the journal),
-   re-runs ``RUNNING``/``PENDING`` ones (and ``FAILURE``/``RETRYING`` ones
-   with attempts left), and carries on an interrupted revert.
+1. on resume applies each changed task's ``on_version_change``
+   (:mod:`.versions`);
+2. runs the forward phase (:mod:`.forward`): ready atoms through the
+   executor, saving ``RUNNING`` before a task is handed over and ``SUCCESS``
+   with its result before any dependant starts; conditional links record
+   skipped branches ``IGNORE``; retry controllers revert and re-run their
+   subflow;
+3. on a failure no controller retries (after its retry policy gave up)
+   stops starting tasks, lets running ones finish, and runs the revert phase
+   (:mod:`.revert`) over everything that ran, latest completion first, a
+   task only after everything depending on it;
+4. on resume skips ``SUCCESS`` and ``IGNORE`` atoms (results come from the
+   journal), re-runs ``RUNNING``/``PENDING`` ones (and ``FAILURE``/``RETRYING``
+   ones with attempts left), carries on a controller's retry (``RETRYING``)
+   and an interrupted revert.
+
+The phases use the engine's recording helpers (``_save_atoms``, ``_defer``,
+``_emit``, ``_arguments``, ``_submit``...): they are parts of one engine run,
+split only to keep each module readable.
 
 Journal writes (one transaction per task boundary): the take-over returns
 the flow as saved; the flow's ``RUNNING`` state, the ``PENDING`` rows of a
@@ -57,29 +68,28 @@ leaving the journal as it was for another conductor to resume.
 
 from __future__ import annotations
 
-import heapq
 import inspect
 import logging
 import threading
-import time
 from collections import ChainMap
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from jobboard import serialization
 from jobboard.engine.calls import Call, Inflight
 from jobboard.engine.compile import compile_flow
 from jobboard.engine.executor import Executor, ThreadExecutor
 from jobboard.engine.flows import Flow
+from jobboard.engine.forward import Forward
 from jobboard.engine.journal import AtomDetail, Failure, FlowDetail, Journal
 from jobboard.engine.locking import LockedTask, Locker, render_locks
+from jobboard.engine.revert import TO_REVERT, Reverter
 from jobboard.engine.tasks import Task
-from jobboard.errors import (EngineError, FlowInvalid, MalformedData, StaleOwner,
-                             TaskInterrupted, TaskTimeout)
+from jobboard.engine.versions import reconcile_versions
+from jobboard.errors import EngineError, FlowInvalid, StaleOwner
 from jobboard.events import EventKind, Notifier
 from jobboard.states import AtomState, FlowState
 
@@ -89,9 +99,6 @@ log = logging.getLogger(__name__)
 
 _KILL_SETTLE = 1.0   # seconds to let killed calls report their end before run() returns
 _FINISHED = (FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE, FlowState.CANCELLED)
-# Atom states whose task (may have) run and so must be reverted.
-_TO_REVERT = (AtomState.SUCCESS, AtomState.FAILURE, AtomState.RETRYING, AtomState.RUNNING,
-              AtomState.REVERTING, AtomState.REVERT_FAILURE)
 
 
 @dataclass
@@ -143,13 +150,8 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _error_of(future: Future[Any]) -> BaseException | None:
-    """A done future's exception; a cancelled (never started) call counts as
-    interrupted."""
-    try:
-        return future.exception(timeout=0)
-    except CancelledError:
-        return TaskInterrupted("the call was cancelled before it started")
+def _kind(name: str, controllers: Mapping[str, Any]) -> str:
+    return "retry" if name in controllers else "task"
 
 
 class Engine:
@@ -396,8 +398,10 @@ class Engine:
         return LockedTask(task, self.locker, names)
 
     def _restore(self, name: str, atom: AtomDetail) -> None:
+        # A controller RETRYING still holds the value its scope is reverted with.
         if atom.state in (AtomState.SUCCESS, AtomState.REVERTING, AtomState.REVERTED,
-                          AtomState.REVERT_FAILURE):
+                          AtomState.REVERT_FAILURE) or (
+                atom.state == AtomState.RETRYING and name in self.compiled.controllers):
             try:
                 self._provided[name] = self.compiled.tasks[name].provided_values(atom.result)
             except FlowInvalid:
@@ -545,10 +549,11 @@ class Engine:
                         after=lambda: self._emit(EventKind.FLOW_STARTED, resumed=resumed,
                                                  reverting=reverting,
                                                  tasks=len(self.compiled.tasks)))
-        for name in self.compiled.tasks:
+        for name, task in self.compiled.tasks.items():
             atom = known.get(name)
             if atom is None:
-                atom = AtomDetail(name=name)
+                atom = AtomDetail(name=name, kind=_kind(name, self.compiled.controllers),
+                                  version=task.version)
                 self.atoms[name] = atom
                 self._defer(atom)          # PENDING: inserted with the first write
                 continue
@@ -556,12 +561,18 @@ class Engine:
             self._seq = max(self._seq, int((atom.meta or {}).get("seq", 0)))
             self._restore(name, atom)
             if reverting and atom.failure is not None:
-                # The failures that caused the revert (forward: _forward decides).
+                # The failures that caused the revert (forward: Forward decides).
                 self._failures[name] = atom.failure
-            if atom.state == AtomState.SUCCESS and not reverting:
-                self._emit(EventKind.TASK_SKIPPED, name, reason="succeeded earlier")
         if not reverting:
-            self._forward(executor, locks, held)
+            refused = self._reconcile_versions()
+            if refused is not None:
+                return refused
+            for name, atom in self.atoms.items():
+                if atom.state == AtomState.SUCCESS and atom.created_at is not None:
+                    self._emit(EventKind.TASK_SKIPPED, name, reason="succeeded earlier")
+            end = Forward(self, executor, locks, held).run()
+            if end is not None:
+                return end
             if not self._failures and not self._cancel_revert:
                 if self.cancelled:
                     self._save_atoms([])
@@ -571,7 +582,80 @@ class Engine:
                 self._emit(EventKind.FLOW_SUCCEEDED)
                 return Outcome(FlowState.SUCCESS, self._results())
             self._save_flow(FlowState.REVERTING)
-        return self._revert(executor, locks, held)
+        return self._revert_all(executor, locks, held)
+
+    def _revert_all(self, executor: Executor, locks: ExitStack, held: set[int]) -> Outcome:
+        """Revert everything that ran (a failure, or ``cancel(revert=True)``)."""
+        todo = [n for n, a in self.atoms.items() if a.state in TO_REVERT]
+        cause = next(iter(self._failures.values()), None)
+        by_cancel = not self._failures
+        with self._guard:
+            halts = self._halts       # a cancel() from now on stops the revert
+        end = Reverter(self, executor, locks, held, halts).revert(todo, self._failures)
+        if end.halted:
+            return self._halted()
+        if end.failure is not None:
+            return self._revert_failed(end.failure, cause)
+        if by_cancel:
+            self._save_flow(FlowState.CANCELLED)
+            self._emit(EventKind.FLOW_CANCELLED, fenced=False, reverted=True)
+            return Outcome(FlowState.CANCELLED, self._results(), None, reverted=True)
+        self._save_flow(FlowState.REVERTED)
+        self._emit(EventKind.FLOW_REVERTED, failure=str(cause) if cause else None)
+        return Outcome(FlowState.REVERTED, self._results(), cause)
+
+    def _halted(self) -> Outcome:
+        """A revert stopped by a cancel: left as is for the next owner."""
+        self._save_atoms([])
+        self._emit(EventKind.FLOW_CANCELLED, fenced=False, reverted=False)
+        return Outcome(FlowState.CANCELLED, self._results())
+
+    def _revert_failed(self, failure: Failure, cause: Failure | None) -> Outcome:
+        """A revert failed: the flow ends ``FAILURE``."""
+        self._save_flow(FlowState.FAILURE)
+        self._emit(EventKind.FLOW_FAILED, failure=str(failure),
+                   cause=str(cause) if cause else None)
+        return Outcome(FlowState.FAILURE, self._results(), cause or failure, reverted=False)
+
+    def _reset(self, name: str) -> None:
+        """Make an atom of a scope about to run again ``PENDING`` (saved with
+        the next write); its retry budget starts afresh."""
+        atom = self.atoms[name]
+        if atom.state == AtomState.PENDING:
+            return
+        atom.state = AtomState.PENDING
+        atom.result = atom.failure = atom.revert_failure = None
+        atom.attempts = 0
+        atom.started_at = atom.finished_at = None
+        atom.meta = {}
+        self._provided.pop(name, None)
+        self._defer(atom)
+
+    def _reconcile_versions(self) -> Outcome | None:
+        """Apply each task's ``on_version_change`` to results saved by
+        another version of it; an outcome when one says "fail"."""
+        plan = reconcile_versions(self.compiled.tasks, self.atoms)
+        for name, old in plan.rerun:
+            log.warning("job %s: task %s changed from version %s to %s since its result "
+                        "was saved; running it again", self.job_id, name, old,
+                        self.compiled.tasks[name].version)
+            self._reset(name)
+            self.atoms[name].meta = {"rerun_for_version": {"from": old,
+                                                           "to": self.compiled.tasks[name].version}}
+        for name, old in plan.kept:
+            log.info("job %s: task %s changed from version %s to %s; keeping its saved "
+                     "result", self.job_id, name, old, self.compiled.tasks[name].version)
+        if plan.refusal is None:
+            return None
+        failure = Failure.from_exception(plan.refusal)
+        # One write, like an unbuilt flow's: nothing runs, nothing is reverted.
+        pending, self._pending, self._pending_flow = self._pending, [], None
+        self.journal.save_flow(self.job_id, self.flow.name, FlowState.FAILURE,
+                               token=self.token, meta={"error": str(plan.refusal),
+                                                       "failure": failure.to_dict()},
+                               atoms=[atom for atom, _ in pending if atom is not None])
+        self._emit(EventKind.FLOW_FAILED, failure=str(failure), cause=None)
+        return Outcome(FlowState.FAILURE, self._results(), failure)
 
     def _finished_outcome(self, detail: FlowDetail) -> Outcome:
         """The outcome of a flow that had already finished (nothing runs)."""
@@ -583,293 +667,3 @@ class Engine:
         state = detail.state
         return Outcome(state, self._results(), None if state == FlowState.SUCCESS else failure,
                        reverted=state == FlowState.CANCELLED)
-
-    def _forward(self, executor: Executor, locks: ExitStack, held: set[int]) -> None:
-        c = self.compiled
-        index = c.index
-        blocked = {n: sum(1 for p in c.preds[n] if self.atoms[p].state != AtomState.SUCCESS)
-                   for n in c.tasks}
-        ready: list[int] = []
-        for n, atom in self.atoms.items():
-            if atom.state == AtomState.SUCCESS:
-                continue
-            if atom.state in (AtomState.FAILURE, AtomState.RETRYING):
-                policy = c.retry_of[n]
-                if policy is None or not policy.should_retry(
-                        None, atom.attempts, (atom.meta or {}).get("first_attempt_at")):
-                    self._failures.setdefault(n, atom.failure or Failure(
-                        "jobboard.errors.EngineError", "failed before a restart"))
-                    continue
-            if not blocked[n]:
-                ready.append(index[n])
-        heapq.heapify(ready)
-        names = c.order
-        running: dict[Future[Any], str] = {}
-        delayed: list[tuple[float, int, Any]] = []   # (due, index, policy)
-
-        before: dict[str, tuple[Any, ...]] = {}      # what prepare() changed, to undo
-
-        def prepare(name: str) -> None:
-            atom = self.atoms[name]
-            before[name] = (atom.state, atom.attempts, atom.started_at, atom.finished_at,
-                            atom.meta)
-            atom.state = AtomState.RUNNING
-            atom.attempts += 1
-            atom.started_at = _now()
-            atom.finished_at = None
-            atom.meta = {k: v for k, v in (atom.meta or {}).items() if k != "not_run"}
-            atom.meta.setdefault("first_attempt_at", time.time())   # retry time limits
-            self._enter_flow_locks(name, locks, held)
-
-        def start(names_: list[str]) -> None:
-            # One transaction: what finished since the last write (each SUCCESS
-            # before any dependant starts) and the RUNNING of every task about
-            # to start (before it is handed to the executor).
-            if not self.cancelled:
-                self._save_atoms([self.atoms[n] for n in names_])
-                if not self.cancelled:
-                    for name in names_:
-                        launch(name)
-                    return
-            # Cancelled by the gate or by a listener of a SUCCESS just saved:
-            # these never start, as if the cancel had come first.
-            for name in names_:
-                atom = self.atoms[name]
-                (atom.state, atom.attempts, atom.started_at, atom.finished_at,
-                 atom.meta) = before[name]
-            self._save_atoms([self.atoms[n] for n in names_ if self.atoms[n].created_at])
-
-        def launch(name: str) -> None:
-            atom = self.atoms[name]
-            self._emit(EventKind.TASK_STARTED, name, attempt=atom.attempts)
-            try:
-                args = self._arguments(name)
-                future = self._submit(executor, name, "execute", self._invocation(name, args),
-                                      args)
-            except FlowInvalid as exc:
-                # Its arguments or locks could not be prepared: it never ran,
-                # so there is nothing for its revert to undo either.
-                atom.meta["not_run"] = True
-                future = Future()
-                future.set_exception(exc)
-            running[future] = name
-
-        stop_by: float | None = None     # monotonic: when to stop waiting after a cancel
-
-        def settle(name: str, retry_in: float | None) -> None:
-            if retry_in is not None:
-                policy = c.retry_of[name]
-                heapq.heappush(delayed, (time.monotonic() + retry_in, index[name], policy))
-            elif self.atoms[name].state == AtomState.SUCCESS:
-                for s in c.succs[name]:
-                    blocked[s] -= 1
-                    if not blocked[s] and self.atoms[s].state != AtomState.SUCCESS:
-                        heapq.heappush(ready, index[s])
-
-        while True:
-            stopping = bool(self._failures) or self.cancelled
-            if not stopping:
-                now = time.monotonic()
-                while delayed and delayed[0][0] <= now:
-                    heapq.heappush(ready, heapq.heappop(delayed)[1])
-                starting: list[str] = []
-                while ready and not self._failures and not self.cancelled:
-                    if self._gate is not None:
-                        self._gate()            # e.g. blocks while ZooKeeper is suspended
-                        if self.cancelled:
-                            break
-                    starting.append(names[heapq.heappop(ready)])
-                    prepare(starting[-1])
-                if starting:
-                    start(starting)
-            else:
-                ready.clear()
-                delayed.clear()       # left RETRYING: resumable, or reverted
-            if self.cancelled and running and stop_by is None:
-                stop_by = time.monotonic() + self.stop_timeout
-                for future in running:
-                    self._stop_call(executor, future, kill=False)
-            if not running:
-                if not delayed or stopping:
-                    return      # what finished is saved with the caller's next write
-                self._save_atoms([])            # nothing finished stays unsaved while we wait
-                due, _, policy = delayed[0]
-                policy.sleep(max(0.0, due - time.monotonic()))
-                heapq.heappush(ready, heapq.heappop(delayed)[1])
-                continue
-            self._save_atoms([])                # nothing finished stays unsaved while we wait
-            now = time.monotonic()
-            done = self._wait(set(running),
-                              delayed[0][0] - now if delayed else None,
-                              stop_by - now if stop_by is not None else None)
-            for future in sorted((f for f in done if f in running),
-                                 key=lambda f: index[running[f]]):
-                name = running.pop(future)
-                call = self._end_call(future)
-                exc = _error_of(future)
-                if call is not None and call.stop_asked and exc is not None:
-                    self._interrupted(name, exc)
-                    continue
-                settle(name, self._finish(name, future))
-            self._flush_beats()
-            for call in self._calls.expired():
-                future = call.future
-                if future is None or future not in running:
-                    continue
-                name = running.pop(future)
-                asked = call.stop_asked
-                self._give_up(executor, future, "time limit")
-                self._end_call(future)
-                limit = call.timeout if call.timeout is not None else 0.0
-                if asked:                       # already stopping for a cancel
-                    self._interrupted(name, TaskTimeout(name, limit))
-                    continue
-                settle(name, self._finish(name, future, TaskTimeout(name, limit)))
-            if stop_by is not None and running and time.monotonic() >= stop_by:
-                for future, name in list(running.items()):
-                    self._give_up(executor, future, f"did not stop within "
-                                  f"{self.stop_timeout:g}s of the cancel")
-                    self._end_call(future)
-                    self._interrupted(name, TaskInterrupted(
-                        f"task {name!r} did not stop within {self.stop_timeout:g}s of the "
-                        f"cancel and was abandoned", task=name))
-                running.clear()
-
-    def _finish(self, name: str, future: Future[Any],
-                error: BaseException | None = None) -> float | None:
-        """Record the end of an attempt (``error``: it failed so, whatever the
-        future says); returns a delay if it is to be retried."""
-        task = self.compiled.tasks[name]
-        atom = self.atoms[name]
-        exc = error if error is not None else _error_of(future)
-        if exc is None:
-            result = future.result()
-            try:
-                values = task.provided_values(result)
-                serialization.dumps(result)     # refused now, not in a later batch
-            except (FlowInvalid, MalformedData) as err:
-                exc, atom.result = err, None
-            else:
-                atom.state, atom.result, atom.failure = AtomState.SUCCESS, result, None
-                self._mark_finished(atom)
-                self._provided[name] = values
-                attempt = atom.attempts
-                # Saved with the next write: the next task's RUNNING, or before
-                # the engine waits or returns.
-                self._defer(atom, lambda: self._emit(EventKind.TASK_SUCCEEDED, name,
-                                                     attempt=attempt))
-                return None
-        failure = Failure.from_exception(exc)
-        atom.failure = failure
-        policy = self.compiled.retry_of[name]
-        if (policy is not None and not self._failures and not self.cancelled
-                and policy.should_retry(exc, atom.attempts, atom.meta.get("first_attempt_at"))):
-            delay = policy.delay(atom.attempts, atom.meta.get("first_attempt_at"))
-            atom.state = AtomState.RETRYING
-            self._save_atom(atom)
-            self._emit(EventKind.TASK_RETRYING, name, attempt=atom.attempts, delay=delay,
-                       failure=str(failure))
-            return delay
-        atom.state = AtomState.FAILURE
-        self._mark_finished(atom)
-        self._save_atom(atom)
-        self._failures[name] = failure
-        self._emit(EventKind.TASK_FAILED, name, attempt=atom.attempts, failure=str(failure))
-        return None
-
-    def _revert(self, executor: Executor, locks: ExitStack, held: set[int]) -> Outcome:
-        c = self.compiled
-        todo = {n for n, a in self.atoms.items() if a.state in _TO_REVERT}
-        cause = next(iter(self._failures.values()), None)
-        by_cancel = not self._failures
-        index = c.index
-        with self._guard:
-            halts = self._halts       # a cancel() from now on stops the revert
-
-        def seq(n: str) -> float:
-            # Still RUNNING (a crash mid-task): as if it finished last.
-            value = (self.atoms[n].meta or {}).get("seq")
-            return float("inf") if value is None else float(value)
-
-        while todo:
-            free = [n for n in todo if not (c.succs[n] & todo)]
-            name = max(free, key=lambda n: (seq(n), index[n]))
-            todo.discard(name)
-            atom = self.atoms[name]
-            if atom.state == AtomState.FAILURE and (atom.meta or {}).get("not_run"):
-                atom.state = AtomState.REVERTED
-                self._save_atom(atom)
-                self._emit(EventKind.TASK_REVERTED, name, skipped=True)
-                continue
-            atom.state = AtomState.REVERTING
-            self._enter_flow_locks(name, locks, held)
-            self._save_atom(atom)
-            self._emit(EventKind.TASK_REVERTING, name)
-            try:
-                args = self._arguments(name)
-                future = self._submit(executor, name, "revert", self._invocation(name, args),
-                                      args, atom.result, dict(self._failures))
-            except FlowInvalid as err:
-                exc: BaseException | None = err
-            else:
-                halted, exc = self._await_revert(executor, name, future, halts)
-                if halted:
-                    # Left REVERTING: the next owner carries the revert on.
-                    self._save_atoms([])
-                    self._emit(EventKind.FLOW_CANCELLED, fenced=False, reverted=False)
-                    return Outcome(FlowState.CANCELLED, self._results())
-            if exc is None:
-                atom.state = AtomState.REVERTED
-                self._mark_finished(atom)
-                self._save_atom(atom)
-                self._emit(EventKind.TASK_REVERTED, name)
-                continue
-            failure = Failure.from_exception(exc)
-            atom.state, atom.revert_failure = AtomState.REVERT_FAILURE, failure
-            self._mark_finished(atom)
-            self._save_atom(atom)
-            self._emit(EventKind.TASK_FAILED, name, phase="revert", failure=str(failure))
-            self._save_flow(FlowState.FAILURE)
-            self._emit(EventKind.FLOW_FAILED, failure=str(failure),
-                       cause=str(cause) if cause else None)
-            return Outcome(FlowState.FAILURE, self._results(), cause or failure,
-                           reverted=False)
-        if by_cancel:
-            self._save_flow(FlowState.CANCELLED)
-            self._emit(EventKind.FLOW_CANCELLED, fenced=False, reverted=True)
-            return Outcome(FlowState.CANCELLED, self._results(), None, reverted=True)
-        self._save_flow(FlowState.REVERTED)
-        self._emit(EventKind.FLOW_REVERTED, failure=str(cause) if cause else None)
-        return Outcome(FlowState.REVERTED, self._results(), cause)
-
-    def _await_revert(self, executor: Executor, name: str, future: Future[Any],
-                      halts: int) -> tuple[bool, BaseException | None]:
-        """Wait for one revert call, saving heartbeats and enforcing its time
-        limit; returns (halted by a cancel, its error or None)."""
-        stop_by: float | None = None
-        while not future.done():
-            with self._guard:
-                halting = self._halts != halts
-            if halting and stop_by is None:
-                stop_by = time.monotonic() + self.stop_timeout
-                self._stop_call(executor, future, kill=False)
-            done = self._wait({future}, stop_by - time.monotonic() if stop_by else None)
-            if future in done:
-                break
-            self._flush_beats()
-            call = self._calls.get(future)
-            if call is not None and call in self._calls.expired():
-                self._give_up(executor, future, "time limit")
-                self._end_call(future)
-                limit = call.timeout if call.timeout is not None else 0.0
-                return False, TaskTimeout(name, limit, phase="revert")
-            if stop_by is not None and time.monotonic() >= stop_by:
-                self._give_up(executor, future, f"did not stop within "
-                              f"{self.stop_timeout:g}s of the cancel")
-                self._end_call(future)
-                return True, None
-        call = self._end_call(future)
-        exc = _error_of(future)
-        if call is not None and call.stop_asked and exc is not None:
-            return True, None
-        return False, exc

@@ -27,9 +27,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from jobboard.engine.control import current as _current_call
+from jobboard.engine.lockspec import LockSpec, as_lock_specs
 from jobboard.errors import FlowInvalid
 
-__all__ = ["Task", "FunctionTask", "task", "call_execute", "call_revert"]
+__all__ = ["Task", "FunctionTask", "task", "call_execute", "call_revert",
+           "VERSION_POLICIES"]
+
+#: What a resumed engine does with a task whose saved result came from another
+#: ``version`` of it: run it again, keep the result, or fail the job.
+VERSION_POLICIES = ("rerun", "keep", "fail")
 
 def _signature(func: Callable[..., Any]) -> tuple[dict[str, bool], bool]:
     """(param -> has_default, accepts **kwargs) for ``func``'s keyword-passable params."""
@@ -73,7 +79,9 @@ class Task:
             overrides the enclosing flow's.
         rebind: ``{param: store_name}`` (or a sequence, matched to the
             parameters in order) to read a parameter from another name.
-        locks: Lock name templates such as ``"volume/{volume_id}"``, filled
+        locks: Lock name templates such as ``"volume/{volume_id}"`` (mutexes)
+            or :func:`~jobboard.engine.lockspec.read`, ``write``,
+            ``semaphore`` specs, filled
             from the task's arguments and the store, held around its
             execute and revert.
         inject: ``{param: value}`` constants, overriding the store.
@@ -81,18 +89,34 @@ class Task:
             the task is asked to stop and the attempt fails with
             :class:`~jobboard.errors.TaskTimeout` (its retry policy
             applies). None: the engine's ``task_timeout``.
+        version: The version of the task's code (default: the class
+            attribute ``version``, ``"1"``), recorded with each result.
+        on_version_change: What a resumed engine does with a result saved by
+            another version: ``"rerun"`` (the default: run the task again),
+            ``"keep"`` (keep the saved result) or ``"fail"`` (fail the job
+            with the reason, running nothing). Default: the class attribute.
 
     Raises:
         FlowInvalid: The declaration does not match ``execute``'s signature,
-            or ``timeout`` is not a positive number.
+            ``timeout`` is not a positive number, or ``on_version_change``
+            is not one of :data:`VERSION_POLICIES`.
     """
+
+    #: The version of this task's code; bump it when a saved result of the
+    #: previous code should not be trusted as is (see ``on_version_change``).
+    version: str = "1"
+    #: "rerun" | "keep" | "fail": see the class docstring.
+    on_version_change: str = "rerun"
+    # Parameters of execute that the engine supplies, not the store.
+    _reserved_params: tuple[str, ...] = ()
 
     def __init__(self, name: str | None = None, provides: str | Sequence[str] | None = None,
                  requires: Sequence[str] | Mapping[str, str] | None = None,
                  retry: Any = None, rebind: Sequence[str] | Mapping[str, str] | None = None,
-                 locks: Sequence[str] | None = None,
+                 locks: Sequence[str | LockSpec] | None = None,
                  inject: Mapping[str, Any] | None = None,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, version: str | int | None = None,
+                 on_version_change: str | None = None) -> None:
         self.name: str = name if name is not None else type(self).__name__
         if not isinstance(self.name, str) or not self.name:
             raise FlowInvalid(f"task name must be a non-empty string, got {self.name!r}")
@@ -102,13 +126,22 @@ class Task:
         # One name: the whole result; a sequence: unpacked.
         self._unpack = provides is not None and not isinstance(provides, str)
         self.retry = retry
-        self.locks: tuple[str, ...] = _as_names(locks, f"{self.name}: locks")
+        self.locks: tuple[LockSpec, ...] = as_lock_specs(locks, f"{self.name}: locks")
         self.inject: dict[str, Any] = dict(inject or {})
         if timeout is not None and (isinstance(timeout, bool)
                                     or not isinstance(timeout, (int, float)) or timeout <= 0):
             raise FlowInvalid(f"task {self.name}: timeout must be a positive number of "
                               f"seconds, got {timeout!r}")
         self.timeout: float | None = None if timeout is None else float(timeout)
+        if version is not None:
+            self.version = str(version)
+        elif not isinstance(self.version, str):
+            self.version = str(self.version)
+        if on_version_change is not None:
+            self.on_version_change = on_version_change
+        if self.on_version_change not in VERSION_POLICIES:
+            raise FlowInvalid(f"task {self.name}: on_version_change must be one of "
+                              f"{list(VERSION_POLICIES)}, got {self.on_version_change!r}")
         self._build_requirements(requires, rebind)
 
     # -- to implement --------------------------------------------------------
@@ -161,6 +194,8 @@ class Task:
 
     def _build_requirements(self, requires: Any, rebind: Any) -> None:
         params, var_kw = _signature(self._execute_callable())
+        for reserved in self._reserved_params:
+            params.pop(reserved, None)
         mapping: dict[str, str] = {}
         extra: tuple[str, ...] = ()
         for source, what in ((requires, "requires"), (rebind, "rebind")):

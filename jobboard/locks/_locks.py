@@ -106,7 +106,13 @@ class Locks:
         return self._acquire("semaphore", name, recipe, timeout)
 
     def acquire_all(self, names: Iterable[str], *, timeout: float | None) -> HeldGroup:
-        """Take the mutexes ``names`` (duplicates ignored) in sorted order.
+        """Take a set of locks, in sorted (name, kind) order.
+
+        A plain ``str`` is a mutex name. A name carrying ``kind`` (and, for
+        a semaphore, ``leases``) attributes, as the engine's declared
+        ``LockSpec`` does, takes that kind: ``"mutex"``, ``"read"``,
+        ``"write"`` or ``"semaphore"``. Duplicates are ignored; asked for
+        both sides of one read/write lock, only the write side is taken.
 
         Every process takes them in the same order, so two overlapping sets
         cannot deadlock. ``timeout`` bounds the whole set. On any failure
@@ -114,18 +120,19 @@ class Locks:
 
         Raises:
             LockTimeout: one was not acquired in time (its name, ``timeout``).
-            BoardUnavailable, ValueError: as for :meth:`mutex`.
+            BoardUnavailable, ValueError: as for :meth:`mutex` (also an
+                unknown kind).
         """
-        ordered = sorted(set(names))
-        for name in ordered:
+        ordered = _requests(names)
+        for _, name, _ in ordered:
             encode_name(name)  # every name is valid before anything is taken
         deadline = None if timeout is None else time.monotonic() + timeout
         held: list[Held] = []
         try:
-            for name in ordered:
+            for kind, name, leases in ordered:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
-                    held.append(self.mutex(name, timeout=left))
+                    held.append(self._take(kind, name, leases, left))
                 except LockTimeout as exc:
                     raise LockTimeout(name, timeout) from exc
         except BaseException:
@@ -135,6 +142,15 @@ class Locks:
                 pass  # the acquisition error matters more; sessions end them anyway
             raise
         return HeldGroup(held)
+
+    def _take(self, kind: str, name: str, leases: int, timeout: float | None) -> Held:
+        if kind == "read":
+            return self.read(name, timeout=timeout)
+        if kind == "write":
+            return self.write(name, timeout=timeout)
+        if kind == "semaphore":
+            return self.semaphore(name, max_leases=leases, timeout=timeout)
+        return self.mutex(name, timeout=timeout)
 
     # -- acquisition ------------------------------------------------------------
 
@@ -177,6 +193,24 @@ class Locks:
                 f"{held.kind} lock {held.name!r} was lost with the ZooKeeper session "
                 "while being acquired")
         held.token = stat.czxid
+
+
+_KINDS = ("mutex", "read", "write", "semaphore")
+
+
+def _requests(names: Iterable[str]) -> list[tuple[str, str, int]]:
+    """(kind, name, leases) for each distinct lock, sorted by (name, kind)."""
+    wanted: dict[tuple[str, str], int] = {}
+    for item in names:
+        kind = getattr(item, "kind", "mutex")
+        if kind not in _KINDS:
+            raise ValueError(f"lock {str(item)!r}: unknown kind {kind!r}")
+        name = str.__str__(item) if isinstance(item, str) else str(item)
+        wanted[(name, kind)] = int(getattr(item, "leases", 1) or 1)
+    for name, kind in list(wanted):
+        if kind == "read" and (name, "write") in wanted:
+            del wanted[(name, kind)]
+    return [(kind, name, leases) for (name, kind), leases in sorted(wanted.items())]
 
 
 def _acquire_recipe(recipe: _Recipe, timeout: float | None) -> bool:

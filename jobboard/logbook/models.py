@@ -4,7 +4,7 @@
 owner, its fencing token and the job's current attempt) -> ``flowdetails``
 (one per attempt of the job: ``retry`` of a finished job starts a new one and
 the earlier ones are kept) -> ``atomdetails`` (one per task and retry controller, unique by name within
-the flow). Results, failures and ``meta`` are msgpack bytes. Timestamps are
+the flow; ``kind`` "task" or "retry", ``version`` the task's version). Results, failures and ``meta`` are msgpack bytes. Timestamps are
 UTC; SQLite and MySQL store them without a zone, so the store reattaches UTC
 when it reads them back.
 
@@ -27,6 +27,7 @@ __all__ = ["Base", "LogBookRow", "FlowDetailRow", "AtomDetailRow", "Blob", "Time
 JOB_ID_LENGTH = 64
 NAME_LENGTH = 255
 STATE_LENGTH = 32
+VERSION_LENGTH = 64
 
 # MySQL: a plain BLOB stops at 64 KiB; DATETIME drops fractions of a second.
 Blob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
@@ -92,6 +93,8 @@ class AtomDetailRow(Base):
     revert_failure: Mapped[bytes | None] = mapped_column(Blob)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     meta: Mapped[bytes] = mapped_column(Blob)
+    #: The task's version that wrote the atom (NULL: saved before 0003).
+    version: Mapped[str | None] = mapped_column(String(VERSION_LENGTH))
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     updated_at: Mapped[datetime] = mapped_column(Timestamp)
     started_at: Mapped[datetime | None] = mapped_column(Timestamp)

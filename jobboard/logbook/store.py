@@ -594,7 +594,8 @@ _FLOW_QUERY = (
     select(FLOWS.c.attempt, FLOWS.c.name, FLOWS.c.state, FLOWS.c.meta, FLOWS.c.created_at,
            FLOWS.c.updated_at, ATOMS.c.name, ATOMS.c.kind, ATOMS.c.state, ATOMS.c.result,
            ATOMS.c.failure, ATOMS.c.revert_failure, ATOMS.c.attempts, ATOMS.c.meta,
-           ATOMS.c.created_at, ATOMS.c.updated_at, ATOMS.c.started_at, ATOMS.c.finished_at)
+           ATOMS.c.created_at, ATOMS.c.updated_at, ATOMS.c.started_at, ATOMS.c.finished_at,
+           ATOMS.c.version)
     .select_from(FLOWS.outerjoin(ATOMS, ATOMS.c.flow_id == FLOWS.c.id))
     .order_by(FLOWS.c.attempt, ATOMS.c.id))
 
@@ -617,7 +618,7 @@ def _flows_from_rows(job_id: str, rows: Any) -> list[FlowDetail]:
             failure=_unpack_failure(row[10]), revert_failure=_unpack_failure(row[11]),
             attempts=row[12], meta=serialization.loads(row[13]),
             created_at=_utc(row[14]), updated_at=_utc(row[15]),
-            started_at=_utc(row[16]), finished_at=_utc(row[17]))
+            started_at=_utc(row[16]), finished_at=_utc(row[17]), version=row[18])
     return list(flows.values())
 
 
@@ -634,7 +635,7 @@ def _token_row(conn: Connection, job_id: str) -> Any:
 # -- the atom write statements, built once (SQLAlchemy caches their SQL) --------
 
 _VALUE_COLUMNS = ("kind", "state", "result", "failure", "revert_failure", "attempts", "meta",
-                  "started_at", "finished_at")
+                  "version", "started_at", "finished_at")
 # More names than this: read every atom of the flow instead of an IN list.
 _NAMES_PER_QUERY = 200
 
@@ -650,6 +651,7 @@ def _atom_values(atom: AtomDetail) -> dict[str, Any]:
         "v_revert_failure": _pack_failure(atom.revert_failure),
         "v_attempts": int(atom.attempts),
         "v_meta": serialization.dumps(atom.meta or {}),
+        "v_version": None if atom.version is None else str(atom.version),
         "v_started_at": atom.started_at,
         "v_finished_at": atom.finished_at,
     }
