@@ -122,12 +122,16 @@ def test_broken_jobs_fail_once_with_the_reason(board, fleet, tmp_path, logbook_u
     good = board.post(FIVE, args={"journal": journal})
     fleet.start("c1")
     reasons = {}
-    for job in (not_allowed, missing, raising, bad_args):
+    for job in (missing, raising, bad_args):
         outcome = board.wait(job.uuid, timeout=60)
         assert outcome.state is JobState.FAILED
         reasons[job.uuid] = outcome.reason
         assert board.get(job.uuid).claims == 1          # not retried
-    assert "outside the allowed module prefixes" in reasons[not_allowed.uuid]
+    # Outside --allow: given back for a conductor that may run it, and parked
+    # (DEAD, retryable) once the refusals run out; never FAILED.
+    parked = board.wait(not_allowed.uuid, timeout=60)
+    assert parked.state is JobState.DEAD and "outside its --allow prefixes" in parked.reason
+    assert (board.get(not_allowed.uuid).refusals, board.get(not_allowed.uuid).deaths) == (5, 0)
     assert "cannot be loaded" in reasons[missing.uuid]
     assert "this factory is broken" in reasons[raising.uuid]
     assert board.wait(good.uuid, timeout=60).ok          # the conductor went on

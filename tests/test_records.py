@@ -273,7 +273,7 @@ def test_numbers_are_stored_as_floats_and_ints():
 
 
 def test_unknown_fields_are_ignored():
-    body = valid_body(future_field={"anything": [1]}, **{"queue": "q"})
+    body = valid_body(future_field={"anything": [1]}, **{"tenant": "q"})
     job = Job.decode(msgpack.packb({"v": 1, **body, b"bytes-key": 1}, use_bin_type=True))
     assert job == Job.decode(record(valid_body()))
 

@@ -87,7 +87,7 @@ def test_a_page_of_waiting_jobs_reads_only_its_records_whatever_the_backlog(boar
         page = list_jobs(board, JobFilter(state=JobState.UNCLAIMED), cursor=cursor, limit=25)
         pages += 1
         assert reads.records <= 25, "a page read records it does not show"
-        assert reads.listings <= 4, "a page listed more than the buckets it walks"
+        assert reads.listings <= 5, "a page listed more than the buckets it walks"
         seen += [job.uuid for job in page.jobs]
         cursor = page.next_cursor
         if cursor is None:
@@ -103,8 +103,8 @@ def test_a_page_of_waiting_jobs_reads_only_its_records_whatever_the_backlog(boar
 
 
 def test_filters_match_fields_and_a_search_stops_at_its_budget(board):
-    jobs = [board.post(NOOP, name=f"alpha-{n}", priority=n, details={"queue": "gpu"} if n == 1
-                       else {}) for n in range(3)]
+    jobs = [board.post(NOOP, name=f"alpha-{n}", priority=n, queue="gpu" if n == 1
+                       else "default") for n in range(3)]
     other = board.post("jobboard.testing.flows:needs_args", name="Beta", args={"region": "x"})
     board.cancel(jobs[2].uuid)
 

@@ -86,7 +86,7 @@ class Admin:
                 raise InvalidTransition(job_id, current.state, "retry",
                                         "only FAILED, CANCELLED or DEAD jobs can be retried")
             revived = current.with_event("retried", state=JobState.UNCLAIMED, claims=0,
-                                         deaths=0, attempt=current.attempt + 1,
+                                         deaths=0, refusals=0, attempt=current.attempt + 1,
                                          owner=None, outcome=None, finished_at=None,
                                          not_before=None, transfer_to=None)
             record = revived.encode()
@@ -132,12 +132,21 @@ class Admin:
                 cancelled = current.with_event("cancelled", state=JobState.CANCELLED,
                                                finished_at=time.time(),
                                                outcome={"reason": "cancelled by an admin"})
-                try:
-                    self.client.set(self.paths.job(job_id), cancelled.encode(),
-                                    version=stat.version)
+                indexed = self.ownership.index_finished(cancelled)
+                txn = self.client.transaction()
+                txn.set_data(self.paths.job(job_id), cancelled.encode(), version=stat.version)
+                if indexed is not None:
+                    txn.create(indexed)
+                results = txn.commit()
+                error = _zk.first_error(results)
+                if error is None:
                     return JobState.CANCELLED
-                except BadVersionError:
+                if isinstance(error, BadVersionError):
                     return self.cancel(job_id)
+                if indexed is not None and error is results[1]:   # the minute went: again
+                    self.ownership.ensure_finished_minute(indexed, again=True)
+                    return self.cancel(job_id)
+                raise BoardError(f"could not cancel job {job_id}: {error!r}")
             try:
                 self.client.create(self.paths.cancel_request(job_id), b"")
             except NodeExistsError:
@@ -156,8 +165,9 @@ class Admin:
         """Board gauges from znode stats, without listing the waiting jobs.
 
         Returns:
-            ``{"waiting": {priority: count}, "delayed": n, "claimed": n,
-            "dead": n, "oldest_waiting_age": seconds or None}``
+            ``{"waiting": {priority: count}, "queues": {queue: count},
+            "delayed": n, "claimed": n, "dead": n,
+            "oldest_waiting_age": seconds or None}``
         """
         with _zk.translated("measuring the board"):
             depth = self.index.depth()

@@ -12,7 +12,9 @@ take each other in their constructors:
 * :class:`~jobboard.board.admin.Admin` trashes, retries, cancels,
   dead-letters, measures, and keeps the conductor registry;
 * :class:`~jobboard.board.repair.Repair` finds and puts right every
-  inconsistency the layout can have (``jobboard fsck``).
+  inconsistency the layout can have (``jobboard fsck``);
+* :class:`~jobboard.board.retention.Retention` removes finished jobs once
+  an :class:`~jobboard.board.retention.OutcomeArchive` kept their outcome.
 
 :class:`Board` itself connects, sets up the layout and offers the public API
 as thin calls on them.
@@ -42,14 +44,16 @@ from kazoo.exceptions import NodeExistsError, NoNodeError
 from jobboard.board import _zk
 from jobboard.board.admin import Admin
 from jobboard.board.job import Job, JobOutcome, check_job_id
-from jobboard.board.layout import LAYOUT_VERSION, Paths
+from jobboard.board.layout import DEFAULT_QUEUE, LAYOUT_VERSION, Paths, check_queue
 from jobboard.board.ownership import Ownership
 from jobboard.board.posting import Posting
 from jobboard.board.queue import QueueIndex
 from jobboard.board.records import Records
 from jobboard.board.repair import Finding, Repair
+from jobboard.board.retention import OutcomeArchive, PruneReport, Retention
 from jobboard.board.security import verify_board_acl
-from jobboard.errors import BoardError, InvalidArgument, MalformedData, WaitTimeout
+from jobboard.errors import (BoardError, InvalidArgument, JobNotFound, MalformedData,
+                             WaitTimeout)
 from jobboard.events import Notifier
 from jobboard.serialization import dumps, loads
 from jobboard.states import JobState
@@ -58,6 +62,7 @@ from jobboard.states import JobState
 # one multi carrying the record plus a few small ops, so keep well under it.
 DEFAULT_MAX_RECORD_BYTES = 900_000
 DEFAULT_MAX_CLAIMS = 5
+DEFAULT_MAX_REFUSALS = 5
 
 class Board:
     """A job board under one root znode.
@@ -71,15 +76,30 @@ class Board:
             times is dead-lettered by the next claim instead of running again;
             abandons, transfers and outages of a dependency do not count.
         notifier: where ``job.*`` events go.
+        max_refusals: a job given back this many times by conductors that
+            cannot import its factory is parked (DEAD, with the reason).
+        archive: where the outcome of a pruned job is found
+            (:meth:`wait` answers from it once the record is gone); the
+            conductor and the command line wire the logbook here. It may
+            also be set later (``board.archive = ...``).
     """
 
     def __init__(self, client: KazooClient, *, root: str = "/jobboard",
                  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
                  max_claims: int = DEFAULT_MAX_CLAIMS,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None,
+                 max_refusals: int = DEFAULT_MAX_REFUSALS,
+                 archive: OutcomeArchive | None = None) -> None:
+        if max_refusals < 1:
+            raise InvalidArgument("max_refusals must be at least 1", argument="max_refusals")
         self.client = client
         self.paths = Paths(root)
         self.max_claims = max_claims
+        self.max_refusals = max_refusals
+        self.archive = archive
+        #: The layout the board had when this client set it up (older than
+        #: LAYOUT_VERSION: :meth:`upgrade` it).
+        self.layout_version: int | None = None
         self.notifier = notifier or Notifier()
         self.records = Records(client, self.paths)
         self.index = QueueIndex(client, self.paths, self.records)
@@ -92,6 +112,7 @@ class Board:
                            self.notifier)
         self.repair = Repair(client, self.paths, self.records, self.index, self.ownership,
                              self.admin)
+        self.retention = Retention(client, self.paths, self.records)
         self._owns_client = False
         self._set_up = False
 
@@ -166,20 +187,19 @@ class Board:
         return self.ownership.session_id
 
     def setup(self) -> None:
-        """Create the board's containers once (idempotent, safe to race); a
-        board of an older layout gets what it lacks."""
+        """Create the board's containers once (idempotent, safe to race). A
+        new board gets this release's layout; a board of an older layout gets
+        the containers it lacks and keeps its marker until :meth:`upgrade`
+        moved its waiting jobs (:attr:`layout_version` tells)."""
         if self._set_up:
             return
         with _zk.translated("setting up the board"):
-            try:
-                marker, _ = self.client.retry(self.client.get, self.paths.layout)
-                version = loads(marker).get("layout")
-            except (NoNodeError, MalformedData, AttributeError):   # absent or unreadable
-                version = None
+            version = self._marker()
             if isinstance(version, int) and version > LAYOUT_VERSION:
                 raise BoardError(f"the board at {self.paths.root} has layout {version}, newer "
                                  f"than this release's {LAYOUT_VERSION}: upgrade jobboard")
             if version != LAYOUT_VERSION:
+                existed = self.client.retry(self.client.exists, self.paths.jobs) is not None
                 self.client.retry(self.client.ensure_path, self.paths.root)
                 pending = [self.client.create_async(path)
                            for path in self.paths.containers() + self.paths.shards()]
@@ -188,12 +208,52 @@ class Board:
                         result.get(timeout=30)
                     except NodeExistsError:
                         pass
-                data = dumps({"layout": LAYOUT_VERSION})
-                try:
-                    self.client.create(self.paths.layout, data)
-                except NodeExistsError:
-                    self.client.set(self.paths.layout, data)
+                if version is None and not existed:
+                    self._write_marker()     # a new board
+                    version = LAYOUT_VERSION
+            self.layout_version = version if isinstance(version, int) else 1
         self._set_up = True
+
+    def _marker(self) -> int | None:
+        try:
+            marker, _ = self.client.retry(self.client.get, self.paths.layout)
+            version = loads(marker).get("layout")
+        except (NoNodeError, MalformedData, AttributeError):   # absent or unreadable
+            return None
+        return version if isinstance(version, int) else None
+
+    def _write_marker(self) -> None:
+        data = dumps({"layout": LAYOUT_VERSION})
+        try:
+            self.client.create(self.paths.layout, data)
+        except NodeExistsError:
+            self.client.set(self.paths.layout, data)
+
+    def upgrade(self) -> dict[str, int]:
+        """Bring a board of an older layout to this release's (see
+        :mod:`jobboard.board.layout`): move every waiting job's entry into its
+        queue, index every finished job for retention, then write the marker.
+        Idempotent, and safe beside running conductors and posters.
+
+        Returns:
+            ``{"from": old layout, "to": new layout, "moved": entries moved,
+            "indexed": finished jobs indexed}``.
+
+        Raises:
+            BoardUnavailable: ZooKeeper unreachable.
+        """
+        self.setup()
+        before = self.layout_version or 1
+        moved = indexed = 0
+        with _zk.translated("upgrading the board"):
+            if before < LAYOUT_VERSION:
+                moved = self.index.migrate_legacy()
+                indexed = self.retention.index_all()
+                self._write_marker()
+            else:
+                moved = self.index.migrate_legacy()   # stragglers of an old poster
+        self.layout_version = LAYOUT_VERSION
+        return {"from": before, "to": LAYOUT_VERSION, "moved": moved, "indexed": indexed}
 
     def _ensure_layout(self) -> None:
         self._set_up = False
@@ -204,7 +264,7 @@ class Board:
     def post(self, factory: str, *, args: dict[str, Any] | None = None,
              store: dict[str, Any] | None = None, name: str | None = None,
              priority: int = 0, delay: float | None = None, key: str | None = None,
-             details: dict[str, Any] | None = None) -> Job:
+             details: dict[str, Any] | None = None, queue: str = DEFAULT_QUEUE) -> Job:
         """Post a job; returns it as stored.
 
         Args:
@@ -214,7 +274,11 @@ class Board:
             priority: higher runs first (-9999..9999).
             delay: seconds before the job may be claimed.
             key: idempotency key: posting again with the same key returns the
-                job already posted (atomic, also under concurrent posters).
+                job already posted (atomic, also under concurrent posters),
+                for as long as that job is on the board (keys expire with
+                their jobs: see :mod:`jobboard.board.retention`).
+            queue: the queue it waits in: only conductors serving it claim
+                it (a lowercase letter, then up to 31 of ``a-z0-9_-``).
 
         Raises:
             InvalidArgument: an argument has an unusable value.
@@ -222,7 +286,8 @@ class Board:
             MalformedData: a value cannot be encoded with msgpack.
         """
         return self.posting.post(factory, args=args, store=store, name=name,
-                                 priority=priority, delay=delay, key=key, details=details)
+                                 priority=priority, delay=delay, key=key, details=details,
+                                 queue=queue)
 
     def post_many(self, specs: Iterable[dict[str, Any]]) -> list[Job]:
         """Post many jobs, pipelining the transactions (same arguments as
@@ -242,22 +307,26 @@ class Board:
         """
         return self.records.read(check_job_id(job_id))[0]
 
-    def jobs(self, state: JobState | str | None = None) -> Iterator[Job]:
-        """Iterate over jobs, optionally in one state. Waiting jobs come in claim
-        order; malformed records are reported once and skipped."""
+    def jobs(self, state: JobState | str | None = None, *,
+             queue: str | None = None) -> Iterator[Job]:
+        """Iterate over jobs, optionally in one state and one queue. Waiting
+        jobs come in claim order; malformed records are reported once and
+        skipped."""
         try:
             state = JobState(state) if state else None
         except ValueError:
             raise InvalidArgument(f"{state!r} is not a job state", argument="state") from None
+        if queue is not None:
+            check_queue(queue)
         with _zk.translated("listing jobs"):
             if state is JobState.UNCLAIMED:
-                ids = list(self.index.waiting_ids())
+                ids = list(self.index.waiting_ids(queue))
             elif state is JobState.CLAIMED:
                 ids = sorted(_zk.children(self.client, self.paths.running))
             else:
                 ids = self.records.all_ids()
             for job, _ in self.records.read_many(ids):
-                if state is None or job.state is state:
+                if (state is None or job.state is state) and queue in (None, job.queue):
                     yield job
 
     def report_malformed(self, path: str, reason: str) -> None:
@@ -343,6 +412,12 @@ class Board:
         """No task of this run of the job runs any more: the next may start."""
         self.ownership.stop_working(job_id, mark)
 
+    def refuse(self, job: Job | str, owner: str, reason: str) -> Job:
+        """Give back a claimed job ``owner`` cannot run (it cannot import the
+        job's factory): uncounted against ``max_claims``; the
+        ``max_refusals``-th refusal parks it (DEAD with ``reason``)."""
+        return self.ownership.refuse(job, owner, reason, max_refusals=self.max_refusals)
+
     def transfer(self, job: Job | str, from_owner: str | None, to_owner: str) -> Job:
         """Move a claim to another live conductor, which resumes the job."""
         return self.ownership.transfer(job, from_owner, to_owner)
@@ -384,6 +459,25 @@ class Board:
         """Board gauges from znode stats (see :meth:`Admin.depth`)."""
         return self.admin.depth()
 
+    def waiting_by_queue(self) -> dict[str, int]:
+        """Waiting jobs per queue, from znode stats (every queue a job was
+        ever posted to has a count, zero included)."""
+        return dict(self.depth()["queues"])
+
+    def queues(self) -> list[str]:
+        """The names of the board's queues."""
+        with _zk.translated("listing queues"):
+            return self.index.queues()
+
+    def prune(self, older_than: float, *, archive: OutcomeArchive | None = None,
+              batch: int | None = None) -> PruneReport:
+        """Remove COMPLETE, FAILED and CANCELLED jobs that finished more than
+        ``older_than`` seconds ago, with their idempotency keys, after the
+        archive (``archive``, else :attr:`archive`) kept their outcome (see
+        :mod:`jobboard.board.retention`). DEAD jobs stay."""
+        options = {} if batch is None else {"batch": batch}
+        return self.retention.prune(older_than, archive=archive or self.archive, **options)
+
     def register_conductor(self, name: str, info: dict[str, Any]) -> None:
         self.admin.register_conductor(name, info)
 
@@ -395,20 +489,37 @@ class Board:
 
     # -- waiting ------------------------------------------------------------------
 
+    def archived(self, job_id: str) -> JobOutcome | None:
+        """The outcome :attr:`archive` kept for a pruned job (None without
+        an archive, or when it kept none)."""
+        if self.archive is None:
+            return None
+        return self.archive.outcome(check_job_id(job_id))
+
     def wait(self, job_id: str, timeout: float | None = None) -> JobOutcome:
         """Block until the job is finished; returns its outcome.
+
+        A job whose record was pruned (see :meth:`prune`) answers from
+        :attr:`archive`.
 
         Raises:
             InvalidArgument: ``job_id`` is not a job id.
             WaitTimeout: not finished within ``timeout`` seconds.
-            JobNotFound: no such job (or trashed while waiting).
+            JobNotFound: no such job (or trashed while waiting), and none
+                archived.
         """
         job_id = check_job_id(job_id)
         changed = threading.Event()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             changed.clear()
-            job, _ = self.records.read(job_id, watch=lambda _event: changed.set())
+            try:
+                job, _ = self.records.read(job_id, watch=lambda _event: changed.set())
+            except JobNotFound:
+                archived = self.archived(job_id)
+                if archived is None:
+                    raise
+                return archived
             if job.finished:
                 return JobOutcome.of(job)
             remaining = None if deadline is None else deadline - time.monotonic()

@@ -1,6 +1,8 @@
 """The claimer: picks and claims the best waiting job for one owner.
 
-Claim order is priority first, then age. The claimer lists one queue bucket
+A claimer serves one or more queues, in priority order: claim order is the
+first of its queues that has a job waiting, then priority, then age. Jobs
+of other queues are never looked at. The claimer lists one queue bucket
 at a time (never the whole backlog) and works through a cached copy of it, so
 a claim costs a constant number of ZooKeeper operations whatever the backlog:
 one read of the job record and one transaction. Live conductors split each
@@ -9,7 +11,7 @@ then steals from the far end of the others'), so claimers spread instead of
 herding onto the same head entry.
 
 Watches, not polling, say when to look again: a child watch on the bucket
-list and on the empty buckets of higher priority than the one being worked
+list of each queue served and on the empty buckets of higher priority than the one being worked
 (a post there re-plans the next claim), on the claim set (after a change,
 settled for :data:`CLAIMS_SETTLE` so that a busy fleet's claims and consumes
 cost a few reads a second, not one per job: the jobs marked running whose
@@ -40,7 +42,7 @@ from jobboard.board import _zk
 from jobboard.board._watch import ChildWatch
 from jobboard.board.board import Board
 from jobboard.board.job import Job, is_job_id
-from jobboard.board.layout import Entry
+from jobboard.board.layout import DEFAULT_QUEUE, Entry, check_queue
 from jobboard.board.records import READ_TIMEOUT
 from jobboard.errors import BoardError, MalformedData
 
@@ -65,12 +67,19 @@ class Claimer:
         owner: the claim owner (the conductor's name).
         members: optional callable returning the live claimers' names, for
             splitting buckets; by default the board's registered conductors.
+        queues: the queues claimed from, first the one served first.
     """
 
     def __init__(self, board: Board, owner: str, *,
-                 members: Callable[[], list[str]] | None = None) -> None:
+                 members: Callable[[], list[str]] | None = None,
+                 queues: tuple[str, ...] | list[str] = (DEFAULT_QUEUE,)) -> None:
+        if isinstance(queues, str) or not queues:
+            raise ValueError("queues must be a non-empty sequence of queue names")
+        self.queues = tuple(dict.fromkeys(check_queue(q) for q in queues))
         self.board = board
         self.owner = owner
+        self._avoid: dict[str, float] = {}     # job id -> monotonic time to claim it again
+        self._avoid_lock = threading.Lock()    # avoid() comes from the job's thread
         self.conflicts = 0
         self._members_fn = members
         self._members: list[str] = [owner]
@@ -93,6 +102,8 @@ class Claimer:
         """Set the watches. Idempotent."""
         if self._started:
             return self
+        for queue in self.queues:    # so that the first post to it is watched
+            self.board.index.ensure_queue(queue)
         self._set_watches()
         self._started = True
         self._wake.set()
@@ -158,11 +169,31 @@ class Claimer:
         """Make :meth:`wait_for_work` return now (shutdown, capacity freed)."""
         self._wake.set()
 
+    def avoid(self, job_id: str, seconds: float) -> None:
+        """Do not claim ``job_id`` for ``seconds`` (this conductor gave it
+        back: another one should get it first). Thread-safe."""
+        with self._avoid_lock:
+            self._avoid[job_id] = time.monotonic() + max(0.0, seconds)
+        self._replan = True
+
+    def _avoided(self) -> set[str]:
+        now = time.monotonic()
+        with self._avoid_lock:
+            for job_id in [j for j, until in self._avoid.items() if until <= now]:
+                del self._avoid[job_id]
+                self._replan = True
+            return set(self._avoid)
+
     def wait_for_work(self, timeout: float) -> bool:
         """Block until something claimable may have appeared (a watch fired, a
-        delayed job fell due) or ``timeout`` passed. True when woken."""
+        delayed job fell due, a job given back may be claimed again) or
+        ``timeout`` passed. True when woken."""
         if self._next_due is not None:
             timeout = max(0.0, min(timeout, self._next_due - time.time()))
+        with self._avoid_lock:
+            until = min(self._avoid.values(), default=None)
+        if until is not None:
+            timeout = max(0.0, min(timeout, until - time.monotonic()))
         woken = self._wake.wait(timeout)
         self._wake.clear()
         return woken
@@ -299,28 +330,37 @@ class Claimer:
         return self._candidates.pop(0)
 
     def _plan(self) -> None:
-        """Find the first non-empty bucket and order its entries for us."""
+        """Find the first non-empty bucket of the first queue that has one,
+        and order its entries for us."""
         self._replan = False
         self._candidates = []
         self._read_ahead = {}
+        avoided = self._avoided()
+        for queue in self.queues:
+            if self._plan_queue(queue, avoided):
+                return
+
+    def _plan_queue(self, queue: str, avoided: set[str]) -> bool:
         index = self.board.index
-        for bucket in index.buckets(watch=self._on_queue_change):
+        for bucket in index.buckets(queue, watch=self._on_queue_change):
             listed = index.entries(bucket)
             if listed is None:
                 continue
             path = self.board.paths.bucket(bucket)
-            entries = [e for e in listed[0] if f"{path}/{e.name}" not in self._skip]
+            entries = [e for e in listed[0] if f"{path}/{e.name}" not in self._skip
+                       and e.job_id not in avoided]
             if entries:
                 self._candidates = self._order(path, entries)
-                return
+                return True
             if listed[1].numChildren:
-                continue  # only garbage or quarantine leftovers here
+                continue  # only garbage, quarantine leftovers or jobs we gave back
             if index.drop_if_drained(bucket, listed[1]):
                 continue   # drained for good: posters moved on
             # Empty but current: a post here must re-plan us (it may outrank
             # the bucket we are about to work on).
             if index.watch_bucket(bucket, self._on_queue_change):
                 self._replan = True
+        return False
 
     def _drop(self, entry_path: str) -> None:
         """Delete a stale entry; one that cannot be deleted (it has children)

@@ -14,6 +14,8 @@ factory                 ``package.module:function`` (:data:`FACTORY_PATTERN`),
                         at most :data:`FACTORY_MAX_LENGTH` characters
 args, store, details    maps with str keys
 priority                int (not bool) in ``[PRIORITY_MIN, PRIORITY_MAX]``
+queue                   a queue name (:data:`~jobboard.board.layout.QUEUE_PATTERN`);
+                        ``default`` when absent (records before queues)
 created_at              epoch seconds (finite, 1970 .. 9999), stored as float
 not_before, claimed_at,
 finished_at             None or epoch seconds, as created_at
@@ -23,13 +25,15 @@ claims                  int >= 0 (not bool): every claim of this attempt
 deaths                  int >= 0: claims of this attempt that ended because
                         the holder died (``--max-claims`` counts these)
 attempt                 int >= 1: the run of the flow (``retry`` adds one)
+refusals                int >= 0: claims of this attempt given back by a
+                        conductor that cannot import the factory
 outcome                 None or a map with str keys whose ``results`` and
                         ``failure`` are None or maps and ``reason`` None or str
 history                 list of maps with str keys, each with ``at`` (epoch
                         seconds) and ``event`` (str)
 ======================  ====================================================
 
-``details``, ``claims``, ``deaths``, ``attempt``, ``not_before``, ``key``,
+``queue``, ``refusals``, ``details``, ``claims``, ``deaths``, ``attempt``, ``not_before``, ``key``,
 ``owner``, ``claimed_at``, ``finished_at``, ``outcome``, ``transfer_to`` and
 ``history`` may be absent
 (they take their defaults); the others are required. A field that is present
@@ -55,7 +59,7 @@ import uuid as uuid_module
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, NamedTuple
 
-from jobboard.board.layout import PRIORITY_MAX, PRIORITY_MIN
+from jobboard.board.layout import DEFAULT_QUEUE, PRIORITY_MAX, PRIORITY_MIN, is_queue_name
 from jobboard.errors import InvalidArgument, MalformedData
 from jobboard.serialization import pack_record, short_repr, unpack_record
 from jobboard.states import FINISHED_JOB_STATES, JobState
@@ -182,6 +186,12 @@ def _uuid(value: Any) -> str:
     raise _Rejected("must be a canonical lowercase uuid")
 
 
+def _queue(value: Any) -> str:
+    if is_queue_name(value):
+        return value
+    raise _Rejected("must be a queue name (a lowercase letter, then up to 31 of a-z0-9_-)")
+
+
 def _factory(value: Any) -> str:
     try:
         return check_factory(value)
@@ -245,6 +255,7 @@ _FIELDS: dict[str, _Field] = {
     "args": _Field(_mapping),
     "store": _Field(_mapping),
     "priority": _Field(_integer(PRIORITY_MIN, PRIORITY_MAX)),
+    "queue": _Field(_queue, lambda: DEFAULT_QUEUE),
     "not_before": _Field(_nullable(_timestamp), lambda: None),
     "key": _Field(_nullable(_text()), lambda: None),
     "details": _Field(_mapping, dict),
@@ -253,6 +264,7 @@ _FIELDS: dict[str, _Field] = {
     "claims": _Field(_integer(0, None), lambda: 0),
     "deaths": _Field(_integer(0, None), lambda: 0),
     "attempt": _Field(_integer(1, None), lambda: 1),
+    "refusals": _Field(_integer(0, None), lambda: 0),
     "owner": _Field(_nullable(_text()), lambda: None),
     "claimed_at": _Field(_nullable(_timestamp), lambda: None),
     "finished_at": _Field(_nullable(_timestamp), lambda: None),
@@ -285,6 +297,7 @@ class Job:
     args: dict[str, Any] = field(default_factory=dict)
     store: dict[str, Any] = field(default_factory=dict)
     priority: int = 0
+    queue: str = DEFAULT_QUEUE
     not_before: float | None = None
     key: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
@@ -293,6 +306,7 @@ class Job:
     claims: int = 0
     deaths: int = 0
     attempt: int = 1
+    refusals: int = 0
     owner: str | None = None
     claimed_at: float | None = None
     finished_at: float | None = None
@@ -369,6 +383,7 @@ class Job:
         return {
             "uuid": self.uuid, "name": self.name, "factory": self.factory,
             "args": self.args, "store": self.store, "priority": self.priority,
+            "queue": self.queue, "refusals": self.refusals,
             "not_before": self.not_before, "key": self.key, "details": self.details,
             "created_at": self.created_at, "state": self.state.value,
             "claims": self.claims, "deaths": self.deaths, "attempt": self.attempt,

@@ -5,8 +5,12 @@
     {root}/layout                      format marker, written once when the board is set up
     {root}/jobs/{xx}/{uuid}            the job record (msgpack), sharded by the uuid's first
                                        two hex digits (256 shards), for every job in any state
-    {root}/queue/{bucket}/{uuid}_{version}-{seq}
-                                       waiting index: one entry per claimable job
+    {root}/queue/{queue}/{bucket}/{uuid}_{version}-{seq}
+                                       waiting index: one entry per claimable job, in
+                                       the buckets of the job's queue (layout 3)
+    {root}/finished/{minute}/{uuid}    finished index: COMPLETE, FAILED and CANCELLED
+                                       jobs by the minute they finished (epoch seconds
+                                       // 60), for the retention janitor (layout 3)
     {root}/delayed/{bucket}/{due}_{uuid}_{version}-{seq}
                                        not-before index: promoted into the queue when due
     {root}/claims/{uuid}               ephemeral claim, data = owner; czxid = fencing token
@@ -26,6 +30,25 @@
     {root}/schedules/{name}/status     what the scheduler did for it: cursor, last fire
     {root}/malformed/{n}               quarantine: a record that failed validation, moved
                                        aside with its path, the reason and its bytes
+
+Each queue (``default`` unless a job names another) has its own directory
+of buckets, ``{root}/queue/{queue}``; a queue name is a short token
+(:data:`QUEUE_PATTERN`: a lowercase letter, then up to 31 of ``a-z0-9_-``),
+so it never looks like a bucket name (which starts with a digit). A claimer
+lists only the directories of the queues it serves, one bucket at a time:
+the cost of a claim does not grow with the number of queues or of waiting
+jobs.
+
+Layout 3 (this release) moved the buckets of layout 1 and 2, which sat
+directly under ``{root}/queue``, into ``{root}/queue/default``, and added
+the finished index. An older board is upgraded by :meth:`Board.upgrade
+<jobboard.board.Board.upgrade>` (``jobboard upgrade``, or a conductor of
+this release as it starts): every old entry is moved into its job's queue
+(one transaction each, checked against the record's version, so nothing is
+lost or doubled while conductors run), every finished job is indexed, and
+only then the ``layout`` marker says 3. An entry still written to the old
+place afterwards (a poster of the old release that was already connected)
+is moved by the repair sweep (finding ``old-layout-entry``).
 
 Queue buckets are named ``{inverted priority:05d}-{n:010d}`` so that sorting
 bucket names gives claim order: higher priority first, then older buckets. A
@@ -49,11 +72,14 @@ layout 1 (``{uuid}-{seq}``, no version) are still read.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from jobboard.errors import InvalidArgument
 
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
+DEFAULT_QUEUE = "default"
+QUEUE_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 BUCKET_SIZE = 1000
 RESTORE_BUCKET = 0
 PRIORITY_MIN = -9999
@@ -72,23 +98,41 @@ def check_priority(priority: int) -> int:
     return priority
 
 
+def check_queue(queue: str) -> str:
+    """``queue`` if it is a queue name (:data:`QUEUE_PATTERN`).
+
+    Raises:
+        InvalidArgument: anything else (``argument == "queue"``).
+    """
+    if not isinstance(queue, str) or not QUEUE_PATTERN.fullmatch(queue):
+        raise InvalidArgument(f"queue must be a lowercase letter followed by at most 31 of "
+                              f"a-z, 0-9, '_' and '-', not {queue!r}"[:200], argument="queue")
+    return queue
+
+
+def is_queue_name(name: str) -> bool:
+    return isinstance(name, str) and QUEUE_PATTERN.fullmatch(name) is not None
+
+
 @dataclass(frozen=True)
 class Bucket:
-    """A queue bucket: all its entries share one priority."""
+    """A queue bucket: all its entries share one queue and one priority.
+    ``queue`` None: a bucket of layout 1 or 2 (directly under ``{root}/queue``)."""
 
     priority: int
     number: int
+    queue: str | None = DEFAULT_QUEUE
 
     @property
     def name(self) -> str:
         return f"{PRIORITY_MAX - self.priority:05d}-{self.number:010d}"
 
     @classmethod
-    def parse(cls, name: str) -> "Bucket | None":
+    def parse(cls, name: str, queue: str | None = DEFAULT_QUEUE) -> "Bucket | None":
         inverted, sep, number = name.partition("-")
         if not sep or len(inverted) != 5 or not inverted.isdigit() or not number.isdigit():
             return None
-        return cls(PRIORITY_MAX - int(inverted), int(number))
+        return cls(PRIORITY_MAX - int(inverted), int(number), queue)
 
 
 @dataclass(frozen=True)
@@ -174,7 +218,9 @@ class Paths:
         self.root = root
         self.layout = f"{root}/layout"
         self.jobs = f"{root}/jobs"
-        self.queue = f"{root}/queue"
+        self.queues = f"{root}/queue"
+        # The default queue's directory: where layout 2 tools listed "the queue".
+        self.queue = self.queue_dir(DEFAULT_QUEUE)
         self.delayed = f"{root}/delayed"
         self.claims = f"{root}/claims"
         self.running = f"{root}/running"
@@ -187,11 +233,13 @@ class Paths:
         self.leaders = f"{root}/leaders"
         self.working = f"{root}/working"
         self.schedules = f"{root}/schedules"
+        self.finished = f"{root}/finished"
 
     def containers(self) -> list[str]:
-        return [self.jobs, self.queue, self.delayed, self.claims, self.running,
-                self.keys, self.cancel_requests, self.dead, self.conductors, self.locks,
-                self.quarantine, self.working, self.schedules]
+        return [self.jobs, self.queues, self.queue, self.delayed,
+                self.claims, self.running, self.keys, self.cancel_requests, self.dead,
+                self.conductors, self.locks, self.quarantine, self.working, self.schedules,
+                self.finished]
 
     def shards(self) -> list[str]:
         return [f"{self.jobs}/{n:02x}" for n in range(256)]
@@ -199,9 +247,19 @@ class Paths:
     def job(self, job_id: str) -> str:
         return f"{self.jobs}/{job_id[:2]}/{job_id}"
 
-    def bucket(self, bucket: Bucket) -> str:
-        return f"{self.queue}/{bucket.name}"
+    def queue_dir(self, queue: str) -> str:
+        return f"{self.queues}/{queue}"
 
+    def bucket(self, bucket: Bucket) -> str:
+        if bucket.queue is None:     # layout 1 and 2
+            return f"{self.queues}/{bucket.name}"
+        return f"{self.queues}/{bucket.queue}/{bucket.name}"
+
+    def finished_minute(self, minute: int) -> str:
+        return f"{self.finished}/{minute:010d}"
+
+    def finished_entry(self, finished_at: float, job_id: str) -> str:
+        return f"{self.finished_minute(int(finished_at // 60))}/{job_id}"
 
     def delayed_bucket(self, bucket: DelayedBucket) -> str:
         return f"{self.delayed}/{bucket.name}"

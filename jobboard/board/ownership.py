@@ -35,6 +35,10 @@ from jobboard.states import JobState
 
 log = logging.getLogger(__name__)
 
+#: The finished states the retention janitor removes (and indexes); DEAD
+#: jobs wait for an admin (retry or trash).
+RETAINED_STATES = frozenset({JobState.COMPLETE, JobState.FAILED, JobState.CANCELLED})
+
 CONSUME_ATTEMPTS = 5
 HANDOFF_POLL = 0.5     # seconds between two looks at a waiting hand-off's abort()
 
@@ -59,6 +63,8 @@ class Ownership:
         self.index = index
         self.notifier = notifier
         self.max_record_bytes = max_record_bytes
+        self._minutes: set[str] = set()
+        self._minutes_lock = threading.Lock()
 
     @property
     def session_id(self) -> int | None:
@@ -246,9 +252,12 @@ class Ownership:
                        version: int, cancel_stat: Any, working: bool) -> Job:
         """The consume transaction, committed again after a connection loss
         that left it unlanded."""
+        indexed = self.index_finished(finished)
         for attempt in range(CONSUME_ATTEMPTS):
             txn = self.client.transaction()
             txn.set_data(self.paths.job(job_id), data, version=version)
+            if indexed is not None:
+                txn.create(indexed)
             txn.delete(self.paths.claim(job_id))
             txn.delete(self.paths.running_marker(job_id))
             if cancel_stat is not None:
@@ -271,10 +280,95 @@ class Ownership:
             if error is not None and working and error is results[-1]:
                 working = False     # our marker is gone already: finish without it
                 continue
+            if indexed is not None and error is results[1] and isinstance(
+                    error, (NoNodeError, NodeExistsError)):
+                # the minute's directory went (a janitor racing a clock), or
+                # the entry is there already: make it, or finish without it
+                if isinstance(error, NoNodeError):
+                    self.ensure_finished_minute(indexed, again=True)
+                else:
+                    indexed = None
+                continue
             if error is not None:
                 raise self._ownership_failure(job_id, owner)
             break
         return finished
+
+    def index_finished(self, job: Job) -> str | None:
+        """The finished-index entry of a job that is finishing now (see
+        :mod:`jobboard.board.layout`), its minute's directory made sure of;
+        None for a state the retention janitor never removes (DEAD)."""
+        if job.state not in RETAINED_STATES or job.finished_at is None:
+            return None
+        path = self.paths.finished_entry(job.finished_at, job.uuid)
+        self.ensure_finished_minute(path)
+        return path
+
+    def ensure_finished_minute(self, entry: str, *, again: bool = False) -> None:
+        """Make the directory of a finished-index entry (once per minute and
+        process, unless ``again``)."""
+        minute = entry.rsplit("/", 1)[0]
+        with self._minutes_lock:
+            if minute in self._minutes and not again:
+                return
+        self.client.retry(_zk.ensure, self.client, minute)
+        with self._minutes_lock:
+            if len(self._minutes) > 16:
+                self._minutes.clear()
+            self._minutes.add(minute)
+
+    def refuse(self, job: Job | str, owner: str, reason: str, *, max_refusals: int) -> Job:
+        """Give back a claimed job ``owner`` cannot run (it cannot import the
+        job's factory), uncounted against ``max_claims``, with ``refusals``
+        plus one; the refusal that reaches ``max_refusals`` parks the job
+        instead (DEAD with ``reason``, retryable). One transaction either way.
+
+        Raises:
+            NotClaimed / NotOwner / ClaimLost.
+        """
+        job_id = job if isinstance(job, str) else job.uuid
+        with _zk.translated(f"giving back job {job_id}"):
+            current, version = self._held(job, owner)
+            refusals = current.refusals + 1
+            claim, running = self.paths.claim(job_id), self.paths.running_marker(job_id)
+            if refusals >= max_refusals:
+                parked = current.with_event("parked", state=JobState.DEAD, owner=None,
+                                            transfer_to=None, refusals=refusals,
+                                            finished_at=time.time(),
+                                            outcome={"reason": reason})
+                txn = self.client.transaction()
+                txn.delete(claim)
+                txn.delete(running)
+                txn.set_data(self.paths.job(job_id), parked.encode(), version=version)
+                txn.create(self.paths.dead_marker(job_id))
+                results = txn.commit()
+                error = _zk.first_error(results)
+                if isinstance(error, NodeExistsError) and error is results[-1]:
+                    txn = self.client.transaction()   # a marker left over: keep it
+                    txn.delete(claim)
+                    txn.delete(running)
+                    txn.set_data(self.paths.job(job_id), parked.encode(), version=version)
+                    error = _zk.first_error(txn.commit())
+                if error is not None:
+                    raise self._ownership_failure(job_id, owner)
+                log.warning("job %s parked: %s", job_id, reason)
+                self.notifier.emit(EventKind.JOB_DEAD, job_id=job_id,
+                                   details={"reason": reason})
+                return parked
+            released = current.with_event("refused", state=JobState.UNCLAIMED, owner=None,
+                                          transfer_to=None, refusals=refusals)
+            released = replace(released, history=(*released.history[:-1], {
+                **released.history[-1], "owner": owner, "reason": reason[:200]}))
+
+            def release(txn: Any) -> None:
+                txn.delete(claim)
+                txn.delete(running)
+                txn.set_data(self.paths.job(job_id), released.encode(), version=version)
+
+            if self.index.commit(release, released, version + 1)[1] is not None:
+                raise self._ownership_failure(job_id, owner)
+        self.notifier.emit(EventKind.JOB_ABANDONED, job_id=job_id, owner=owner)
+        return released
 
     def _fit_outcome(self, job: Job, outcome: dict[str, Any] | None) -> dict[str, Any] | None:
         """Drop the results from an outcome too large to keep in the record."""

@@ -24,7 +24,7 @@ from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from jobboard.board import _zk
 from jobboard.board.job import NAME_MAX_LENGTH, Job, check_factory, is_job_id, new_job_id
-from jobboard.board.layout import Paths, check_priority
+from jobboard.board.layout import DEFAULT_QUEUE, Paths, check_priority, check_queue
 from jobboard.board.queue import QueueIndex
 from jobboard.board.records import PIPELINE_WINDOW, Records
 from jobboard.errors import (BoardError, InvalidArgument, JobNotFound, MalformedData,
@@ -88,10 +88,11 @@ class Posting:
     def post(self, factory: str, *, args: dict[str, Any] | None = None,
              store: dict[str, Any] | None = None, name: str | None = None,
              priority: int = 0, delay: float | None = None, key: str | None = None,
-             details: dict[str, Any] | None = None) -> Job:
+             details: dict[str, Any] | None = None, queue: str = DEFAULT_QUEUE) -> Job:
         """See :meth:`jobboard.board.Board.post`."""
         job, data = self.prepare(factory, args=args, store=store, name=name,
-                                 priority=priority, delay=delay, key=key, details=details)
+                                 priority=priority, delay=delay, key=key, details=details,
+                                 queue=queue)
         with _zk.translated("posting a job"):
             return self.client.retry(self._post_once, job, data)
 
@@ -132,14 +133,16 @@ class Posting:
 
     def prepare(self, factory: str, *, args: dict | None = None, store: dict | None = None,
                 name: str | None = None, priority: int = 0, delay: float | None = None,
-                key: str | None = None, details: dict | None = None) -> tuple[Job, bytes]:
+                key: str | None = None, details: dict | None = None,
+                queue: str = DEFAULT_QUEUE) -> tuple[Job, bytes]:
         """Check every argument and encode the record (nothing is written)."""
         factory = check_factory(factory)
+        queue = check_queue(queue)
         delay = _delay(delay)
         now = time.time()
         job = Job(uuid=new_job_id(), name=_text(name, "name") or factory.rpartition(":")[2],
                   factory=factory, args=_mapping(args, "args"), store=_mapping(store, "store"),
-                  priority=check_priority(priority),
+                  priority=check_priority(priority), queue=queue,
                   not_before=now + delay if delay else None, key=_text(key, "key"),
                   details=_mapping(details, "details"), created_at=now)
         job = job.with_event("posted")

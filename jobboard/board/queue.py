@@ -1,9 +1,10 @@
 """The queue index: where waiting jobs are found, in claim order.
 
 One class owns the index (see :mod:`jobboard.board.layout` for the names):
-the queue buckets of each priority and the restore bucket ahead of them, the
-delayed buckets, the entry names, the promotion of due delayed jobs, and the
-repair of an entry whose bucket went missing.
+the queues, the buckets of each queue and priority and the restore bucket
+ahead of them, the delayed buckets, the entry names, the promotion of due
+delayed jobs, the repair of an entry whose bucket went missing, and the move
+of entries left by layout 1 and 2 into their queue (:meth:`QueueIndex.migrate_legacy`).
 
 An entry is always written in the same transaction as the record version it
 stands for (a post, a put-back) or with a check of that version (a
@@ -30,8 +31,8 @@ from kazoo.exceptions import NoAuthError, NoNodeError
 from jobboard.board import _zk
 from jobboard.board.job import Job
 from jobboard.board.layout import (BUCKET_SIZE, RESTORE_BUCKET, Bucket, DelayedBucket,
-                                   DelayedEntry, Entry, Paths)
-from jobboard.board.records import Records
+                                   DelayedEntry, Entry, Paths, is_queue_name)
+from jobboard.board.records import PIPELINE_WINDOW, READ_TIMEOUT, Records
 from jobboard.errors import BoardError, BoardUnavailable, JobNotFound, MalformedData
 from jobboard.states import JobState
 
@@ -46,6 +47,7 @@ class EntryTarget(NamedTuple):
     prefix: str      # the sequential path the entry is created with
     group: int       # priority (queue, restore) or due second (delayed)
     number: int      # the bucket's number
+    queue: str = ""  # the job's queue
 
 
 class QueueIndex:
@@ -64,7 +66,7 @@ class QueueIndex:
         self.paths = paths
         self.records = records
         self.bucket_size = bucket_size
-        self._post_buckets: dict[int, int] = {}
+        self._post_buckets: dict[tuple[str, int], int] = {}
         self._delayed_buckets: dict[int, int] = {}
         self._lock = threading.Lock()
 
@@ -83,10 +85,11 @@ class QueueIndex:
             return EntryTarget("delayed", parent,
                                f"{parent}/{DelayedEntry.prefix(due_ms, job.uuid, version)}",
                                second, delayed.number)
-        number = RESTORE_BUCKET if restore else self._current_bucket(job.priority)
-        parent = self.paths.bucket(Bucket(job.priority, number))
+        number = RESTORE_BUCKET if restore else self._current_bucket(job.queue, job.priority)
+        parent = self.paths.bucket(Bucket(job.priority, number, job.queue))
         return EntryTarget("restore" if restore else "queue", parent,
-                           f"{parent}/{Entry.prefix(job.uuid, version)}", job.priority, number)
+                           f"{parent}/{Entry.prefix(job.uuid, version)}", job.priority, number,
+                           job.queue)
 
     def add_entry(self, txn: Any, target: EntryTarget) -> None:
         txn.create(target.prefix, b"", sequence=True)
@@ -115,13 +118,16 @@ class QueueIndex:
         """Move posting on to the next bucket once this one's counter is full."""
         if target.kind == "restore" or int(created_path[-10:]) < self.bucket_size:
             return
-        buckets = self._post_buckets if target.kind == "queue" else self._delayed_buckets
+        buckets: dict[Any, int] = (self._post_buckets if target.kind == "queue"
+                                   else self._delayed_buckets)
+        key = (target.queue, target.group) if target.kind == "queue" else target.group
         with self._lock:
-            if buckets.get(target.group, 1) > target.number:
+            if buckets.get(key, 1) > target.number:
                 return
-            buckets[target.group] = target.number + 1
+            buckets[key] = target.number + 1
         if target.kind == "queue":   # open the next bucket before anyone posts to it
-            _zk.ensure(self.client, self.paths.bucket(Bucket(target.group, target.number + 1)))
+            _zk.ensure(self.client, self.paths.bucket(Bucket(target.group, target.number + 1,
+                                                             target.queue)))
 
     def repair(self, target: EntryTarget) -> None:
         """The bucket of ``target`` is missing. A queue bucket is missing
@@ -131,21 +137,22 @@ class QueueIndex:
         delayed bucket is made again."""
         if target.kind == "queue":
             with self._lock:
-                self._post_buckets.pop(target.group, None)
+                self._post_buckets.pop((target.queue, target.group), None)
         else:
             _zk.ensure(self.client, target.parent)
 
-    def _current_bucket(self, priority: int) -> int:
-        """The bucket posts of ``priority`` go to; made sure to exist when it
-        is (re)chosen, so that a post never has to create a bucket itself."""
-        number = self._post_buckets.get(priority)
+    def _current_bucket(self, queue: str, priority: int) -> int:
+        """The bucket posts of ``priority`` to ``queue`` go to; made sure to
+        exist when it is (re)chosen, so that a post never has to create a
+        bucket itself (nor the queue's directory)."""
+        number = self._post_buckets.get((queue, priority))
         if number is None:
-            numbers = [b.number for b in self.buckets() if b.priority == priority]
+            numbers = [b.number for b in self.buckets(queue) if b.priority == priority]
             number = max(numbers, default=1) or 1
             if number not in numbers:
-                _zk.ensure(self.client, self.paths.bucket(Bucket(priority, number)))
+                _zk.ensure(self.client, self.paths.bucket(Bucket(priority, number, queue)))
             with self._lock:
-                self._post_buckets[priority] = number
+                self._post_buckets[(queue, priority)] = number
         return number
 
     def remove(self, entry_path: str) -> bool:
@@ -155,16 +162,51 @@ class QueueIndex:
 
     # -- reading ----------------------------------------------------------------
 
-    def buckets(self, watch: Watch | None = None) -> list[Bucket]:
-        """The queue's buckets in claim order (bad names reported, skipped)."""
+    def queues(self) -> list[str]:
+        """The names of the board's queues (those a job was ever posted to)."""
+        names, _ = self._top()
+        return names
+
+    def _top(self) -> tuple[list[str], list[Bucket]]:
+        """The children of ``{root}/queue``: queue names and layout-2 buckets
+        (anything else is reported)."""
+        queues: list[str] = []
+        legacy: list[Bucket] = []
+        for name in sorted(_zk.children(self.client, self.paths.queues)):
+            bucket = Bucket.parse(name, None)
+            if bucket is not None:
+                legacy.append(bucket)
+            elif is_queue_name(name):
+                queues.append(name)
+            else:
+                self.records.report(f"{self.paths.queues}/{name}", "not a queue name")
+        return queues, legacy
+
+    def ensure_queue(self, queue: str) -> None:
+        """Make the queue's directory, so that a claimer can watch it."""
+        with _zk.translated(f"making queue {queue}"):
+            _zk.ensure(self.client, self.paths.queue_dir(queue))
+
+    def buckets(self, queue: str | None = None, watch: Watch | None = None) -> list[Bucket]:
+        """The buckets of ``queue`` in claim order (bad names reported,
+        skipped); ``watch`` is set on the queue's directory. ``queue`` None:
+        the buckets of every queue, in the order of priority then age."""
+        if queue is None:
+            found = [b for name in self.queues() for b in self.buckets(name)]
+            return sorted(found, key=lambda b: (b.name, b.queue or ""))
         buckets = []
-        for name in _zk.children(self.client, self.paths.queue, watch=watch):
-            bucket = Bucket.parse(name)
+        parent = self.paths.queue_dir(queue)
+        for name in _zk.children(self.client, parent, watch=watch):
+            bucket = Bucket.parse(name, queue)
             if bucket is None:
-                self.records.report(f"{self.paths.queue}/{name}", "not a queue bucket name")
+                self.records.report(f"{parent}/{name}", "not a queue bucket name")
             else:
                 buckets.append(bucket)
         return sorted(buckets, key=lambda b: b.name)
+
+    def legacy_buckets(self) -> list[Bucket]:
+        """Buckets of layout 1 and 2, directly under ``{root}/queue``."""
+        return self._top()[1]
 
     def entries(self, bucket: Bucket) -> tuple[list[Entry], Any] | None:
         """A bucket's entries (oldest first) and its stat; None when it is
@@ -219,10 +261,13 @@ class QueueIndex:
                     self.records.report(f"{parent}/{child}", "not a delayed entry name")
                 yield f"{parent}/{child}", entry
 
-    def waiting_ids(self) -> Iterator[str]:
-        """Job ids with an entry, in claim order, then the delayed ones."""
+    def waiting_ids(self, queue: str | None = None) -> Iterator[str]:
+        """Job ids with an entry (in ``queue``, or any), in claim order, then
+        entries not yet moved out of an older layout, then the delayed ones
+        (of every queue)."""
         seen: set[str] = set()
-        for bucket in self.buckets():
+        buckets = self.buckets(queue) + (self.legacy_buckets() if queue is None else [])
+        for bucket in buckets:
             listed = self.entries(bucket)
             for entry in listed[0] if listed else ():
                 if entry.job_id not in seen:
@@ -240,13 +285,20 @@ class QueueIndex:
         meanwhile is seen on one side or the other."""
         found: dict[str, list[tuple[str, int | None]]] = {}
         garbage: list[str] = []
-        for root, bucket_of, entry_of in (
-                (self.paths.delayed, DelayedBucket.parse, DelayedEntry.parse),
-                (self.paths.queue, Bucket.parse, Entry.parse)):
+        roots = [(self.paths.delayed, DelayedBucket.parse, DelayedEntry.parse)]
+        for name in sorted(_zk.children(self.client, self.paths.queues)):
+            if is_queue_name(name):
+                roots.append((self.paths.queue_dir(name), Bucket.parse, Entry.parse))
+            elif Bucket.parse(name, None) is None:
+                garbage.append(f"{self.paths.queues}/{name}")
+        # layout-2 buckets last: an entry moved meanwhile is seen in its queue
+        roots.append((self.paths.queues, lambda name: Bucket.parse(name, None), Entry.parse))
+        for root, bucket_of, entry_of in roots:
             for name in sorted(_zk.children(self.client, root)):
                 parent = f"{root}/{name}"
                 if bucket_of(name) is None:
-                    garbage.append(parent)
+                    if root != self.paths.queues:
+                        garbage.append(parent)
                     continue
                 for child in sorted(_zk.children(self.client, parent)):
                     entry = entry_of(child)
@@ -325,20 +377,28 @@ class QueueIndex:
     # -- gauges -----------------------------------------------------------------
 
     def depth(self) -> dict[str, Any]:
-        """Waiting jobs per priority, delayed jobs, and the age of the oldest
-        waiting job, from znode stats: one stat per bucket and one record
-        read per priority, never a listing of the backlog."""
+        """Waiting jobs per priority and per queue, delayed jobs, and the age
+        of the oldest waiting job, from znode stats: one listing per queue,
+        one stat per bucket and one record read per queue and priority, never
+        a listing of the backlog. Entries not yet moved out of an older
+        layout count in the ``default`` queue."""
         waiting: dict[int, int] = {}
+        by_queue: dict[str, int] = {}
         oldest: float | None = None
-        buckets = self.buckets()
-        first_of_priority: dict[int, Bucket] = {}
+        queues, legacy = self._top()
+        buckets = [b for queue in queues for b in self.buckets(queue)] + legacy
+        first: dict[tuple[str | None, int], Bucket] = {}
         stats = _zk.stats(self.client, [self.paths.bucket(b) for b in buckets])
+        for queue in queues:
+            by_queue[queue] = 0
         for bucket, stat in zip(buckets, stats):
             if stat is None or stat.numChildren == 0:
                 continue
             waiting[bucket.priority] = waiting.get(bucket.priority, 0) + stat.numChildren
-            first_of_priority.setdefault(bucket.priority, bucket)
-        for bucket in first_of_priority.values():
+            queue = bucket.queue or "default"
+            by_queue[queue] = by_queue.get(queue, 0) + stat.numChildren
+            first.setdefault((bucket.queue, bucket.priority), bucket)
+        for bucket in first.values():
             listed = self.entries(bucket)
             if not listed or not listed[0]:
                 continue
@@ -351,6 +411,59 @@ class QueueIndex:
                            for name in _zk.children(self.client, self.paths.delayed)]
         delayed = sum(stat.numChildren for stat in _zk.stats(self.client, delayed_buckets)
                       if stat)
-        return {"waiting": waiting, "delayed": delayed,
+        return {"waiting": waiting, "queues": by_queue, "delayed": delayed,
                 "oldest_waiting_age": None if oldest is None else max(0.0, time.time() - oldest)}
 
+    # -- layout 1 and 2 -------------------------------------------------------------
+
+    def is_legacy_entry(self, entry_path: str) -> bool:
+        """Whether ``entry_path`` is an entry of a layout-2 bucket."""
+        return entry_path.rsplit("/", 2)[0] == self.paths.queues
+
+    def migrate_legacy(self) -> int:
+        """Move every entry of a layout-1/2 bucket into its job's queue, in
+        claim order: per entry, one transaction that deletes the old entry,
+        checks the record's version and creates the new entry (the reads
+        pipelined). A stale old entry is deleted; a drained old bucket too.
+        Safe beside live claimers and posters (each move is guarded; a lost
+        race leaves the job to whoever won it). Returns the entries moved."""
+        moved = 0
+        with _zk.translated("moving queue entries to layout 3"):
+            for bucket in self.legacy_buckets():
+                listed = self.entries(bucket)
+                if listed is None:
+                    continue
+                parent = self.paths.bucket(bucket)
+                entries = listed[0]
+                for start in range(0, len(entries), PIPELINE_WINDOW):
+                    window = entries[start:start + PIPELINE_WINDOW]
+                    pending = [(entry, self.client.get_async(self.paths.job(entry.job_id)))
+                               for entry in window]
+                    for entry, result in pending:
+                        moved += self._move_legacy(f"{parent}/{entry.name}", entry, result,
+                                                   restore=bucket.number == RESTORE_BUCKET)
+                _zk.delete_quietly(self.client, parent)   # only when drained
+        return moved
+
+    def _move_legacy(self, entry_path: str, entry: Entry, result: Any, *,
+                     restore: bool) -> int:
+        try:
+            data, stat = result.get(timeout=READ_TIMEOUT)
+            job = self.records.decode(entry.job_id, data)
+        except NoNodeError:
+            _zk.delete_quietly(self.client, entry_path)
+            return 0
+        except MalformedData as exc:
+            self.records.quarantine(self.paths.job(entry.job_id), str(exc),
+                                    also_delete=(entry_path,))
+            return 0
+        if not self.is_live(job, stat.version, entry.version):
+            _zk.delete_quietly(self.client, entry_path)
+            return 0
+        record = self.paths.job(job.uuid)
+
+        def move(txn: Any) -> None:
+            txn.delete(entry_path)
+            txn.check(record, stat.version)
+
+        return int(self.commit(move, job, stat.version, restore=restore, due=True)[1] is None)

@@ -16,6 +16,9 @@ finding                    repair
                            version that was judged
 ``stale-entry``            an entry whose job is gone, not waiting, or at
                            another record version: deleted
+``old-layout-entry``       a live entry in a bucket of layout 1 or 2 (directly
+                           under ``{root}/queue``; a poster of an older
+                           release): moved into its job's queue
 ``orphan``                 a running marker without a claim: the job is put
                            back (as a claimer does when it sees it)
 ``claimed-without-holder`` a CLAIMED record with neither claim nor running
@@ -218,6 +221,11 @@ class _Sweep:
             known = self.jobs.get(job_id)
             for path, entry_version in listed:
                 if known is not None and r.index.is_live(known[0], known[1], entry_version):
+                    if r.index.is_legacy_entry(path):
+                        self.found("old-layout-entry", path,
+                                   "an entry of layout 2: not seen by claimers", job_id,
+                                   lambda path=path, job_id=job_id, v=entry_version:
+                                   self.move_legacy(path, job_id, v))
                     continue
                 self.found("stale-entry", path, "its job is gone, not waiting, or newer",
                            job_id, lambda path=path, job_id=job_id, v=entry_version:
@@ -229,6 +237,19 @@ class _Sweep:
             return False
         record = self.r.paths.job(job_id)
         return self.r.index.commit(lambda txn: txn.check(record, version), job, version)[1] is None
+
+    def move_legacy(self, path: str, job_id: str, entry_version: int | None) -> bool:
+        job, version = self.fresh(job_id)
+        if job is None or not self.r.index.is_live(job, version, entry_version):
+            return _zk.delete_quietly(self.r.client, path)
+        record = self.r.paths.job(job_id)
+
+        def move(txn: Any) -> None:
+            txn.delete(path)
+            txn.check(record, version)
+
+        restore = path.rsplit("/", 2)[1].endswith("-0000000000")
+        return self.r.index.commit(move, job, version, restore=restore, due=True)[1] is None
 
     def drop_stale_entry(self, path: str, job_id: str, entry_version: int | None) -> bool:
         job, version = self.fresh(job_id)

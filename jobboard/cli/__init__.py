@@ -18,7 +18,7 @@ One module per concern: :mod:`.app` (the group, errors, config file),
 :mod:`.common` (options, output, exit codes), :mod:`.settings` (config
 keys), :mod:`.zk` (connecting), :mod:`.render` (results and failures),
 :mod:`.posting` (``post``), :mod:`.inspection` (``jobs``, ``show``,
-``claims``, ``conductors``, ``fsck``), :mod:`.admin` and
+``claims``, ``conductors``, ``fsck``, ``prune``, ``upgrade``), :mod:`.admin` and
 :mod:`.admin_rules` (``abandon``, ``transfer``, ``cancel``, ``retry``,
 ``trash``), :mod:`.daemon` (``conductor``, ``exporter``),
 :mod:`.preflight` (a conductor's start checks), :mod:`.logbook` and
@@ -33,7 +33,7 @@ from jobboard.cli.app import main
 from jobboard.cli.common import CONNECT_TIMEOUT, DAEMON_CONNECT_TIMEOUT, ExitCode
 from jobboard.cli.daemon import conductor, exporter
 from jobboard.cli.dev import demo, dev_group
-from jobboard.cli.inspection import claims, conductors, fsck, jobs, show
+from jobboard.cli.inspection import claims, conductors, fsck, jobs, prune, show, upgrade
 from jobboard.cli.logbook import logbook_group
 from jobboard.cli.posting import post
 from jobboard.cli.schedule import schedule
@@ -41,7 +41,8 @@ from jobboard.cli.schedule import schedule
 __all__ = ["CONNECT_TIMEOUT", "DAEMON_CONNECT_TIMEOUT", "ExitCode", "main"]
 
 for _command in (post, jobs, show, fsck, claims, abandon, transfer, trash, cancel, retry,
-                 conductors, exporter, logbook_group, conductor, demo, dev_group, schedule):
+                 conductors, exporter, logbook_group, conductor, demo, dev_group, schedule,
+                 prune, upgrade):
     main.add_command(_command)
 
 # ---- the web console (jobboard[web]) -------------------------------------------

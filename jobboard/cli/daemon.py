@@ -26,6 +26,29 @@ from jobboard.errors import ConfigError, JobBoardError
 __all__ = ["conductor", "exporter"]
 
 
+def _queue_list(_ctx: Any, _param: Any, value: str) -> tuple[str, ...]:
+    from jobboard.board.layout import check_queue
+    from jobboard.errors import InvalidArgument
+
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise click.BadParameter("name at least one queue")
+    try:
+        return tuple(dict.fromkeys(check_queue(name) for name in names))
+    except InvalidArgument as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _duration(_ctx: Any, _param: Any, value: str) -> float:
+    from jobboard.board.retention import parse_duration
+    from jobboard.errors import InvalidArgument
+
+    try:
+        return parse_duration(value)
+    except InvalidArgument as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command()
 @click.option("--name", default=None, help="Unique conductor name (default host-pid).")
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1),
@@ -63,12 +86,27 @@ __all__ = ["conductor", "exporter"]
               metavar="SECONDS",
               help="How long a task asked to stop (cancel, transfer, time limit) gets "
                    "before it is abandoned (thread) or killed (process).")
+@click.option("--queue", "queues", default="default", show_default=True, metavar="A,B",
+              envvar="JOBBOARD_QUEUE", show_envvar=True, callback=_queue_list,
+              help="The queues to claim from, the first served first.")
+@click.option("--keep-finished", default="7d", show_default=True, metavar="DURATION",
+              envvar="JOBBOARD_KEEP_FINISHED", show_envvar=True, callback=_duration,
+              help="How long COMPLETE, FAILED and CANCELLED jobs stay on the board (7d, "
+                   "12h, 30m, 0: none); one elected conductor removes older ones, their "
+                   "outcome kept in the logbook.")
+@click.option("--max-refusals", default=5, show_default=True, type=click.IntRange(1),
+              help="Park a job (DEAD, with the reason) given back this many times by "
+                   "conductors that cannot import its factory.")
+@click.option("--refusal-backoff", default=5.0, show_default=True,
+              type=click.FloatRange(min=0), metavar="SECONDS",
+              help="How long a job this conductor gave back is left for others.")
 @json_option
 @board_options
 def conductor(name: str | None, concurrency: int, metrics_port: int | None,
               allow: tuple[str, ...], grace: float, session_timeout: float, max_claims: int,
               fsck_interval: float, no_scheduler: bool, executor: str,
-              task_timeout: float | None, stop_timeout: float, as_json: bool,
+              task_timeout: float | None, stop_timeout: float, queues: tuple[str, ...],
+              keep_finished: float, max_refusals: int, refusal_backoff: float, as_json: bool,
               conn: Connection) -> None:
     """Run a conductor: claim jobs and run their flows until SIGTERM.
 
@@ -106,7 +144,8 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
                                            "--metrics-port")) from None
     watched: list[ConnectWatch] = []
     board = open_board(conn, timeout=DAEMON_CONNECT_TIMEOUT, watch=watched,
-                       session_timeout=session_timeout, max_claims=max_claims)
+                       session_timeout=session_timeout, max_claims=max_claims,
+                       max_refusals=max_refusals)
     try:
         note = preflight.session_timeout_note(
             session_timeout, watched[0].negotiated_ms if watched else None, conn.zk)
@@ -128,7 +167,8 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
     worker = Conductor(board, store, name=name, concurrency=concurrency, allow=allow,
                        grace=grace, metrics=metrics, fsck_interval=fsck_interval,
                        executor=executor, task_timeout=task_timeout,
-                       stop_timeout=stop_timeout, scheduler=not no_scheduler)
+                       stop_timeout=stop_timeout, scheduler=not no_scheduler, queues=queues,
+                       keep_finished=keep_finished, refusal_backoff=refusal_backoff)
     signals = {"count": 0}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -142,11 +182,12 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     click.echo(f"conductor {worker.name} running (concurrency {concurrency}, "
-               f"{executor} executor)", err=True)
+               f"{executor} executor, queues {','.join(queues)})", err=True)
     if as_json:
         emit_json({"conductor": worker.name, "pid": os.getpid(), "zk": conn.zk,
                    "root": conn.root, "concurrency": concurrency, "executor": executor,
                    "allow": list(allow), "metrics_port": metrics_port,
+                   "queues": list(queues), "keep_finished": keep_finished,
                    "session_timeout": (watched[0].negotiated_ms / 1000
                                        if watched and watched[0].negotiated_ms
                                        else session_timeout)})

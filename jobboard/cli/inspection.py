@@ -1,5 +1,9 @@
-"""The read-only board commands: ``jobs``, ``show``, ``claims``,
-``conductors``, ``fsck``.
+"""The board inspection and upkeep commands: ``jobs``, ``show``, ``claims``,
+``conductors``, ``fsck``, ``prune`` and ``upgrade``.
+
+Jobs pruned by retention are answered from the logbook: ``show JOB_ID``
+(a full id: prefixes resolve among the jobs on the board only) and ``jobs
+--state COMPLETE|FAILED|CANCELLED`` (archived jobs after those on the board).
 
 ``show`` and ``claims`` add what the logbook knows (attempts, the running
 task and its heartbeat) when it can be read within about
@@ -27,13 +31,58 @@ from jobboard.cli.render import outcome_lines, value_text
 from jobboard.cli.zk import open_board
 from jobboard.states import JobState
 
-__all__ = ["LOGBOOK_READ_TIMEOUT", "claims", "conductors", "fsck", "jobs", "show"]
+__all__ = ["LOGBOOK_READ_TIMEOUT", "claims", "conductors", "fsck", "jobs", "logbook_archive",
+           "prune", "show", "upgrade"]
 
 #: Seconds ``show`` and ``claims`` wait for the logbook before they print
 #: the board's part alone.
 LOGBOOK_READ_TIMEOUT = 3.0
 
 MALFORMED = "MALFORMED"
+ARCHIVED_STATES = ("COMPLETE", "FAILED", "CANCELLED")
+#: Archived jobs ``jobs`` lists at most without --limit.
+ARCHIVED_LIMIT = 100
+
+
+class _LogbookArchive:
+    """The logbook as the board's outcome archive, opened only when asked
+    (and never created: a SQLite logbook that does not exist has nothing)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        from jobboard.conductor.janitor import LogbookArchive
+
+        path = logbook_access.sqlite_path(self.url)
+        if path is not None and not path.exists():
+            return None
+        with logbook_access.open_logbook(self.url, auto_upgrade=False, retry_attempts=2,
+                                         retry_max_delay=LOGBOOK_READ_TIMEOUT) as book:
+            result = getattr(LogbookArchive(book), method)(*args, **kwargs)
+            return list(result) if method == "finished" else result
+
+    def save(self, jobs: Any) -> set[str]:
+        from jobboard.conductor.janitor import LogbookArchive
+
+        logbook_access.prepare_default(self.url)
+        with logbook_access.open_logbook(self.url) as book:
+            return LogbookArchive(book).save(jobs)
+
+    def outcome(self, job_id: str) -> Any:
+        return self._call("outcome", job_id)
+
+    def document(self, job_id: str) -> dict | None:
+        return self._call("document", job_id)
+
+    def finished(self, state: JobState, *, limit: int, skip: set[str]) -> list[dict]:
+        return self._call("finished", state, limit=limit, skip=skip) or []
+
+
+def logbook_archive(url: str) -> _LogbookArchive:
+    """The board's outcome archive on the logbook at ``url`` (see
+    :class:`jobboard.conductor.janitor.LogbookArchive`)."""
+    return _LogbookArchive(url)
 _SORTS = {"claim": None,
           "oldest": lambda job: (job.created_at, job.uuid),
           "newest": lambda job: (-job.created_at, job.uuid)}
@@ -48,16 +97,21 @@ _SORTS = {"claim": None,
                    "newest: by age.")
 @click.option("--limit", default=None, type=click.IntRange(1), metavar="N",
               help="List at most N jobs (with --sort claim, only N records are read).")
+@click.option("--queue", default=None, metavar="NAME", help="Only the jobs of this queue.")
 @json_option
 @board_options
-def jobs(state: str | None, order: str, limit: int | None, as_json: bool,
+def jobs(state: str | None, order: str, limit: int | None, queue: str | None, as_json: bool,
          conn: Connection) -> None:
     """List jobs (waiting ones in claim order). DUE shows when a delayed job
     becomes claimable. Malformed znodes and quarantined records are listed
-    as MALFORMED with the reason."""
+    as MALFORMED with the reason. With --state COMPLETE, FAILED or
+    CANCELLED, jobs already pruned from the board follow, from the logbook
+    (OWNER "(archived)")."""
+    from jobboard.errors import ConfigError, LogbookError
+
     state = state.upper() if state else None
     with open_board(conn) as board:
-        listing = iter(()) if state == MALFORMED else board.jobs(state)
+        listing = iter(()) if state == MALFORMED else board.jobs(state, queue=queue)
         key = _SORTS[order]
         if key is None:
             found = list(itertools.islice(listing, limit + 1 if limit else None))
@@ -66,18 +120,32 @@ def jobs(state: str | None, order: str, limit: int | None, as_json: bool,
         more = limit is not None and len(found) > limit
         found = found[:limit]
         bad = board.malformed() if state in (None, MALFORMED) else {}
+    archived: list[dict] = []
+    problem: str | None = None
+    room = (limit - len(found)) if limit is not None else ARCHIVED_LIMIT
+    if state in ARCHIVED_STATES and room > 0 and not more:
+        try:
+            archived = [doc for doc in logbook_archive(conn.logbook).finished(
+                JobState(state), limit=room, skip={j.uuid for j in found})
+                if queue in (None, doc.get("queue"))]
+        except (LogbookError, ConfigError) as exc:
+            problem = " ".join(str(exc).split())
+            warn(f"cannot read the logbook, so pruned jobs are not listed: {problem}")
     if as_json:
-        emit_json({"jobs": [j.to_dict() for j in found],
+        emit_json({"jobs": [j.to_dict() for j in found], "archived": archived,
                    "malformed": [{"path": p, "reason": r} for p, r in sorted(bad.items())],
-                   "limit": limit, "more": more})
+                   "limit": limit, "more": more, "logbook_error": problem})
         return
     now = time.time()
-    rows = [[j.uuid, j.name, j.state.value, j.priority, j.attempt, j.claims,
+    rows = [[j.uuid, j.name, j.state.value, j.priority, j.attempt, j.claims, j.queue,
              j.owner or "-", age(j.created_at), due(j.not_before, now=now)] for j in found]
-    rows += [[path, "-", "MALFORMED", "-", "-", "-", "-", "-", reason]
+    rows += [[d["job_id"], d.get("name"), d.get("state"), d.get("priority"), d.get("attempt"),
+              "-", d.get("queue"), "(archived)", age(d.get("created_at")), "-"]
+             for d in archived]
+    rows += [[path, "-", "MALFORMED", "-", "-", "-", "-", "-", "-", reason]
              for path, reason in sorted(bad.items())]
-    print_table(["JOB", "NAME", "STATE", "PRIO", "ATTEMPT", "CLAIMS", "OWNER", "AGE", "DUE"],
-                rows)
+    print_table(["JOB", "NAME", "STATE", "PRIO", "ATTEMPT", "CLAIMS", "QUEUE", "OWNER", "AGE",
+                 "DUE"], rows)
     if more:
         click.echo(f"(first {limit} shown; more with a larger --limit)", err=True)
 
@@ -113,10 +181,23 @@ def _logbook_attempts(url: str, job_id: str) -> tuple[list[dict] | None, str | N
 def show(job_id: str, as_json: bool, conn: Connection) -> None:
     """Show one job: its record, claim, outcome (results, or the failure
     with its traceback), history and attempts."""
+    from jobboard.board.job import check_job_id
     from jobboard.board.lookup import resolve_job_id
+    from jobboard.errors import InvalidArgument, JobNotFound
 
     with open_board(conn) as board:
-        job = board.get(resolve_job_id(board, job_id))
+        try:
+            job = board.get(resolve_job_id(board, job_id))
+        except JobNotFound:
+            try:
+                full = check_job_id(job_id)
+            except InvalidArgument:
+                raise JobNotFound(job_id) from None
+            archived = logbook_archive(conn.logbook).document(full)
+            if archived is None:
+                raise
+            _show_archived(archived, conn.logbook, as_json)
+            return
         holder = board.claim_owner(job.uuid)
     doc = job.to_dict()
     doc["holder"] = holder
@@ -127,8 +208,8 @@ def show(job_id: str, as_json: bool, conn: Connection) -> None:
     if as_json:
         emit_json(doc)
         return
-    for name in ("uuid", "name", "factory", "state", "priority", "attempt", "claims",
-                 "deaths", "holder", "key"):
+    for name in ("uuid", "name", "factory", "state", "queue", "priority", "attempt", "claims",
+                 "deaths", "refusals", "holder", "key"):
         value = doc[name]
         click.echo(f"{name:>9}: {'-' if value is None else value}")
     for name in ("args", "store", "details"):
@@ -151,6 +232,32 @@ def show(job_id: str, as_json: bool, conn: Connection) -> None:
     for entry in attempts:
         click.echo(f"    #{entry['attempt']} {entry['state']} created {entry['created_at']}"
                    f" updated {entry['updated_at']}")
+
+
+def _show_archived(document: dict, logbook_url: str, as_json: bool) -> None:
+    """``show`` of a job pruned from the board: what the logbook kept."""
+    attempts, note = _logbook_attempts(logbook_url, document["job_id"])
+    doc = {**document, "uuid": document["job_id"], "archived": True, "attempts": attempts}
+    if note is not None:
+        doc["logbook_note"] = note
+    if as_json:
+        emit_json(doc)
+        return
+    for name in ("uuid", "name", "factory", "state", "queue", "priority", "attempt", "key"):
+        value = doc.get(name)
+        click.echo(f"{name:>9}: {'-' if value is None else value}")
+    click.echo(f"{'created':>9}: {age(doc.get('created_at'))} ago")
+    click.echo(f"{'pruned':>9}: {age(doc.get('pruned_at'))} ago (the board's record is "
+               "gone; this is the logbook's copy)")
+    click.echo("  outcome:")
+    for line in outcome_lines({"results": doc.get("results"), "reason": doc.get("reason"),
+                               "failure": doc.get("failure")}, indent="    "):
+        click.echo(line)
+    if attempts is not None:
+        click.echo(f"  attempts: {len(attempts)} in the logbook")
+        for entry in attempts:
+            click.echo(f"    #{entry['attempt']} {entry['state']} created "
+                       f"{entry['created_at']} updated {entry['updated_at']}")
 
 
 def _running_tasks(logbook_url: str, job_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -298,3 +405,54 @@ def _not_ready_reason(record: dict[str, Any]) -> str:
     if isinstance(since, (int, float)) and since > 0:
         reason += f" (for {age(since)})"
     return reason
+
+
+@click.command()
+@click.option("--older-than", "older_than", required=True, metavar="DURATION",
+              help="Remove jobs that finished longer ago than this (7d, 12h, 30m, 45s, 0).")
+@json_option
+@board_options
+def prune(older_than: str, as_json: bool, conn: Connection) -> None:
+    """Remove COMPLETE, FAILED and CANCELLED jobs that finished longer ago
+    than DURATION from the board, with their idempotency keys, after the
+    logbook kept their outcome (show, jobs --state and post --wait still
+    answer). DEAD jobs stay. Conductors do this on their own
+    (--keep-finished); this is the same by hand."""
+    from jobboard.board.retention import parse_duration
+    from jobboard.errors import InvalidArgument
+
+    try:
+        seconds = parse_duration(older_than)
+    except InvalidArgument as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    with open_board(conn) as board:
+        report = board.prune(seconds, archive=logbook_archive(conn.logbook))
+    if as_json:
+        emit_json({"older_than": seconds, **report.to_dict()})
+        return
+    click.echo(f"{report.removed} finished job(s) removed, {report.kept} kept (not old "
+               f"enough), {report.stale_entries} stale index entries dropped"
+               + (f", {report.not_archived} left (the logbook did not take them)"
+                  if report.not_archived else ""))
+
+
+@click.command()
+@json_option
+@board_options
+def upgrade(as_json: bool, conn: Connection) -> None:
+    """Bring the board to this release's znode layout: waiting jobs move into
+    their queue's buckets and finished jobs are indexed for retention.
+    Idempotent, safe beside running conductors (which also do it as they
+    start)."""
+    with open_board(conn) as board:
+        done = board.upgrade()
+    if as_json:
+        emit_json(done)
+        return
+    if done["from"] == done["to"]:
+        click.echo(f"the board has layout {done['to']} already"
+                   + (f"; {done['moved']} entry(ies) moved" if done["moved"] else ""))
+    else:
+        click.echo(f"board upgraded from layout {done['from']} to {done['to']}: "
+                   f"{done['moved']} waiting job(s) moved, {done['indexed']} finished job(s) "
+                   "indexed")

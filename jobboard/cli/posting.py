@@ -45,7 +45,10 @@ def _outcome_doc(outcome: Any) -> dict[str, Any]:
 @click.option("--delay", default=None, type=click.FloatRange(min=0), metavar="SECONDS",
               help="Not claimable before this many seconds.")
 @click.option("--key", default=None, metavar="IDEMPOTENCY_KEY",
-              help="A second post with the same key returns the first job.")
+              help="A second post with the same key returns the first job (while it is "
+                   "on the board: keys expire with their jobs).")
+@click.option("--queue", default="default", show_default=True, metavar="NAME",
+              help="The queue the job waits in: only conductors serving it claim it.")
 @click.option("--wait", "wait_", is_flag=True,
               help="Wait for the job to finish; the exit code says how it ended.")
 @click.option("--timeout", default=None, type=click.FloatRange(min=0),
@@ -53,7 +56,7 @@ def _outcome_doc(outcome: Any) -> dict[str, Any]:
 @json_option
 @board_options
 def post(factory: str, args: tuple[str, ...], store: tuple[str, ...], name: str | None,
-         priority: int, delay: float | None, key: str | None, wait_: bool,
+         priority: int, delay: float | None, key: str | None, queue: str, wait_: bool,
          timeout: float | None, as_json: bool, conn: Connection) -> None:
     """Post a job that runs flow FACTORY (package.module:function).
 
@@ -61,16 +64,18 @@ def post(factory: str, args: tuple[str, ...], store: tuple[str, ...], name: str 
     ended, its results or its failure, and exits 0 COMPLETE, 3 FAILED,
     4 CANCELLED, 5 DEAD, 6 when --timeout ran out first (the job goes on).
     """
+    from jobboard.cli.inspection import logbook_archive
     from jobboard.errors import WaitTimeout
 
     with open_board(conn) as board:
         job = board.post(factory, args=pairs(args, "--arg"), store=pairs(store, "--store"),
-                         name=name, priority=priority, delay=delay, key=key)
+                         name=name, priority=priority, delay=delay, key=key, queue=queue)
         if not wait_:
             emit_json(job.to_dict()) if as_json else click.echo(job.uuid)
             return
         if not as_json:
             click.echo(f"posted {job.uuid}; waiting", err=True)
+        board.archive = logbook_archive(conn.logbook)   # the record may be pruned first
         try:
             outcome = board.wait(job.uuid, timeout=timeout)
         except WaitTimeout as exc:

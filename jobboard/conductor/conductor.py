@@ -1,9 +1,17 @@
 """The conductor daemon: claim jobs, run them, consume them.
 
 Shaped as initialize / loop / shutdown. The loop claims while it has capacity
-(``concurrency`` jobs at once), best job first, and otherwise sleeps until a
+(``concurrency`` jobs at once), from the queues it serves (in their order),
+best job first, and otherwise sleeps until a
 watch says claimable work may have appeared. Each job runs in its own thread
-(:class:`~jobboard.conductor.run.JobRun`).
+(:class:`~jobboard.conductor.run.JobRun`). A job whose factory this
+conductor cannot import is given back and left alone for
+``refusal_backoff`` seconds, for a conductor that can.
+
+Fleet duties, each run by one elected conductor at a time: the repair
+sweep, the retention janitor (:mod:`jobboard.conductor.janitor`) and the
+scheduler. A conductor that finds a board of an older layout upgrades it
+before it claims (:meth:`Board.upgrade <jobboard.board.Board.upgrade>`).
 
 How it fails and recovers:
 
@@ -31,7 +39,10 @@ from typing import Any, Iterator, Sequence
 
 from jobboard import __version__
 from jobboard.board import Board, Claimer, Job
+from jobboard.board.layout import DEFAULT_QUEUE, LAYOUT_VERSION
+from jobboard.board.retention import DEFAULT_KEEP_FINISHED
 from jobboard.conductor.executors import KINDS as EXECUTORS, Executors
+from jobboard.conductor.janitor import Janitor, LogbookArchive
 from jobboard.conductor.leader import Duty
 from jobboard.conductor.readiness import Readiness
 from jobboard.conductor.run import JobRun, RunContext
@@ -48,6 +59,7 @@ REGISTRATION_INTERVAL = 2.0
 DEFAULT_FSCK_INTERVAL = 300.0
 DEFAULT_STOP_TIMEOUT = 30.0
 DEFAULT_FACTORY_TIMEOUT = 60.0
+DEFAULT_REFUSAL_BACKOFF = 5.0
 
 
 def default_name() -> str:
@@ -82,6 +94,15 @@ class Conductor:
         scheduler: stand in the election of the fleet's scheduler, which
             posts the fires of the board's schedules (one conductor at a
             time); False: never run it here (``--no-scheduler``).
+        queues: the queues claimed from, the first served first
+            (``--queue gpu,default``).
+        keep_finished: seconds a COMPLETE, FAILED or CANCELLED job stays on
+            the board before the fleet's janitor (one conductor at a time)
+            removes it, its outcome kept in the logbook (0: at once; None:
+            this conductor never runs the janitor).
+        refusal_backoff: seconds a job this conductor gave back (it cannot
+            import its factory) is left for others before it is claimed here
+            again.
 
     Raises:
         InvalidArgument: a setting out of range.
@@ -95,7 +116,9 @@ class Conductor:
                  executor: str = "thread", task_timeout: float | None = None,
                  stop_timeout: float = DEFAULT_STOP_TIMEOUT,
                  factory_timeout: float = DEFAULT_FACTORY_TIMEOUT,
-                 scheduler: bool = True) -> None:
+                 scheduler: bool = True, queues: Sequence[str] = (DEFAULT_QUEUE,),
+                 keep_finished: float | None = DEFAULT_KEEP_FINISHED,
+                 refusal_backoff: float = DEFAULT_REFUSAL_BACKOFF) -> None:
         if concurrency < 1:
             raise InvalidArgument("concurrency must be at least 1", argument="concurrency")
         if executor not in EXECUTORS:
@@ -107,6 +130,10 @@ class Conductor:
             raise InvalidArgument("stop_timeout must be >= 0", argument="stop_timeout")
         if not factory_timeout > 0:
             raise InvalidArgument("factory_timeout must be positive", argument="factory_timeout")
+        if keep_finished is not None and not keep_finished >= 0:
+            raise InvalidArgument("keep_finished must be >= 0", argument="keep_finished")
+        if not refusal_backoff >= 0:
+            raise InvalidArgument("refusal_backoff must be >= 0", argument="refusal_backoff")
         self.board = board
         self.logbook = logbook
         self.name = name or default_name()
@@ -136,7 +163,13 @@ class Conductor:
         self._registered_generation = -1
         self._registered_info: dict[str, Any] = {}
         self._registration_due = 0.0
-        self.claimer = Claimer(board, self.name)
+        self.claimer = Claimer(board, self.name, queues=tuple(queues))
+        self.queues = self.claimer.queues
+        self.keep_finished = keep_finished
+        self.refusal_backoff = refusal_backoff
+        if board.archive is None:   # wait() on a pruned job answers from the logbook
+            board.archive = LogbookArchive(logbook)
+        self.janitor: Janitor | None = None
         self.fsck_interval = fsck_interval
         self._repair_duty: Duty | None = None
         self.run_scheduler = scheduler
@@ -148,7 +181,8 @@ class Conductor:
             executors=self.executors, locker=self.locker, gate=self.gate,
             journal_down=self.readiness.down, release_later=self.release_later,
             allow=self.allow, factory_timeout=factory_timeout, task_timeout=task_timeout,
-            stop_timeout=stop_timeout)
+            stop_timeout=stop_timeout,
+            avoid=lambda job_id: self.claimer.avoid(job_id, self.refusal_backoff))
         if metrics is not None:
             board.notifier.subscribe(metrics.listener)
             metrics.attach_logbook(logbook)
@@ -158,10 +192,16 @@ class Conductor:
 
     def run(self) -> None:
         """Claim and run jobs until :meth:`stop` is called."""
-        log.info("conductor %s starting (concurrency %d, allowed factories %s)",
-                 self.name, self.concurrency, list(self.allow) or "none")
+        log.info("conductor %s starting (concurrency %d, queues %s, allowed factories %s)",
+                 self.name, self.concurrency, ",".join(self.queues),
+                 list(self.allow) or "none")
         try:
             self.logbook.check()     # refuse to start on a logbook we cannot use
+            if (self.board.layout_version or LAYOUT_VERSION) < LAYOUT_VERSION:
+                done = self.board.upgrade()
+                log.info("board upgraded from layout %d to %d: %d waiting job(s) moved "
+                         "into their queue, %d finished job(s) indexed", done["from"],
+                         done["to"], done["moved"], done["indexed"])
             self._register()
             self._publish_ready()
             self.claimer.start()
@@ -170,6 +210,13 @@ class Conductor:
                     self.board.client, f"{self.board.paths.leaders}/fsck", self.name,
                     interval=self.fsck_interval, work=self._repair_board,
                     generation=lambda: self.session.generation).start()
+            if self.keep_finished is not None:
+                archive = self.board.archive if isinstance(self.board.archive,
+                                                           LogbookArchive) \
+                    else LogbookArchive(self.logbook)
+                self.janitor = Janitor(self.board, archive, keep_finished=self.keep_finished,
+                                       identifier=self.name,
+                                       generation=lambda: self.session.generation).start()
             if self.run_scheduler:
                 self.scheduler = Scheduler(self.board, name=self.name).start()
             self._loop()
@@ -271,6 +318,8 @@ class Conductor:
         self.executors.shutdown()
         if self._repair_duty is not None:
             self._repair_duty.stop()
+        if self.janitor is not None:
+            self.janitor.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
         self.session.close()
@@ -351,7 +400,7 @@ class Conductor:
             jobs = sorted({job_id for job_id, _ in self.runs})
         return {"host": socket.gethostname(), "pid": os.getpid(),
                 "started_at": self._started_at, "version": __version__,
-                "concurrency": self.concurrency, "jobs": jobs,
+                "concurrency": self.concurrency, "jobs": jobs, "queues": list(self.queues),
                 "ready": self.readiness.ready, "reason": self.readiness.reason,
                 "not_ready_since": self.readiness.since}
 

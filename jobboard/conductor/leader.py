@@ -1,4 +1,5 @@
-"""Fleet-wide duties run by one conductor at a time: the repair sweep.
+"""Fleet-wide duties run by one conductor at a time: the repair sweep and the
+retention janitor (:mod:`jobboard.conductor.janitor`).
 
 The conductors of a board elect a leader with kazoo's election recipe
 (``{root}/leaders/{duty}``); the leader runs the duty every ``interval``

@@ -7,7 +7,11 @@ How it ends, case by case:
 * a task fails and the flow is reverted -> consumed FAILED with the failure;
 * a task runs past its time limit -> that attempt fails (``TaskTimeout``);
   its retry policy decides, as for any failure;
-* the factory cannot be loaded, raises, does not return within
+* this conductor cannot import the factory (its module is outside
+  ``--allow``, or the allowed package is not installed here) -> given back uncounted for a
+  conductor that can (``refusals`` + 1; the ``max_refusals``-th parks the job
+  DEAD with the reason), and not claimed here again for a while;
+* the factory cannot be loaded otherwise, raises, does not return within
   ``factory_timeout``, or the flow is invalid -> consumed FAILED with the
   reason, recorded in the logbook too: never retried forever;
 * an admin cancels it -> the running task is asked to stop (killed with the
@@ -47,10 +51,11 @@ from jobboard.board import Board, Job
 from jobboard.conductor.executors import Executors
 from jobboard.conductor.session import SessionWatch
 from jobboard.engine import Engine, build_flow
+from jobboard.engine.factory import is_allowed
 from jobboard.engine.journal import Failure, Journal
 from jobboard.engine.runner import record_unbuilt
 from jobboard.errors import (BoardError, BoardUnavailable, Cancelled, EngineError,
-                             LockTimeout, LogbookError)
+                             FactoryNotFound, LockTimeout, LogbookError)
 from jobboard.states import FlowState, JobState
 
 log = logging.getLogger(__name__)
@@ -87,6 +92,26 @@ class RunContext:
     factory_timeout: float = 60.0
     task_timeout: float | None = None
     stop_timeout: float = 30.0
+    avoid: Callable[[str], None] = lambda job_id: None   # a job given back: not again here
+
+
+def cannot_import(exc: EngineError, factory: str, allow: Sequence[str]) -> str | None:
+    """Why this conductor cannot import ``factory``: its module is outside
+    ``allow``, or the allowed package it is under is not installed here. None
+    when ``exc`` is the factory's own fault (an import error inside an allowed
+    module, a module missing from an installed package, a missing function,
+    an invalid flow)."""
+    module = factory.partition(":")[0]
+    if not is_allowed(module, allow):
+        return f"{module} is outside its --allow prefixes {list(allow)}"
+    cause = exc.__cause__
+    if isinstance(exc, FactoryNotFound) and isinstance(cause, ModuleNotFoundError):
+        missing = cause.name or ""
+        for prefix in (p.rstrip(".") for p in allow):
+            if (is_allowed(module, prefix) and missing
+                    and (prefix == missing or prefix.startswith(missing + "."))):
+                return f"no module {missing!r} is installed there"
+    return None
 
 
 class JobRun:
@@ -276,9 +301,15 @@ class JobRun:
             return
 
     def _broken(self, exc: EngineError) -> tuple[JobState, dict[str, Any]] | None:
-        """The flow cannot even be built: fail the job for good, with the reason
-        in the journal (through the engine) and on the board."""
+        """The flow cannot even be built: give the job back when this
+        conductor cannot import its factory, else fail the job for good, with
+        the reason in the journal (through the engine) and on the board."""
         job = self.job
+        why = cannot_import(exc, job.factory, self.context.allow)
+        if why is not None:
+            self._refuse(f"no conductor serving queue {job.queue!r} can import "
+                         f"{job.factory} (last refused by {self.context.owner}: {why})")
+            return None
         log.error("job %s: %s; marking it failed", job.uuid, exc)
         try:
             failure = record_unbuilt(self.context.journal, exc, job_id=job.uuid,
@@ -292,6 +323,18 @@ class JobRun:
             failure = Failure.from_exception(exc)
         return JobState.FAILED, {"flow_state": FlowState.FAILURE.value, "reason": str(exc),
                                  "failure": failure.to_dict()}
+
+    def _refuse(self, reason: str) -> None:
+        log.warning("job %s: given back: %s", self.job.uuid, reason)
+        self.context.avoid(self.job.uuid)
+        self.releasing.set()
+        try:
+            self.context.board.refuse(self.job, self.context.owner, reason)
+        except BoardUnavailable as exc:
+            log.warning("job %s: could not give it back yet: %s", self.job.uuid, exc)
+            self.context.release_later(self.job)
+        except BoardError as exc:
+            log.warning("job %s: could not give it back: %s", self.job.uuid, exc)
 
     def _stopping(self) -> bool:
         return self.claim_lost.is_set() or self.shutting_down.is_set()

@@ -46,13 +46,12 @@ from enum import Enum
 from typing import Any
 
 from jobboard.board.job import check_factory
-from jobboard.board.layout import check_priority
+from jobboard.board.layout import check_priority, check_queue
 from jobboard.errors import InvalidArgument, MalformedData
 from jobboard.schedules._trigger import Trigger
 from jobboard.serialization import pack_record, short_repr, unpack_record
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-QUEUE_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 CATCH_UP_MAX = 1000
 DEFAULT_CATCH_UP_LIMIT = 10
 DEFAULT_GRACE = 60.0
@@ -90,10 +89,8 @@ def check_name(name: Any) -> str:
 
 
 def _check_queue(queue: Any) -> str | None:
-    if queue is None or (isinstance(queue, str) and QUEUE_PATTERN.fullmatch(queue)):
-        return queue
-    raise InvalidArgument(f"queue must be letters, digits, '_', '.', '-' (1..64), "
-                          f"not {short_repr(queue)}", argument="queue")
+    """None (the board's default queue) or a queue name the board accepts."""
+    return None if queue is None else check_queue(queue)
 
 
 def _check_map(value: Any, argument: str) -> dict[str, Any]:

@@ -257,7 +257,7 @@ class Scheduler:
             args=schedule.args, store=schedule.store, name=schedule.name,
             priority=schedule.priority, key=schedule.key(fire_time),
             details={"schedule": schedule.name, "fire_time": fire_time})
-        if schedule.queue is not None:   # boards before queues take no queue argument
+        if schedule.queue is not None:   # else the board's default queue
             arguments["queue"] = schedule.queue
         return arguments
 

@@ -53,11 +53,9 @@ _BATCH = 100
 _UUID_PREFIX = re.compile(r"[0-9a-f]{8}[0-9a-f-]{0,28}")
 
 
-def job_queue(job: Job) -> str | None:
-    """The job's queue: the record's ``queue`` field where the release has
-    one, else ``details["queue"]``; None for the default queue."""
-    queue = getattr(job, "queue", None) or job.details.get("queue")
-    return queue if isinstance(queue, str) and queue else None
+def job_queue(job: Job) -> str:
+    """The job's queue."""
+    return job.queue
 
 
 @dataclass(frozen=True)

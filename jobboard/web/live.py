@@ -84,6 +84,7 @@ class LiveFeed:
         self._subscribers: set[Subscriber] = set()
         self._followers: dict[str, set[Subscriber]] = {}
         self._watches: list[ChildWatch] = []
+        # By queue name, and by "queue/bucket" for each queue's buckets.
         self._buckets: dict[str, ChildWatch] = {}
         self._started = False
         self._closed = False
@@ -98,7 +99,7 @@ class LiveFeed:
             (paths.claims, lambda _c: self.publish("claims")),
             (paths.running, lambda _c: self.publish("claims")),
             (paths.conductors, self._on_conductors),
-            (paths.queue, self._on_buckets),
+            (paths.queues, self._on_queues),
             (paths.delayed, lambda _c: self.publish("queue")),
             (paths.dead, lambda _c: self.publish("queue")),
         ]
@@ -191,20 +192,33 @@ class LiveFeed:
         except Exception:  # noqa: BLE001 - a closing client
             pass
 
-    def _on_buckets(self, names: list[str]) -> None:
-        paths = self.board.paths
+    def _on_queues(self, names: list[str]) -> None:
+        """Each queue's directory: a watch on its buckets."""
+        self._follow(names, lambda queue: ChildWatch(
+            self.client, self.board.paths.queue_dir(queue),
+            lambda buckets, queue=queue: self._on_buckets(queue, buckets)), scope="")
+
+    def _on_buckets(self, queue: str, names: list[str]) -> None:
+        """Each bucket of ``queue``: a watch on its entries."""
+        self._follow([f"{queue}/{name}" for name in names], lambda key: ChildWatch(
+            self.client, f"{self.board.paths.queues}/{key}",
+            lambda _c: self.publish("queue")), scope=f"{queue}/")
+
+    def _follow(self, keys: list[str], make: Callable[[str], ChildWatch], *,
+                scope: str) -> None:
+        """Watch every key of ``keys``; stop the watches of the keys in
+        ``scope`` (a queue's buckets, or the queues: no ``/``) not listed."""
         start, stop = [], []
         with self._lock:
             if self._closed:
                 return
-            for name in names:
-                if name not in self._buckets:
-                    watch = ChildWatch(self.client, f"{paths.queue}/{name}",
-                                       lambda _c: self.publish("queue"))
-                    self._buckets[name] = watch
+            for key in keys:
+                if key not in self._buckets:
+                    self._buckets[key] = watch = make(key)
                     start.append(watch)
-            for name in set(self._buckets) - set(names):
-                stop.append(self._buckets.pop(name))
+            for key in [k for k in self._buckets if k not in keys
+                        and (k.startswith(scope) if scope else "/" not in k)]:
+                stop.append(self._buckets.pop(key))
         for watch in stop:
             watch.stop()
         for watch in start:
