@@ -3,21 +3,27 @@
 Two sources:
 
 - :class:`Metrics`: the counters, histograms and gauges of one process (a
-  conductor, a producer). Subscribe :meth:`Metrics.listener` to a
-  :class:`~jobboard.events.Notifier` and events become counts and durations;
-  the conductor calls the small ``observe_*``/``set_*`` methods for what is
-  not an event (lock waits, connection state, logbook writes).
+  conductor, a producer). It is a listener like any other: subscribe
+  :meth:`Metrics.listener` to the :class:`~jobboard.events.Notifier` and
+  every event becomes counts, durations and gauges: job and task events from
+  the board and the engine, ``logbook.write`` from the logbook, the
+  conductor's ``conductor.*``, ``zookeeper.*``, ``lock.acquired`` and
+  ``claim.conflicts``, the webhook publisher's ``webhook.*``. Nothing calls
+  into it from outside the notifier (its ``observe_*``/``set_*`` methods
+  remain for processes without a notifier, and the handlers use them).
 - :class:`BoardCollector`: board gauges computed at scrape time from
   :meth:`Board.depth() <jobboard.board.Board.depth>` (znode stats, never a
-  listing of every job). Run one per fleet (``jobboard exporter``), not one
-  per conductor, or every conductor reports the same board.
+  listing of every job), and the board's count of posted jobs (from the job
+  shards' stats, so every post is counted, whoever posted it: producers are
+  seldom scraped). Run one per fleet (``jobboard exporter``), not one per
+  conductor, or every conductor reports the same board.
 
 Names follow Prometheus conventions: ``jobboard_<noun>_<unit>``, base units
 (seconds), counters end in ``_total``, label values come from small fixed
 sets (flow names from code, task outcomes, lock kinds, logbook operations,
 conductor names) and never carry a job id.
 
-How it fails: a listener or hook never raises into the work it observes (the
+How it fails: a listener never raises into the work it observes (the
 notifier logs listener errors anyway); a scrape of :class:`BoardCollector`
 with ZooKeeper unreachable does not raise either: it reports
 ``jobboard_board_up 0`` and counts ``jobboard_board_scrape_errors_total``.
@@ -43,6 +49,7 @@ if TYPE_CHECKING:  # the metrics never need kazoo at import time
 
 __all__ = [
     "BoardCollector",
+    "posted_jobs",
     "ScheduleCollector",
     "Metrics",
     "ZK_STATES",
@@ -108,7 +115,10 @@ class Metrics:
         r = {"registry": registry}
 
         # -- counters -----------------------------------------------------------
-        self.jobs_posted = Counter("jobboard_jobs_posted", "Jobs posted to the board.", **r)
+        self.jobs_posted = Counter(
+            "jobboard_jobs_posted",
+            "Jobs posted by this process (every post to the board, by anyone: "
+            "jobboard_board_jobs_posted_total from the exporter).", **r)
         self.jobs_claimed = Counter(
             "jobboard_jobs_claimed", "Successful claims, reclaims included.", **r)
         self.jobs_completed = Counter(
@@ -116,7 +126,9 @@ class Metrics:
         self.jobs_failed = Counter(
             "jobboard_jobs_failed", "Jobs whose flow failed for good (consumed FAILED).", **r)
         self.jobs_cancelled = Counter(
-            "jobboard_jobs_cancelled", "Claimed jobs stopped by a cancel request.", **r)
+            "jobboard_jobs_cancelled",
+            "Jobs cancelled: claimed ones stopped by a cancel request, waiting ones "
+            "removed.", **r)
         self.jobs_reclaimed = Counter(
             "jobboard_jobs_reclaimed",
             "Claims of a job claimed before (its holder died, abandoned or transferred it).", **r)
@@ -138,6 +150,17 @@ class Metrics:
         self.logbook_write_failures = Counter(
             "jobboard_logbook_write_failures", "Logbook writes that failed, by operation.",
             ["op"], **r)
+        self.webhook_deliveries = Counter(
+            "jobboard_webhook_deliveries",
+            "Finished-job documents the webhook receiver accepted (2xx).", **r)
+        self.webhook_failures = Counter(
+            "jobboard_webhook_failures",
+            "Webhook POST attempts that failed (unreachable, timeout, non-2xx); each "
+            "retry counts.", **r)
+        self.webhook_dropped = Counter(
+            "jobboard_webhook_dropped",
+            "Finished-job documents never delivered, by reason: queue_full (the oldest "
+            "is dropped), retries_exhausted, shutdown.", ["reason"], **r)
 
         # -- histograms -----------------------------------------------------------
         self.job_duration = Histogram(
@@ -227,27 +250,10 @@ class Metrics:
         self.session_losses.inc()
 
     def logbook_write(self, op: str, seconds: float, ok: bool) -> None:
-        """The logbook's ``on_write`` hook: ``logbook.on_write = metrics.logbook_write``."""
+        """Time one logbook write of ``op`` (and count it when it failed)."""
         self.logbook_write_seconds.labels(op=op).observe(max(0.0, seconds))
         if not ok:
             self.logbook_write_failures.labels(op=op).inc()
-
-    def attach_logbook(self, logbook: Any) -> None:
-        """Time every write of ``logbook`` and count its fenced writes (set as
-        its ``on_write`` hook; the hook runs after the logbook has counted a
-        refused write in ``logbook.fenced_writes``)."""
-        seen = [logbook.fenced_writes]
-        lock = threading.Lock()     # hooks of concurrent writes must not count one twice
-
-        def on_write(op: str, seconds: float, ok: bool) -> None:
-            self.logbook_write(op, seconds, ok)
-            if not ok:
-                with lock:
-                    now, before = logbook.fenced_writes, seen[0]
-                    seen[0] = now
-                self.fenced_write(now - before)
-
-        logbook.on_write = on_write
 
     def fenced_write(self, n: int = 1) -> None:
         """Count ``n`` logbook writes refused by fencing (``StaleOwner``)."""
@@ -294,7 +300,7 @@ class Metrics:
         state = str(event.details.get("state", "")).upper()
         if event.kind is EventKind.JOB_COMPLETED:
             self.jobs_completed.inc()
-        elif state == "CANCELLED":
+        elif event.kind is EventKind.JOB_CANCELLED or state == "CANCELLED":
             self.jobs_cancelled.inc()
         else:
             self.jobs_failed.inc()
@@ -309,6 +315,7 @@ class Metrics:
 
     def _on_dead(self, event: Event) -> None:
         self.jobs_dead_lettered.inc()
+        self._flow_of(event, forget=True)
 
     def _on_claim_lost(self, event: Event) -> None:
         self.claims_lost.inc()
@@ -343,12 +350,58 @@ class Metrics:
                 .observe(max(0.0, event.at - started))
 
 
+    # -- what the conductor, the logbook and the publishers tell -----------------------
+
+    def _on_logbook_write(self, event: Event) -> None:
+        d = event.details
+        op = str(d.get("op") or "unknown")
+        self.logbook_write(op, float(d.get("seconds") or 0.0), bool(d.get("ok")))
+        if d.get("fenced"):
+            self.fenced_write()
+
+    def _on_lock_acquired(self, event: Event) -> None:
+        self.observe_lock_wait(str(event.details.get("kind") or "mutex"),
+                               float(event.details.get("waited") or 0.0))
+
+    def _on_conductor_started(self, event: Event) -> None:
+        if event.owner:
+            self.register_conductor(event.owner, event.details.get("version"))
+
+    def _on_conductor_ready(self, event: Event) -> None:
+        if event.owner:
+            self.conductor_ready(event.owner, bool(event.details.get("ready")))
+
+    def _on_in_flight(self, event: Event) -> None:
+        if event.owner:
+            self.set_in_flight(event.owner, int(event.details.get("count") or 0))
+
+    def _on_zookeeper_state(self, event: Event) -> None:
+        if event.owner:
+            self.zookeeper_state(event.owner, str(event.details.get("state")))
+
+    def _on_session_lost(self, event: Event) -> None:
+        self.session_lost()
+
+    def _on_claim_conflicts(self, event: Event) -> None:
+        self.claim_conflicts(int(event.details.get("count") or 0))
+
+    def _on_webhook(self, event: Event) -> None:
+        if event.kind is EventKind.WEBHOOK_DELIVERED:
+            self.webhook_deliveries.inc()
+        elif event.kind is EventKind.WEBHOOK_FAILED:
+            self.webhook_failures.inc()
+        else:
+            self.webhook_dropped.labels(reason=str(event.details.get("reason") or "unknown")) \
+                .inc()
+
+
 _HANDLERS = {
     EventKind.JOB_POSTED: Metrics._on_posted,
     EventKind.JOB_CLAIMED: Metrics._on_claimed,
     EventKind.JOB_RECLAIMED: Metrics._on_claimed,
     EventKind.JOB_COMPLETED: Metrics._on_finished,
     EventKind.JOB_FAILED: Metrics._on_finished,
+    EventKind.JOB_CANCELLED: Metrics._on_finished,
     EventKind.JOB_ABANDONED: Metrics._on_abandoned,
     EventKind.JOB_DEAD: Metrics._on_dead,
     EventKind.CLAIM_LOST: Metrics._on_claim_lost,
@@ -360,12 +413,31 @@ _HANDLERS = {
     EventKind.TASK_RETRYING: Metrics._on_task_ended,
     EventKind.TASK_REVERTED: Metrics._on_task_ended,
     EventKind.TASK_HEARTBEAT: Metrics._on_heartbeat,
+    EventKind.LOGBOOK_WRITE: Metrics._on_logbook_write,
+    EventKind.LOCK_ACQUIRED: Metrics._on_lock_acquired,
+    EventKind.CONDUCTOR_STARTED: Metrics._on_conductor_started,
+    EventKind.CONDUCTOR_READY: Metrics._on_conductor_ready,
+    EventKind.JOBS_IN_FLIGHT: Metrics._on_in_flight,
+    EventKind.ZOOKEEPER_STATE: Metrics._on_zookeeper_state,
+    EventKind.SESSION_LOST: Metrics._on_session_lost,
+    EventKind.CLAIM_CONFLICTS: Metrics._on_claim_conflicts,
+    EventKind.WEBHOOK_DELIVERED: Metrics._on_webhook,
+    EventKind.WEBHOOK_FAILED: Metrics._on_webhook,
+    EventKind.WEBHOOK_DROPPED: Metrics._on_webhook,
 }
 
 
 class BoardCollector(Collector):
-    """Board gauges computed at scrape time: one :meth:`Board.depth` and one
-    :meth:`Board.conductors` per scrape.
+    """Board gauges computed at scrape time: one :meth:`Board.depth`, one
+    :meth:`Board.conductors` and one pipelined stat of the job shards per
+    scrape.
+
+    ``jobboard_board_jobs_posted_total`` counts every job record ever created
+    on the board, whoever posted it, from the shards' stats: a znode's
+    ``cversion`` counts its children's creations plus deletions and
+    ``numChildren`` their difference, so creations are their half-sum. It
+    survives trashing and pruning; it restarts (``rate()`` copes) only if a
+    shard is deleted and made again.
 
     A scrape never raises: with ZooKeeper unreachable it yields only
     ``jobboard_board_up 0`` and the error counter.
@@ -378,22 +450,24 @@ class BoardCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         # Names only, so registering does not talk to ZooKeeper.
-        return list(self._families({}, 0, 0.0, up=True, describe=True))
+        return list(self._families({}, 0, 0, 0.0, up=True, describe=True))
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
         try:
             depth = self.board.depth()
             conductors = len(self.board.conductors())
+            posted = posted_jobs(self.board)
             up = True
         except Exception as exc:  # a scrape must not fail: report it instead
             log.warning("board scrape failed: %s", exc)
             with self._lock:
                 self.errors += 1
-            depth, conductors, up = {}, 0, False
-        yield from self._families(depth, conductors, time.perf_counter() - started, up=up)
+            depth, conductors, posted, up = {}, 0, 0, False
+        yield from self._families(depth, conductors, posted, time.perf_counter() - started,
+                                  up=up)
 
-    def _families(self, depth: dict[str, Any], conductors: int, took: float, *,
+    def _families(self, depth: dict[str, Any], conductors: int, posted: int, took: float, *,
                   up: bool, describe: bool = False) -> Iterator[Metric]:
         yield GaugeMetricFamily("jobboard_board_up",
                                 "1 when the last scrape could read the board, else 0.",
@@ -404,6 +478,9 @@ class BoardCollector(Collector):
                                 "Time the last board scrape took.", value=took)
         if not up:
             return
+        yield CounterMetricFamily("jobboard_board_jobs_posted",
+                                  "Jobs ever posted to the board, by anyone (from the job "
+                                  "shards' znode stats).", value=posted)
         waiting = GaugeMetricFamily("jobboard_board_waiting_jobs",
                                     "Jobs waiting to be claimed, by priority.",
                                     labels=["priority"])
@@ -413,6 +490,12 @@ class BoardCollector(Collector):
             for priority, count in sorted(by_priority.items()):
                 waiting.add_metric([str(priority)], count)
         yield waiting
+        by_queue = GaugeMetricFamily("jobboard_queue_waiting_jobs",
+                                     "Jobs waiting to be claimed, by queue.", labels=["queue"])
+        if not describe:
+            for queue, count in sorted((depth.get("queues") or {"default": 0}).items()):
+                by_queue.add_metric([queue], count)
+        yield by_queue
         yield GaugeMetricFamily("jobboard_board_delayed_jobs",
                                 "Jobs posted with a delay that is not over yet.",
                                 value=depth.get("delayed", 0))
@@ -425,6 +508,19 @@ class BoardCollector(Collector):
                                 value=depth.get("oldest_waiting_age") or 0.0)
         yield GaugeMetricFamily("jobboard_board_conductors", "Live registered conductors.",
                                 value=conductors)
+
+
+def posted_jobs(board: "Board", timeout: float = 10.0) -> int:
+    """How many job records were ever created on ``board``: the half-sum of
+    ``cversion`` and ``numChildren`` over its job shards (stats pipelined)."""
+    client = board.client
+    pending = [client.exists_async(path) for path in board.paths.shards()]
+    total = 0
+    for result in pending:
+        stat = result.get(timeout=timeout)
+        if stat is not None:
+            total += (stat.cversion + stat.numChildren) // 2
+    return total
 
 
 class ScheduleCollector(Collector):

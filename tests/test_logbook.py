@@ -227,16 +227,25 @@ def test_delete_older_than_keeps_recent(logbook):
     assert logbook.delete_older_than(timedelta(days=7)) == 0
 
 
-def test_on_write_hook_sees_every_write(logbook):
+def test_every_write_is_an_event(logbook):
+    from jobboard.events import EventKind, Notifier
+
     calls = []
-    logbook.on_write = lambda op, seconds, ok: calls.append((op, ok, seconds >= 0))
+    notifier = Notifier()
+    notifier.subscribe(lambda e: calls.append((e.kind, e.job_id, e.details["op"],
+                                               e.details["ok"], e.details["fenced"],
+                                               e.details["seconds"] >= 0)))
+    logbook.notifier = notifier
     _started(logbook)
     logbook.save_atom("job-1", AtomDetail(name="a"), token=10)
     with pytest.raises(StaleOwner):
         logbook.save_atom("job-1", AtomDetail(name="a"), token=9)
-    assert calls == [("take_over", True, True), ("save_flow", True, True),
-                     ("save_atom", True, True), ("save_atom", False, True)]
-    logbook.on_write = lambda *_: 1 / 0     # a broken hook never breaks a write
+    write = EventKind.LOGBOOK_WRITE
+    assert calls == [(write, "job-1", "take_over", True, False, True),
+                     (write, "job-1", "save_flow", True, False, True),
+                     (write, "job-1", "save_atom", True, False, True),
+                     (write, "job-1", "save_atom", False, True, True)]
+    notifier.subscribe(lambda _e: 1 / 0)     # a broken listener never breaks a write
     logbook.save_atom("job-1", AtomDetail(name="b"), token=10)
     assert "b" in logbook.load_flow("job-1").atoms
 

@@ -1,5 +1,6 @@
-"""Metrics: events through a real Notifier, the board collector on a real
-ZooKeeper, and a scrape over HTTP. Each test has a fresh CollectorRegistry."""
+"""Metrics: events through a real Notifier (the metrics are one listener
+among others), the board collector on a real ZooKeeper, and a scrape over
+HTTP of a real conductor. Each test has a fresh CollectorRegistry."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from jobboard.states import FlowState
 from jobboard.testing.waiting import wait_until
 
 FACTORY = "tests.flows:noop"
-
 
 @pytest.fixture
 def registry() -> CollectorRegistry:
@@ -230,9 +230,53 @@ def test_heartbeats_are_counted_by_flow(registry, notifier, tmp_path):
     assert value(registry, "jobboard_task_heartbeats_total", flow="beating") >= 1
 
 
-def test_logbook_hook_times_writes_and_counts_fencing(registry, metrics, tmp_path):
-    with Logbook(f"sqlite:///{tmp_path}/logbook.db") as book:
-        metrics.attach_logbook(book)
+def test_conductor_events_feed_gauges_and_counters(registry, notifier):
+    """What a conductor tells (as events) becomes its gauges and counters."""
+    emit = notifier.emit
+    emit(EventKind.CONDUCTOR_STARTED, owner="c1", details={"version": "9.9"})
+    assert value(registry, "jobboard_conductor_info", conductor="c1", version="9.9") == 1
+    assert value(registry, "jobboard_zookeeper_connected", conductor="c1") == 1
+    assert value(registry, "jobboard_conductor_ready", conductor="c1") == 1
+    emit(EventKind.JOBS_IN_FLIGHT, owner="c1", details={"count": 3})
+    assert value(registry, "jobboard_jobs_in_flight", conductor="c1") == 3
+    emit(EventKind.ZOOKEEPER_STATE, owner="c1", details={"state": "SUSPENDED"})
+    assert value(registry, "jobboard_zookeeper_state", conductor="c1", state="SUSPENDED") == 1
+    assert value(registry, "jobboard_zookeeper_connected", conductor="c1") == 0
+    emit(EventKind.SESSION_LOST, owner="c1")
+    assert value(registry, "jobboard_zookeeper_session_losses_total") == 1
+    emit(EventKind.CONDUCTOR_READY, owner="c1", details={"ready": False, "reason": "db"})
+    assert value(registry, "jobboard_conductor_ready", conductor="c1") == 0
+    emit(EventKind.LOCK_ACQUIRED, owner="c1", details={"kind": "mutex", "waited": 0.2})
+    assert value(registry, "jobboard_lock_wait_seconds_count", kind="mutex") == 1
+    emit(EventKind.CLAIM_CONFLICTS, owner="c1", details={"count": 2})
+    assert value(registry, "jobboard_claim_conflicts_total") == 2
+    emit(EventKind.JOB_CANCELLED, job_id="j", details={"state": "CANCELLED"})
+    assert value(registry, "jobboard_jobs_cancelled_total") == 1
+    for kind, details in ((EventKind.WEBHOOK_DELIVERED, {}), (EventKind.WEBHOOK_FAILED, {}),
+                          (EventKind.WEBHOOK_FAILED, {}),
+                          (EventKind.WEBHOOK_DROPPED, {"reason": "queue_full"})):
+        emit(kind, job_id="j", details=details)
+    assert value(registry, "jobboard_webhook_deliveries_total") == 1
+    assert value(registry, "jobboard_webhook_failures_total") == 2
+    assert value(registry, "jobboard_webhook_dropped_total", reason="queue_full") == 1
+
+
+def test_logbook_write_events_time_writes_and_count_fencing(registry, notifier):
+    emit = notifier.emit
+    emit(EventKind.LOGBOOK_WRITE, job_id="j",
+         details={"op": "save_atom", "seconds": 0.002, "ok": True, "fenced": False})
+    emit(EventKind.LOGBOOK_WRITE, job_id="j",
+         details={"op": "save_atom", "seconds": 0.003, "ok": False, "fenced": True})
+    emit(EventKind.LOGBOOK_WRITE, job_id="j",
+         details={"op": "take_over", "seconds": 5.0, "ok": False, "fenced": False})
+    assert value(registry, "jobboard_logbook_write_seconds_count", op="save_atom") == 2
+    assert value(registry, "jobboard_logbook_write_failures_total", op="save_atom") == 1
+    assert value(registry, "jobboard_logbook_write_failures_total", op="take_over") == 1
+    assert value(registry, "jobboard_logbook_fenced_writes_total") == 1
+
+
+def test_a_real_logbook_tells_its_writes(registry, notifier, tmp_path):
+    with Logbook(f"sqlite:///{tmp_path}/logbook.db", notifier=notifier) as book:
         journal = Journal()
         outcome = make_engine(flows.linear("w", Step("a", journal)), book, token=5).run()
         assert outcome.state is FlowState.SUCCESS
@@ -271,6 +315,25 @@ def test_board_collector_reports_depth(registry, board):
     assert value(registry, "jobboard_board_conductors") == 2
     assert 0 <= value(registry, "jobboard_board_oldest_waiting_age_seconds") < 60
     assert value(registry, "jobboard_board_scrape_errors_total") == 0
+
+
+def test_board_collector_counts_every_post(registry, board, zk_hosts):
+    """Posts by any process, counted from the board: trashing does not
+    lower the count, and nothing else raises it."""
+    registry.register(BoardCollector(board))
+    assert value(registry, "jobboard_board_jobs_posted_total") == 0
+    first = board.post(FACTORY)
+    board.post_many([{"factory": FACTORY} for _ in range(4)])
+    with Board.connect(zk_hosts, root="/jobboard") as producer:      # another client
+        producer.post(FACTORY, key="once")
+        producer.post(FACTORY, key="once")                          # the same job
+    assert value(registry, "jobboard_board_jobs_posted_total") == 6
+    board.trash(first.uuid)
+    claimer = Claimer(board, "c1")
+    board.consume(claimer.claim_next(), "c1", {})
+    board.abandon(claimer.claim_next(), "c1")
+    assert value(registry, "jobboard_board_jobs_posted_total") == 6
+    assert value(registry, "jobboard_board_claimed_jobs") == 0
 
 
 def test_board_collector_on_an_empty_board(registry, board):
@@ -336,11 +399,9 @@ def test_scrape_a_running_conductor(registry, zk_hosts, tmp_path):
     metrics = Metrics(registry)
     board = Board.connect(zk_hosts, root="/fleet", session_timeout=4.0)
     registry.register(BoardCollector(board))
-    logbook = Logbook(f"sqlite:///{tmp_path}/logbook.db")
+    logbook = Logbook(f"sqlite:///{tmp_path}/logbook.db", notifier=board.notifier)
     conductor = Conductor(board, logbook, name="c1", concurrency=2,
                           allow=("jobboard.testing",), metrics=metrics)
-    metrics.register_conductor("c1")
-    metrics.attach_logbook(logbook)
     thread = threading.Thread(target=conductor.run, daemon=True)
     thread.start()
     server = serve(0, registry, addr="127.0.0.1")
@@ -373,6 +434,7 @@ def test_scrape_a_running_conductor(registry, zk_hosts, tmp_path):
         return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
     assert get("jobboard_jobs_posted_total") == 2
+    assert get("jobboard_board_jobs_posted_total") == 2
     assert get("jobboard_jobs_claimed_total") == 2
     assert get("jobboard_jobs_completed_total") == 1
     assert get("jobboard_jobs_failed_total") == 1
@@ -383,8 +445,68 @@ def test_scrape_a_running_conductor(registry, zk_hosts, tmp_path):
                outcome="failed") == 1
     assert get("jobboard_claim_latency_seconds_count") == 2
     assert get("jobboard_logbook_write_seconds_count", op="save_atom") > 0
+    assert get("jobboard_logbook_write_seconds_count", op="take_over") == 2
     assert get("jobboard_zookeeper_connected", conductor="c1") == 1
+    assert get("jobboard_conductor_ready", conductor="c1") == 1
     assert get("jobboard_conductor_info", conductor="c1", version=jobboard.__version__) == 1
     assert ("jobboard_jobs_in_flight", (("conductor", "c1"),)) in samples
     assert get("jobboard_board_conductors") == 1
     assert get("jobboard_board_waiting_jobs", priority="0") == 0
+
+
+def test_a_lost_claim_and_lock_waits_reach_the_dashboard(registry, zk_hosts, tmp_path):
+    """A real conductor runs a job holding at step 2 (after a lock at step
+    1); an admin abandons the claim under it: jobboard_claims_lost_total
+    counts it once, and the job is claimed again and completes."""
+    from jobboard.conductor import Conductor
+    from jobboard.testing.flows import read_journal
+
+    metrics = Metrics(registry)
+    board = Board.connect(zk_hosts, root="/fleet", session_timeout=4.0)
+    logbook = Logbook(f"sqlite:///{tmp_path}/logbook.db", notifier=board.notifier)
+    conductor = Conductor(board, logbook, name="c1", concurrency=1,
+                          allow=("jobboard.testing",), metrics=metrics, stop_timeout=5)
+    thread = threading.Thread(target=conductor.run, daemon=True)
+    thread.start()
+    journal, gate = tmp_path / "j.journal", tmp_path / "gate"
+    try:
+        job = board.post("jobboard.testing.flows:five_steps",
+                         args={"journal": str(journal), "hold_at": "step2", "gate": str(gate),
+                               "lock": "disk"})
+        assert wait_until(lambda: "step2-holding" in read_journal(str(journal)), timeout=30)
+        board.abandon(job.uuid, "c1")             # what `jobboard abandon` does
+        gate.touch()
+        assert board.wait(job.uuid, timeout=60).ok
+        assert wait_until(lambda: value(registry, "jobboard_claims_lost_total") == 1,
+                          timeout=10)
+    finally:
+        conductor.stop()
+        assert conductor.wait(30)
+        board.close()
+        logbook.close()
+    assert value(registry, "jobboard_claims_lost_total") == 1
+    assert value(registry, "jobboard_jobs_abandoned_total") == 1
+    assert value(registry, "jobboard_jobs_completed_total") == 1
+    assert value(registry, "jobboard_lock_wait_seconds_count", kind="mutex") >= 1
+    assert value(registry, "jobboard_jobs_in_flight", conductor="c1") == 0
+
+
+def test_every_event_the_metrics_count_has_an_emitter():
+    """Each event the metrics (and so the dashboard) count is emitted
+    somewhere outside the listeners: no counter stays 0 for want of an
+    emitter (as jobboard_claims_lost_total once did)."""
+    from pathlib import Path
+
+    from jobboard.metrics import _HANDLERS
+
+    package = Path(jobboard.__file__).parent
+    listeners = {package / "events.py", package / "metrics.py"}
+    emitters = "\n".join(path.read_text() for path in package.rglob("*.py")
+                         if path not in listeners and "notify" not in path.parts)
+    webhook = (package / "notify" / "webhook.py").read_text()
+    missing = []
+    for kind in _HANDLERS:
+        text = webhook if kind.name.startswith("WEBHOOK_") else emitters
+        if f"EventKind.{kind.name}" not in text:
+            missing.append(kind.name)
+    assert not missing, f"counted but never emitted: {missing}"

@@ -140,6 +140,10 @@ class Admin:
                 results = txn.commit()
                 error = _zk.first_error(results)
                 if error is None:
+                    self.notifier.emit(EventKind.JOB_CANCELLED, job_id=job_id,
+                                       details={"state": JobState.CANCELLED.value,
+                                                "name": current.name,
+                                                "reason": "cancelled by an admin"})
                     return JobState.CANCELLED
                 if isinstance(error, BadVersionError):
                     return self.cancel(job_id)

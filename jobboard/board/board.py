@@ -527,3 +527,27 @@ class Board:
                 raise WaitTimeout(job_id, timeout or 0.0, job.state)
             # Re-check now and then in case the session (and its watch) was lost.
             changed.wait(min(remaining, 5.0) if remaining is not None else 5.0)
+
+    def wait_many(self, job_ids: Iterable[str],
+                  timeout: float | None = None) -> dict[str, JobOutcome]:
+        """Block until every job finished or ``timeout`` passed; returns job id
+        -> outcome of those finished, in the order given (one not finished in
+        time is left out). See :func:`jobboard.notify.wait_many`.
+
+        Raises:
+            InvalidArgument: an id is not a job id.
+            JobNotFound: a job is not on the board.
+        """
+        from jobboard.notify.finished import wait_many
+
+        return wait_many(self, job_ids, timeout)
+
+    def on_finished(self, job_id: str, fn: Callable[[JobOutcome], Any], *,
+                    on_error: Callable[[Exception], Any] | None = None) -> Any:
+        """Call ``fn(outcome)`` once when the job finishes, from a dispatcher
+        thread (watch-based, no polling; survives connection losses).
+        Returns a handle whose ``cancel()`` stops it. See
+        :func:`jobboard.notify.on_finished`."""
+        from jobboard.notify.finished import on_finished
+
+        return on_finished(self, job_id, fn, on_error=on_error)

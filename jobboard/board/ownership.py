@@ -243,9 +243,11 @@ class Ownership:
                            if state is JobState.CANCELLED else None)
             finished = self._commit_finish(job_id, owner, finished, data, version,
                                            cancel_stat, working)
-        kind = EventKind.JOB_COMPLETED if state is JobState.COMPLETE else EventKind.JOB_FAILED
+        kind = {JobState.COMPLETE: EventKind.JOB_COMPLETED,
+                JobState.CANCELLED: EventKind.JOB_CANCELLED}.get(state, EventKind.JOB_FAILED)
         self.notifier.emit(kind, job_id=job_id, owner=owner,
-                           details={"claimed_at": current.claimed_at, "state": state.value})
+                           details={"claimed_at": current.claimed_at, "state": state.value,
+                                    "name": current.name})
         return finished
 
     def _commit_finish(self, job_id: str, owner: str, finished: Job, data: bytes,

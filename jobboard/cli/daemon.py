@@ -100,13 +100,22 @@ def _duration(_ctx: Any, _param: Any, value: str) -> float:
 @click.option("--refusal-backoff", default=5.0, show_default=True,
               type=click.FloatRange(min=0), metavar="SECONDS",
               help="How long a job this conductor gave back is left for others.")
+@click.option("--notify-url", default=None, envvar="JOBBOARD_NOTIFY_URL", show_envvar=True,
+              metavar="URL",
+              help="POST one JSON document per job finished here (COMPLETE, FAILED, "
+                   "CANCELLED, DEAD) to this http(s) URL; retried with backoff, never "
+                   "slowing a job.")
+@click.option("--log-events", is_flag=True,
+              help="Log one structured line (key=value) per job event, lost claim and "
+                   "connection change, on the jobboard.events logger.")
 @json_option
 @board_options
 def conductor(name: str | None, concurrency: int, metrics_port: int | None,
               allow: tuple[str, ...], grace: float, session_timeout: float, max_claims: int,
               fsck_interval: float, no_scheduler: bool, executor: str,
               task_timeout: float | None, stop_timeout: float, queues: tuple[str, ...],
-              keep_finished: float, max_refusals: int, refusal_backoff: float, as_json: bool,
+              keep_finished: float, max_refusals: int, refusal_backoff: float,
+              notify_url: str | None, log_events: bool, as_json: bool,
               conn: Connection) -> None:
     """Run a conductor: claim jobs and run their flows until SIGTERM.
 
@@ -128,6 +137,9 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
     if not allow:
         raise click.UsageError("no --allow PREFIX given: the conductor would refuse every "
                                "flow factory (for example --allow myapp.flows)")
+    if notify_url is not None and not notify_url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{notify_url!r} is not an http:// or https:// URL",
+                                 param_hint="--notify-url")
     preflight.check_allow(allow, warn)
     preflight.check_logbook(conn.logbook)
     if not logging.getLogger().isEnabledFor(logging.INFO):
@@ -160,7 +172,11 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
                 "one that just died is listed until its session expires); pick another --name")
         from jobboard.cli.logbook_access import open_logbook
 
-        store = open_logbook(conn.logbook)
+        store = open_logbook(conn.logbook, notifier=board.notifier)
+        if log_events:
+            from jobboard.notify import LogPublisher
+
+            board.notifier.subscribe(LogPublisher())
     except BaseException:
         board.close()
         raise
@@ -168,7 +184,8 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
                        grace=grace, metrics=metrics, fsck_interval=fsck_interval,
                        executor=executor, task_timeout=task_timeout,
                        stop_timeout=stop_timeout, scheduler=not no_scheduler, queues=queues,
-                       keep_finished=keep_finished, refusal_backoff=refusal_backoff)
+                       keep_finished=keep_finished, refusal_backoff=refusal_backoff,
+                       notify_url=notify_url)
     signals = {"count": 0}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -185,6 +202,7 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
                f"{executor} executor, queues {','.join(queues)})", err=True)
     if as_json:
         emit_json({"conductor": worker.name, "pid": os.getpid(), "zk": conn.zk,
+                   "notify_url": notify_url,
                    "root": conn.root, "concurrency": concurrency, "executor": executor,
                    "allow": list(allow), "metrics_port": metrics_port,
                    "queues": list(queues), "keep_finished": keep_finished,

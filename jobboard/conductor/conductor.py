@@ -48,8 +48,10 @@ from jobboard.conductor.readiness import Readiness
 from jobboard.conductor.run import JobRun, RunContext
 from jobboard.conductor.session import SessionWatch
 from jobboard.errors import BoardError, BoardUnavailable, Cancelled, InvalidArgument
+from jobboard.events import EventKind
 from jobboard.locks import Locks
 from jobboard.logbook import Logbook
+from jobboard.notify import WebhookPublisher
 from jobboard.schedules import Scheduler
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,12 @@ class Conductor:
         grace: seconds a graceful stop lets running jobs finish.
         task_width: threads per job for tasks that may run in parallel.
         lock_timeout: seconds to wait for the locks a flow or task declares.
-        metrics: a :class:`jobboard.metrics.Metrics` to feed, or None.
+        metrics: a :class:`jobboard.metrics.Metrics`, subscribed to the board's
+            notifier (like any listener); the logbook's write timings reach
+            it when the logbook was made with ``notifier=board.notifier``.
+        notify_url: POST one JSON document per finished job there
+            (:class:`jobboard.notify.WebhookPublisher`, from :meth:`run` to
+            the end of the shutdown).
         fsck_interval: seconds between two repair sweeps of the board, run
             by one conductor of the fleet at a time (0: this one never does).
         executor: ``"thread"`` (tasks on threads of this process) or
@@ -118,7 +125,8 @@ class Conductor:
                  factory_timeout: float = DEFAULT_FACTORY_TIMEOUT,
                  scheduler: bool = True, queues: Sequence[str] = (DEFAULT_QUEUE,),
                  keep_finished: float | None = DEFAULT_KEEP_FINISHED,
-                 refusal_backoff: float = DEFAULT_REFUSAL_BACKOFF) -> None:
+                 refusal_backoff: float = DEFAULT_REFUSAL_BACKOFF,
+                 notify_url: str | None = None) -> None:
         if concurrency < 1:
             raise InvalidArgument("concurrency must be at least 1", argument="concurrency")
         if executor not in EXECUTORS:
@@ -136,13 +144,13 @@ class Conductor:
             raise InvalidArgument("refusal_backoff must be >= 0", argument="refusal_backoff")
         self.board = board
         self.logbook = logbook
+        self.notifier = board.notifier
         self.name = name or default_name()
         self.concurrency = concurrency
         self.allow = tuple(allow)
         self.grace = grace
         self.task_width = task_width
         self.lock_timeout = lock_timeout
-        self.metrics = metrics
         self.executor = executor
         self.task_timeout = task_timeout
         self.stop_timeout = stop_timeout
@@ -184,9 +192,10 @@ class Conductor:
             stop_timeout=stop_timeout,
             avoid=lambda job_id: self.claimer.avoid(job_id, self.refusal_backoff))
         if metrics is not None:
-            board.notifier.subscribe(metrics.listener)
-            metrics.attach_logbook(logbook)
-            metrics.register_conductor(self.name)
+            self.notifier.subscribe(metrics.listener)
+        self.webhook: WebhookPublisher | None = None
+        if notify_url is not None:
+            self.webhook = WebhookPublisher(notify_url, notifier=self.notifier)
 
     # -- the daemon ---------------------------------------------------------------
 
@@ -203,7 +212,11 @@ class Conductor:
                          "into their queue, %d finished job(s) indexed", done["from"],
                          done["to"], done["moved"], done["indexed"])
             self._register()
+            self.notifier.emit(EventKind.CONDUCTOR_STARTED, owner=self.name,
+                               details={"version": __version__})
             self._publish_ready()
+            if self.webhook is not None:
+                self.webhook.start()
             self.claimer.start()
             if self.fsck_interval > 0:
                 self._repair_duty = Duty(
@@ -266,8 +279,9 @@ class Conductor:
                     log.exception("claiming failed unexpectedly; retrying")
                 self._stopping.wait(min(5.0, 0.1 * 2 ** failures))
                 continue
-            if self.metrics is not None and self.claimer.conflicts:
-                self.metrics.claim_conflicts(self.claimer.conflicts)
+            if self.claimer.conflicts:
+                self.notifier.emit(EventKind.CLAIM_CONFLICTS, owner=self.name,
+                                   details={"count": self.claimer.conflicts})
                 self.claimer.conflicts = 0
             if not jobs:
                 self.claimer.wait_for_work(IDLE_WAIT)
@@ -323,6 +337,8 @@ class Conductor:
         if self.scheduler is not None:
             self.scheduler.stop()
         self.session.close()
+        if self.webhook is not None:
+            self.webhook.close()     # what is queued goes out within its timeout
         try:
             self.board.client.delete(self.board.paths.conductor(self.name))
         except Exception:  # noqa: BLE001 - gone with the session anyway
@@ -366,12 +382,11 @@ class Conductor:
             runs = list(self.runs.values())
         for run in runs:
             run.lose_claim()
-        if self.metrics is not None:
-            self.metrics.session_lost()
+        self.notifier.emit(EventKind.SESSION_LOST, owner=self.name)
 
     def _on_state(self, state: str) -> None:
-        if self.metrics is not None:
-            self.metrics.zookeeper_state(self.name, state)
+        self.notifier.emit(EventKind.ZOOKEEPER_STATE, owner=self.name,
+                           details={"state": str(state)})
         self._publish_ready()
         self.claimer.wake()
 
@@ -383,9 +398,9 @@ class Conductor:
         self.claimer.wake()
 
     def _publish_ready(self) -> None:
-        if self.metrics is not None:
-            self.metrics.conductor_ready(self.name,
-                                         self.readiness.ready and self.session.connected)
+        self.notifier.emit(EventKind.CONDUCTOR_READY, owner=self.name, details={
+            "ready": self.readiness.ready and self.session.connected,
+            "reason": self.readiness.reason})
 
     def gate(self) -> None:
         """Called by engines before each task: wait while the connection is
@@ -430,16 +445,18 @@ class Conductor:
                 self._register()
 
     def _in_flight_changed(self) -> None:
-        if self.metrics is not None:
-            self.metrics.set_in_flight(self.name, self.in_flight)
+        self.notifier.emit(EventKind.JOBS_IN_FLIGHT, owner=self.name,
+                           details={"count": self.in_flight})
 
     # -- locks for flows and tasks ------------------------------------------------
 
     @contextmanager
-    def locker(self, names: Sequence[str]) -> Iterator[Any]:
+    def locker(self, specs: Sequence[str]) -> Iterator[Any]:
+        """Hold the declared locks (the engine's LockSpecs: names with a kind)."""
         if not self.session.connected:
             raise Cancelled("ZooKeeper connection suspended; not taking locks")
-        with self.locks.acquire_all(list(names), timeout=self.lock_timeout) as group:
-            if self.metrics is not None:
-                self.metrics.observe_lock_wait("mutex", group.waited)
+        with self.locks.acquire_all(list(specs), timeout=self.lock_timeout) as group:
+            for held in group:
+                self.notifier.emit(EventKind.LOCK_ACQUIRED, owner=self.name,
+                                   details={"kind": held.kind, "waited": held.waited})
             yield group

@@ -51,6 +51,7 @@ from jobboard.board import Board, Job
 from jobboard.conductor.executors import Executors
 from jobboard.conductor.session import SessionWatch
 from jobboard.engine import Engine, build_flow
+from jobboard.events import EventKind
 from jobboard.engine.factory import is_allowed
 from jobboard.engine.journal import Failure, Journal
 from jobboard.engine.runner import record_unbuilt
@@ -198,6 +199,9 @@ class JobRun:
                           "its claims)", job.uuid)
             self._abandon(crashed=True)
         finally:
+            if self.claim_lost.is_set():    # once per run: the claim went while it ran here
+                board.notifier.emit(EventKind.CLAIM_LOST, job_id=job.uuid, owner=name,
+                                    flow=self.engine.flow.name if self.engine else None)
             self._stop_working()
             self.finished.set()
 
@@ -259,6 +263,7 @@ class JobRun:
                 self.claim_lost.clear()
                 self._abandon()
             else:
+                self.claim_lost.set()       # a fenced write says so too
                 log.warning("job %s: claim lost; left to its new owner", job.uuid)
             return None
         if outcome.state is FlowState.CANCELLED and not outcome.reverted:

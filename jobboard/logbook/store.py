@@ -58,6 +58,7 @@ from sqlalchemy.pool import NullPool
 from jobboard import serialization
 from jobboard.errors import (InvalidArgument, JobBoardError, LogbookError, LogbookNotFound,
                              StaleOwner)
+from jobboard.events import EventKind, Notifier
 from jobboard.logbook import _db
 from jobboard.logbook.models import AtomDetailRow, FlowDetailRow, LogBookRow
 from jobboard.logbook.records import AtomDetail, Failure, FlowDetail, LogBookInfo
@@ -69,7 +70,6 @@ __all__ = ["Logbook"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-WriteHook = Callable[[str, float, bool], None]
 
 _DELETE_BATCH = 500
 
@@ -120,6 +120,9 @@ class Logbook:
         retry_attempts: attempts per call on transient database errors.
         retry_max_delay: seconds after which a call stops retrying.
         engine_options: extra keyword arguments for ``sqlalchemy.create_engine``.
+        notifier: where each write is told as a ``logbook.write`` event (op,
+            seconds, ok, fenced); a conductor passes its board's, so the
+            metrics time the writes and count the fenced ones.
 
     Raises:
         LogbookUnavailable: the database cannot be reached (auto upgrade only).
@@ -129,16 +132,16 @@ class Logbook:
 
     def __init__(self, url: str = "sqlite:///jobboard.db", *, auto_upgrade: bool | None = None,
                  retry_attempts: int = 6, retry_max_delay: float = 20.0,
-                 engine_options: dict | None = None) -> None:
+                 engine_options: dict | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.url = url
+        self.notifier = notifier
         self._engine_options = dict(engine_options or {})
         self._probe: Engine | None = None
         self.retry_attempts = retry_attempts
         self.retry_max_delay = retry_max_delay
         #: Writes refused because a newer token had taken over.
         self.fenced_writes = 0
-        #: Called after each write as ``on_write(op, seconds, ok)``.
-        self.on_write: WriteHook | None = None
         self._lock = threading.Lock()
         try:
             self._engine = _db.make_engine(url, engine_options)
@@ -569,23 +572,22 @@ class Logbook:
     def _write(self, op: str, job_id: str, token: int, step: Callable[[Connection], T], *,
                retry_if: Callable[[BaseException], bool] = _db.is_transient) -> T:
         started = time.perf_counter()
-        ok = False
+        ok = fenced = False
         try:
             result = self._transaction(op, step, retry_if=retry_if)
             ok = True
             return result
         except StaleOwner:
+            fenced = True
             with self._lock:
                 self.fenced_writes += 1
             log.warning("fenced %s on job %s: token %s is stale", op, job_id, token)
             raise
         finally:
-            hook = self.on_write
-            if hook is not None:
-                try:
-                    hook(op, time.perf_counter() - started, ok)
-                except Exception:  # noqa: BLE001 - metrics must never break a write
-                    log.exception("logbook on_write hook failed")
+            if self.notifier is not None:   # the notifier logs a failing listener
+                self.notifier.emit(EventKind.LOGBOOK_WRITE, job_id=job_id, details={
+                    "op": op, "seconds": time.perf_counter() - started, "ok": ok,
+                    "fenced": fenced})
 
 
 # A flow and its atoms in one query: the outer join yields one row per atom,
