@@ -22,6 +22,10 @@ timeout, its outcome is unknown to the caller (the board's writes check what
 happened; see :mod:`jobboard.board.ownership`). ``wait()`` without a timeout
 returns False at the bound instead of blocking.
 
+The handler's ``select`` is one ``poll()`` call: kazoo's own builds, fills
+and closes an epoll object on every turn of its connection loop, five system
+calls and a few Python objects per request or answer.
+
 The bound must outlast everything legitimate: with a live connection a
 request is answered, or the connection is declared dead after 2/3 of the
 session timeout and the request fails with ``ConnectionLoss``; a client
@@ -31,6 +35,7 @@ reconnects within the session timeout or learns its session expired. So
 
 from __future__ import annotations
 
+import select as _select
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -95,6 +100,42 @@ class BoundedHandler(SequentialThreadingHandler):
 
     def async_result(self) -> BoundedAsyncResult:
         return BoundedAsyncResult(self)
+
+    def select(self, rlist: list[Any], wlist: list[Any], xlist: list[Any],
+               timeout: float | None = None) -> tuple[list[Any], list[Any], list[Any]]:
+        """kazoo's ``select`` (ready readers, ready writers, no exceptional
+        list) with one ``poll()`` call.
+
+        Raises:
+            ValueError: a closed or invalid file descriptor, as kazoo's does.
+        """
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be non-negative")
+        masks: dict[int, int] = {}
+        objects: dict[int, list[Any]] = {}
+        for mask, group in ((_POLL_READ, rlist), (_select.POLLOUT, wlist)):
+            for obj in group:
+                fd = obj if isinstance(obj, int) else obj.fileno()
+                masks[fd] = masks.get(fd, 0) | mask
+                objects.setdefault(fd, []).append(obj)
+        poller = _select.poll()
+        for fd, mask in masks.items():
+            poller.register(fd, mask)
+        readable: list[Any] = []
+        writable: list[Any] = []
+        for fd, events in poller.poll(None if timeout is None else timeout * 1000.0):
+            if events & _select.POLLNVAL:
+                raise ValueError("Invalid event mask or fd")
+            if events & _READY_READ and masks[fd] & _POLL_READ:
+                readable.extend(objects[fd])
+            elif events & _READY_WRITE and masks[fd] & _select.POLLOUT:
+                writable.extend(objects[fd])
+        return readable, writable, []
+
+
+_POLL_READ = _select.POLLIN | _select.POLLPRI
+_READY_READ = _POLL_READ | _select.POLLHUP | _select.POLLERR
+_READY_WRITE = _select.POLLOUT | _select.POLLHUP | _select.POLLERR
 
 
 def call_timeout_for(session_timeout: float) -> float:

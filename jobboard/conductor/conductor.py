@@ -53,6 +53,7 @@ from jobboard.locks import Locks
 from jobboard.logbook import Logbook
 from jobboard.notify import WebhookPublisher
 from jobboard.schedules import Scheduler
+from jobboard.threads import ThreadCache
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ class Conductor:
         self.runs: dict[tuple[str, int], JobRun] = {}
         self._unreleased: dict[str, Job] = {}   # claims a run could not give back
         self._runs_lock = threading.Lock()
+        self._job_threads = ThreadCache("job")       # a run's thread, reused
         self._capacity = threading.Event()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -294,11 +296,10 @@ class Conductor:
         with self._runs_lock:
             self.runs[run.key] = run
         self._in_flight_changed()
-        thread = threading.Thread(target=self._run_job, args=(run,),
-                                  name=f"job-{job.uuid[:8]}", daemon=True)
-        thread.start()
+        self._job_threads.submit(self._run_job, run)
 
     def _run_job(self, run: JobRun) -> None:
+        threading.current_thread().name = f"job-{run.job.uuid[:8]}"
         try:
             run.run()
         finally:

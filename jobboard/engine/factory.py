@@ -49,14 +49,17 @@ from __future__ import annotations
 
 import importlib
 import re
-import threading
 import types
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from jobboard.engine.flows import Flow
 from jobboard.engine.tasks import Task
 from jobboard.errors import FactoryNotAllowed, FactoryNotFound, FlowInvalid
+from jobboard.threads import ThreadCache
+
+_FACTORY_THREADS = ThreadCache("jobboard-factory")
 
 __all__ = ["resolve_factory", "build_flow", "is_allowed", "MAX_REF_LENGTH"]
 
@@ -211,16 +214,11 @@ def build_flow(ref: str, args: Mapping[str, Any] | None,
     if timeout is None:
         flow = _call_factory(ref, factory, args)
     else:
-        built: list[Flow | Task | BaseException] = []
-        thread = threading.Thread(target=lambda: built.append(_guarded(ref, factory, args)),
-                                  name=f"factory {ref}", daemon=True)
-        thread.start()
-        thread.join(timeout)
-        if not built:
-            raise FlowInvalid(f"flow factory {ref} did not return within {timeout:g}s")
-        if isinstance(built[0], BaseException):
-            raise built[0]
-        flow = built[0]
+        # On a thread of its own (reused): one that never returns keeps it.
+        try:
+            flow = _FACTORY_THREADS.submit(_call_factory, ref, factory, args).result(timeout)
+        except FutureTimeout:
+            raise FlowInvalid(f"flow factory {ref} did not return within {timeout:g}s") from None
     if not isinstance(flow, (Flow, Task)):
         raise FlowInvalid(f"flow factory {ref} returned a {type(flow).__name__}, "
                           "not a flow or a task")
@@ -236,9 +234,3 @@ def _call_factory(ref: str, factory: Callable[..., Any], args: Mapping[str, Any]
         raise FlowInvalid(f"flow factory {ref} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _guarded(ref: str, factory: Callable[..., Any], args: Mapping[str, Any] | None) -> Any:
-    """:func:`_call_factory` on a thread: its error is returned, not raised."""
-    try:
-        return _call_factory(ref, factory, args)
-    except FlowInvalid as exc:
-        return exc

@@ -246,9 +246,8 @@ class Logbook:
 
         def step(conn: Connection) -> FlowDetail | None:
             self._take_over(conn, job_id, token, owner, name, attempt)
-            query = _FLOW_QUERY.where(FLOWS.c.job_id == job_id,
-                                      FLOWS.c.attempt == _current_attempt(job_id))
-            flows = _flows_from_rows(job_id, conn.execute(query).all())
+            flows = _flows_from_rows(job_id, conn.execute(_CURRENT_FLOW_QUERY,
+                                                          {"j": job_id}).all())
             return flows[0] if flows else None
 
         return self._write("take_over", job_id, token, step, retry_if=_take_over_retryable)
@@ -392,19 +391,10 @@ class Logbook:
     def _take_over(self, conn: Connection, job_id: str, token: int, owner: str,
                    name: str, attempt: int) -> None:
         now = _now()
-        values: dict[str, Any] = {
-            "token": token, "owner": owner, "updated_at": now,
-            # Forward only: a holder of an older attempt never moves it back.
-            "attempt": case((LOGBOOKS.c.attempt < attempt, attempt), else_=LOGBOOKS.c.attempt),
-        }
-        if name:
-            values["name"] = name
-        take = (update(LOGBOOKS)
-                .where(LOGBOOKS.c.job_id == job_id,
-                       LOGBOOKS.c.token.is_(None) | (LOGBOOKS.c.token <= token))
-                .values(**values))
+        take = _TAKE_OVER_NAMED if name else _TAKE_OVER
+        params = {"j": job_id, "t": token, "o": owner, "v_now": now, "a": attempt, "n": name}
         while True:
-            if conn.execute(take).rowcount:
+            if conn.execute(take, params).rowcount:
                 return
             current = _token_row(conn, job_id)
             if current is None:
@@ -422,10 +412,7 @@ class Logbook:
 
     def _fence(self, conn: Connection, job_id: str, token: int, now: datetime) -> None:
         """Check ``token`` is current and lock the logbook row until commit."""
-        fenced = conn.execute(
-            update(LOGBOOKS).where(LOGBOOKS.c.job_id == job_id, LOGBOOKS.c.token == token)
-            .values(updated_at=now)).rowcount
-        if fenced:
+        if conn.execute(_FENCE, {"j": job_id, "t": token, "v_now": now}).rowcount:
             return
         current = _token_row(conn, job_id)
         if current is None:
@@ -433,32 +420,29 @@ class Logbook:
         raise StaleOwner(job_id, token, current[0])
 
     def _save_flow(self, conn: Connection, job_id: str, name: str, state: FlowState,
-                   token: int, packed_meta: bytes, meta: dict) -> tuple[FlowDetail, bool]:
-        """Fence, then insert or update the current attempt's flow; also says
-        whether the flow was created (it then has no atoms yet)."""
+                   token: int, packed_meta: bytes, meta: dict) -> tuple[FlowDetail, int | None]:
+        """Fence, then insert or update the current attempt's flow; also gives
+        the id of a flow created here (it has no atoms yet), else None."""
         now = _now()
         self._fence(conn, job_id, token, now)
         # The fence holds the logbook row's lock: its attempt cannot move now.
-        attempt, flow_id, created_at = conn.execute(
-            select(LOGBOOKS.c.attempt, FLOWS.c.id, FLOWS.c.created_at)
-            .select_from(LOGBOOKS.outerjoin(FLOWS, (FLOWS.c.job_id == LOGBOOKS.c.job_id)
-                                            & (FLOWS.c.attempt == LOGBOOKS.c.attempt)))
-            .where(LOGBOOKS.c.job_id == job_id)).one()
+        attempt, flow_id, created_at = conn.execute(_CURRENT_FLOW, {"j": job_id}).one()
+        values = {"f_name": name, "f_state": state.value, "f_meta": packed_meta, "v_now": now}
+        new_id = None
         if flow_id is None:
             created = now
-            conn.execute(insert(FLOWS).values(
-                job_id=job_id, attempt=attempt, name=name, state=state.value,
-                meta=packed_meta, created_at=now, updated_at=now))
+            new_id = conn.execute(_FLOW_INSERT, {**values, "j": job_id, "a": attempt}
+                                  ).inserted_primary_key[0]
         else:
             created = _utc(created_at)
-            conn.execute(update(FLOWS).where(FLOWS.c.id == flow_id).values(
-                name=name, state=state.value, meta=packed_meta, updated_at=now))
+            conn.execute(_FLOW_UPDATE, {**values, "f_id": flow_id})
         detail = FlowDetail(job_id=job_id, name=name, state=state, meta=dict(meta),
                             created_at=created, updated_at=now, attempt=attempt)
-        return detail, flow_id is None
+        return detail, new_id
 
     def _save_atoms(self, conn: Connection, job_id: str, atoms: list[AtomDetail],
-                    rows: list[dict[str, Any]], token: int, *, new_flow: bool = False) -> None:
+                    rows: list[dict[str, Any]], token: int, *,
+                    new_flow: int | None = None) -> None:
         """Atoms saved before through this object (``created_at`` known): the
         fenced UPDATE by name, one statement for them all (see
         :func:`_fenced_update`). Otherwise, or when that statement missed any
@@ -466,13 +450,14 @@ class Logbook:
         which also tells why a write is refused. Both in this one transaction;
         a fenced UPDATE that matched no row wrote nothing but the logbook's
         ``updated_at`` under our own (still current or refused) token.
-        ``new_flow``: the flow was created in this transaction, under its
-        fence: every atom is new."""
+        ``new_flow``: the id of a flow created in this transaction, under its
+        fence: every atom is new, inserted in one statement."""
         now = _now()
         params = [{**row, "j": job_id, "t": token, "n": atom.name, "v_now": now}
                   for atom, row in zip(atoms, rows)]
-        if new_flow:
-            self._upsert_atoms(conn, job_id, atoms, params, token, now, fenced=True)
+        if new_flow is not None:
+            conn.execute(insert(ATOMS), [_new_atom_row(new_flow, atom, values, now)
+                                         for atom, values in zip(atoms, params)])
             return
         if all(atom.created_at is not None for atom in atoms):
             if _fenced_update(conn, params) == len(params):
@@ -482,14 +467,12 @@ class Logbook:
         self._upsert_atoms(conn, job_id, atoms, params, token, now)
 
     def _upsert_atoms(self, conn: Connection, job_id: str, atoms: list[AtomDetail],
-                      params: list[dict[str, Any]], token: int, now: datetime, *,
-                      fenced: bool = False) -> None:
+                      params: list[dict[str, Any]], token: int, now: datetime) -> None:
         """Fence (the row lock serializes this job's writers, so nobody can
-        insert the same atom in between; ``fenced``: this transaction did
-        already), read which atoms exist, then one multi-row INSERT for the
-        new ones and one UPDATE (executemany) for the others."""
-        if not fenced:
-            self._fence(conn, job_id, token, now)
+        insert the same atom in between), read which atoms exist, then one
+        multi-row INSERT for the new ones and one UPDATE (executemany) for the
+        others."""
+        self._fence(conn, job_id, token, now)
         names = [atom.name for atom in atoms]
         if len(names) <= _NAMES_PER_QUERY:
             found = conn.execute(_FLOW_ATOMS_NAMED, {"j": job_id, "names": names}).all()
@@ -505,10 +488,7 @@ class Logbook:
         for atom, values in zip(atoms, params):
             known = existing.get(atom.name)
             if known is None:
-                inserts.append({"flow_id": flow_id, "name": atom.name, "created_at": now,
-                                "updated_at": now,
-                                **{col: values[f"v_{col}"] for col in _VALUE_COLUMNS}})
-                atom.created_at = now
+                inserts.append(_new_atom_row(flow_id, atom, values, now))
             else:
                 updates.append({**values, "a_id": known[0]})
                 atom.created_at = _utc(known[1])
@@ -631,7 +611,7 @@ def _unique(atoms: Sequence[AtomDetail]) -> list[AtomDetail]:
 
 def _token_row(conn: Connection, job_id: str) -> Any:
     """The logbook's (token,) row, or None when there is no logbook."""
-    return conn.execute(select(LOGBOOKS.c.token).where(LOGBOOKS.c.job_id == job_id)).first()
+    return conn.execute(_TOKEN_ROW, {"j": job_id}).first()
 
 
 # -- the atom write statements, built once (SQLAlchemy caches their SQL) --------
@@ -659,6 +639,14 @@ def _atom_values(atom: AtomDetail) -> dict[str, Any]:
     }
 
 
+def _new_atom_row(flow_id: int, atom: AtomDetail, values: dict[str, Any],
+                  now: datetime) -> dict[str, Any]:
+    """The INSERT row of a new atom (whose ``created_at`` becomes ``now``)."""
+    atom.created_at = atom.updated_at = now
+    return {"flow_id": flow_id, "name": atom.name, "created_at": now, "updated_at": now,
+            **{col: values[f"v_{col}"] for col in _VALUE_COLUMNS}}
+
+
 def _atom_set() -> dict[Any, Any]:
     values: dict[Any, Any] = {ATOMS.c[col]: bindparam(f"v_{col}", type_=ATOMS.c[col].type)
                               for col in _VALUE_COLUMNS}
@@ -683,6 +671,46 @@ def _flow_atoms(named: bool) -> Any:
             .where(FLOWS.c.job_id == _j(), FLOWS.c.attempt == _attempt_now()))
 
 
+def _take_over_statement(named: bool) -> Any:
+    """The conditional take-over UPDATE (a newer token than ours leaves the
+    row alone); the attempt only moves forward."""
+    values: dict[Any, Any] = {
+        LOGBOOKS.c.token: bindparam("t"), LOGBOOKS.c.owner: bindparam("o"),
+        LOGBOOKS.c.updated_at: bindparam("v_now", type_=LOGBOOKS.c.updated_at.type),
+        LOGBOOKS.c.attempt: case((LOGBOOKS.c.attempt < bindparam("a"), bindparam("a")),
+                                 else_=LOGBOOKS.c.attempt),
+    }
+    if named:
+        values[LOGBOOKS.c.name] = bindparam("n")
+    return (update(LOGBOOKS)
+            .where(LOGBOOKS.c.job_id == _j(),
+                   LOGBOOKS.c.token.is_(None) | (LOGBOOKS.c.token <= bindparam("t")))
+            .values(values))
+
+
+_TAKE_OVER = _take_over_statement(False)
+_TAKE_OVER_NAMED = _take_over_statement(True)
+_TOKEN_ROW = select(LOGBOOKS.c.token).where(LOGBOOKS.c.job_id == _j())
+# The logbook's current attempt and that attempt's flow (id, created_at), if any.
+_CURRENT_FLOW = (
+    select(LOGBOOKS.c.attempt, FLOWS.c.id, FLOWS.c.created_at)
+    .select_from(LOGBOOKS.outerjoin(FLOWS, (FLOWS.c.job_id == LOGBOOKS.c.job_id)
+                                    & (FLOWS.c.attempt == LOGBOOKS.c.attempt)))
+    .where(LOGBOOKS.c.job_id == _j()))
+_CURRENT_FLOW_QUERY = _FLOW_QUERY.where(FLOWS.c.job_id == _j(),
+                                        FLOWS.c.attempt == _attempt_now())
+
+
+def _flow_values() -> dict[Any, Any]:
+    return {FLOWS.c.name: bindparam("f_name"), FLOWS.c.state: bindparam("f_state"),
+            FLOWS.c.meta: bindparam("f_meta", type_=FLOWS.c.meta.type),
+            FLOWS.c.updated_at: bindparam("v_now", type_=FLOWS.c.updated_at.type)}
+
+
+_FLOW_INSERT = insert(FLOWS).values({
+    **_flow_values(), FLOWS.c.job_id: _j(), FLOWS.c.attempt: bindparam("a"),
+    FLOWS.c.created_at: bindparam("v_now", type_=FLOWS.c.created_at.type)})
+_FLOW_UPDATE = update(FLOWS).where(FLOWS.c.id == bindparam("f_id")).values(_flow_values())
 _FLOW_ATOMS_NAMED = _flow_atoms(True)
 _FLOW_ATOMS_ALL = _flow_atoms(False)
 _ATOM_UPDATE_BY_ID = update(ATOMS).where(ATOMS.c.id == bindparam("a_id")).values(_atom_set())
