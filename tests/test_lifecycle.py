@@ -238,6 +238,37 @@ def test_a_handoff_wait_ends_when_the_claim_is_lost_meanwhile(board, zk_hosts):
         assert data == b"1", "a run that lost its claim replaced the marker"
 
 
+def test_a_first_claim_by_a_claimer_sets_the_working_marker_and_the_consume_drops_it(board):
+    job = board.post(FACTORY)
+    marker = board.paths.working_marker(job.uuid)
+    claimed = Claimer(board, "c1").claim_next()
+    assert claimed.claim.working
+    data, stat = board.client.get(marker)
+    assert data == claimed.run_mark.encode() and stat.ephemeralOwner == board.session_id
+    board.consume(claimed, "c1", {}, working=True)
+    assert board.client.exists(marker) is None
+
+
+def test_a_direct_claim_sets_no_working_marker(board):
+    """Only a conductor's claimer has a run that drops the marker it sets."""
+    job = board.post(FACTORY)
+    claimed = board.claim(job.uuid, "c1")
+    assert not claimed.claim.working
+    assert board.client.exists(board.paths.working_marker(job.uuid)) is None
+    board.consume(claimed, "c1", {})
+
+
+def test_a_claim_whose_answer_was_lost_is_given_back_with_its_working_marker(board):
+    job = board.post(FACTORY)
+    claimer = Claimer(board, "c1")
+    claimed = claimer.claim_next()
+    # As if the answer had not been read: the next call settles it.
+    claimer._unsure[job.uuid] = claimed.run_mark
+    assert claimer.claim_next().uuid == job.uuid      # given back, claimed again
+    assert board.client.exists(board.paths.working_marker(job.uuid)) is None
+    assert board.get(job.uuid).claims == 2
+
+
 def test_refusals_are_one_line_and_say_what_to_do(board):
     job = board.post(FACTORY)
     board.consume(board.claim(job.uuid, "c1"), "c1", {})

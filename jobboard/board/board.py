@@ -375,10 +375,13 @@ class Board:
                                    running_exists=running_exists)
 
     def take_async(self, job: Job, version: int, owner: str, *, entry: str | None = None,
-                   running_exists: bool = False) -> Callable[[], Job | None]:
-        """Send a claim transaction now; the returned call waits for its answer."""
+                   running_exists: bool = False,
+                   mark_working: bool = False) -> Callable[[], Job | None]:
+        """Send a claim transaction now; the returned call waits for its answer
+        (``mark_working``: see :meth:`Ownership.take_async`)."""
         return self.ownership.take_async(job, version, owner, entry=entry,
-                                         running_exists=running_exists)
+                                         running_exists=running_exists,
+                                         mark_working=mark_working)
 
     def holds_claim(self, job_id: str, *, watch: Callable[[Any], None] | None = None) -> bool:
         """Whether this board's session holds the job's claim node."""

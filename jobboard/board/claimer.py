@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Callable
 
 from kazoo.exceptions import NoAuthError, NoNodeError
@@ -43,6 +44,7 @@ from jobboard.board._watch import ChildWatch
 from jobboard.board.board import Board
 from jobboard.board.job import Job, is_job_id
 from jobboard.board.layout import DEFAULT_QUEUE, Entry, check_queue
+from jobboard.board.ownership import first_claim
 from jobboard.board.records import READ_TIMEOUT
 from jobboard.errors import BoardError, MalformedData
 
@@ -93,7 +95,9 @@ class Claimer:
         self._delayed_dirty = True
         self._next_due: float | None = None
         self._last_sweep = float("-inf")     # the first claim sweeps for orphans
-        self._unsure: set[str] = set()       # claims sent whose answer was not read
+        # Claims sent whose answer was not read, with the working marker's mark
+        # when the claim set one.
+        self._unsure: dict[str, str | None] = {}
         self._watches: list[ChildWatch] = []
         self._started = False
         self._stopped = False
@@ -224,7 +228,7 @@ class Claimer:
                 return [orphan]
             self._promote_due()
             for _ in range(MAX_ATTEMPTS_PER_CALL):
-                answers: list[tuple[str, Callable[[], Job | None]]] = []
+                answers: list[tuple[str, Callable[[], Job | None], str | None]] = []
                 error: Exception | None = None
                 try:
                     for _ in range(limit + MAX_ATTEMPTS_PER_CALL):
@@ -245,16 +249,17 @@ class Claimer:
                     return claimed
         return []
 
-    def _collect(self, answers: list[tuple[str, Callable[[], Job | None]]]) -> list[Job]:
+    def _collect(self, answers: list[tuple[str, Callable[[], Job | None], str | None]]
+                 ) -> list[Job]:
         """Read every answer; one that cannot be read costs its own job only
         (it is checked on the next call and given back if it landed)."""
         claimed = []
-        for job_id, answer in answers:
+        for job_id, answer, mark in answers:
             try:
                 job = answer()
             except Exception as exc:  # noqa: BLE001 - that job alone
                 log.warning("claim of job %s: no answer (%s); checking it later", job_id, exc)
-                self._unsure.add(job_id)
+                self._unsure[job_id] = mark
                 continue
             if job is None:
                 self.conflicts += 1
@@ -263,17 +268,20 @@ class Claimer:
         return claimed
 
     def _settle_unsure(self) -> None:
-        """Give back claims that landed although their answer was lost."""
-        for job_id in sorted(self._unsure):
+        """Give back claims that landed although their answer was lost, with
+        the working marker such a claim set (no run of ours will drop it)."""
+        for job_id, mark in sorted(self._unsure.items()):
             try:
                 if self.board.holds_claim(job_id):
                     self.board.abandon(job_id, self.owner)
                     log.info("job %s: a claim whose answer was lost had landed; "
                              "given back", job_id)
+                if mark is not None:
+                    self.board.stop_working(job_id, mark)
             except BoardError as exc:
                 log.warning("job %s: cannot settle a lost claim answer yet: %s", job_id, exc)
                 continue
-            self._unsure.discard(job_id)
+            del self._unsure[job_id]
 
     # -- orphans and delayed jobs ------------------------------------------------
 
@@ -285,16 +293,25 @@ class Claimer:
         now = time.monotonic()
         if self._claims_changed or now - self._last_sweep > ORPHAN_SWEEP_SECONDS:
             self._claims_changed = False
+            try:
+                self._suspects.update(self.board.orphans())
+            except BaseException:
+                self._claims_changed = True      # look again on the next call
+                raise
             self._last_sweep = now
-            self._suspects.update(self.board.orphans())
         if not self._suspects:
             return None
         suspects = {job_id for job_id in self._suspects if is_job_id(job_id)}
         self._suspects = set()
         client = self.board.client
-        markers = [(job_id, client.exists_async(self.board.paths.running_marker(job_id)))
-                   for job_id in suspects]
-        orphans = [job_id for job_id, result in markers if result.get(timeout=READ_TIMEOUT)]
+        try:
+            markers = [(job_id, client.exists_async(self.board.paths.running_marker(job_id)))
+                       for job_id in suspects]
+            orphans = [job_id for job_id, result in markers
+                       if result.get(timeout=READ_TIMEOUT)]
+        except BaseException:
+            self._suspects.update(suspects)      # not settled: again on the next call
+            raise
         for n, job_id in enumerate(orphans):
             job = self.board.restore_orphan(job_id, me=self.owner)
             if job is not None:
@@ -379,9 +396,11 @@ class Claimer:
             ordered = entries[::-1]
         return [f"{path}/{e.name}" for e in ordered]
 
-    def _send(self, entry_path: str) -> tuple[str, Callable[[], Job | None]] | None:
-        """Send the claim for one entry (its record read ahead); None when the
-        entry turned out stale, its record malformed, or the job dead-lettered."""
+    def _send(self, entry_path: str) -> tuple[str, Callable[[], Job | None], str | None] | None:
+        """Send the claim for one entry (its record read ahead): the job id, the
+        call that reads the answer, and the mark of the working marker the
+        claim sets (a first claim), else None. None when the entry turned out
+        stale, its record malformed, or the job dead-lettered."""
         entry = Entry.parse(entry_path.rsplit("/", 1)[1])
         board = self.board
         path = board.paths.job(entry.job_id)
@@ -419,4 +438,6 @@ class Claimer:
                               f"its holder died or crashed {job.deaths} times while "
                               f"running it (limit {board.max_claims})")
             return None
-        return job.uuid, board.take_async(job, stat.version, self.owner, entry=entry_path)
+        mark = replace(job, claims=job.claims + 1).run_mark if first_claim(job) else None
+        return job.uuid, board.take_async(job, stat.version, self.owner, entry=entry_path,
+                                          mark_working=True), mark

@@ -43,6 +43,12 @@ CONSUME_ATTEMPTS = 5
 HANDOFF_POLL = 0.5     # seconds between two looks at a waiting hand-off's abort()
 
 
+
+def first_claim(job: Job) -> bool:
+    """Whether claiming ``job`` now is its first claim ever (no run of it can
+    exist yet): its claim transaction may set the working marker too."""
+    return job.claims == 0 and job.attempt == 1
+
 class Ownership:
     """The claim operations of a board (see the module docstring).
 
@@ -104,17 +110,18 @@ class Ownership:
 
     def take_async(self, job: Job, version: int, owner: str, *, entry: str | None = None,
                    running_exists: bool = False,
-                   mark_working: bool = True) -> Callable[[], Job | None]:
+                   mark_working: bool = False) -> Callable[[], Job | None]:
         """Send the claim transaction of :meth:`take` now; the returned call
         waits for its answer. Claims sent together share ZooKeeper's commits.
 
-        A job never claimed before has had no run to wait for: its working
-        marker (see :meth:`start_working`) is set by the claim transaction
-        itself (``Claim.working``), unless ``mark_working`` is False."""
+        ``mark_working`` (a conductor's claimer): a job never claimed before
+        has had no run to wait for, so its working marker (see
+        :meth:`start_working`) is set by the claim transaction itself
+        (``Claim.working``; the run drops it, with its consume)."""
         now = time.time()
         claimed = job.with_event("claimed", state=JobState.CLAIMED, owner=owner,
                                  claims=job.claims + 1, claimed_at=now, transfer_to=None)
-        working = mark_working and not running_exists and job.claims == 0 and job.attempt == 1
+        working = mark_working and not running_exists and first_claim(job)
         txn = self.client.transaction()
         if entry is not None:
             txn.delete(entry)
@@ -143,8 +150,7 @@ class Ownership:
                     # Only the working marker failed (a stray one, or a board
                     # without its directory yet): claim without it; the run
                     # then waits for it and sets its own.
-                    return self.take_async(job, version, owner, entry=entry,
-                                           mark_working=False)()
+                    return self.take_async(job, version, owner, entry=entry)()
                 return None
             stat = results[-2] if working else results[-1]
             held = replace(claimed, claim=Claim(owner, stat.mzxid, stat.version, now,
