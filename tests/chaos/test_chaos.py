@@ -242,7 +242,7 @@ def inject_bad_input(zk_hosts: str, board: Board, events: ChaosEvents) -> dict[s
     client = zk_client(zk_hosts, timeout=10.0)
     client.start(timeout=30)
     try:
-        queue = f"{ROOT}/queue"
+        queue = f"{ROOT}/queue/default"       # the default queue's buckets (layout 3)
         buckets = [b for b in map(Bucket.parse, client.get_children(queue))
                    if b is not None and b.priority == 0]
         bucket = f"{queue}/{max(buckets, key=lambda b: b.number).name}"
