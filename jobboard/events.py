@@ -11,7 +11,8 @@ Who emits what (:class:`EventKind`; ``details`` in brackets):
 - the board: ``job.posted`` [name]; ``job.claimed`` / ``job.reclaimed``
   [posted_at, priority, claims]; ``job.completed``, ``job.failed``,
   ``job.cancelled`` after a consume [claimed_at, state, name]; ``job.dead``
-  [reason]; ``job.abandoned``;
+  [reason]; ``job.abandoned``; ``job.suspended`` [name, was] and
+  ``job.resumed`` [name];
 - the engine: ``flow.*`` and ``task.*``;
 - the logbook: ``logbook.write`` after each write [op, seconds, ok, fenced];
 - the conductor: ``claim.lost`` once per run that lost its claim while
@@ -60,6 +61,8 @@ class EventKind(str, Enum):
     JOB_FAILED = "job.failed"
     JOB_CANCELLED = "job.cancelled"
     JOB_DEAD = "job.dead"
+    JOB_SUSPENDED = "job.suspended"
+    JOB_RESUMED = "job.resumed"
     CLAIM_LOST = "claim.lost"
     CLAIM_CONFLICTS = "claim.conflicts"
     FLOW_STARTED = "flow.started"

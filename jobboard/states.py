@@ -15,7 +15,27 @@ who pushes on it; a cell is the state after, or the one-line refusal
   FAILED     | refused        | -                    | -                     | NotClaimed  | NotClaimed     | no-op             | UNCLAIMED,      | deleted
   CANCELLED  |                |                      |                       |             |                |                   | attempt+1       |
   DEAD       |                |                      |                       |             |                |                   |                 |
+  SUSPENDED  | refused        | -                    | -                     | NotClaimed  | NotClaimed     | CANCELLED         | InvalidTrans.   | deleted
   MALFORMED  | quarantined (moved to ``{root}/malformed``): every action is JobNotFound; listed with its reason
+
+Suspend and resume (an admin's pause at a task boundary; a suspended job
+keeps its logbook and is not claimable until resumed)::
+
+  state      | suspend                                     | resume
+  -----------+---------------------------------------------+----------------------------------
+  UNCLAIMED  | SUSPENDED at once (waiting or delayed: its  | InvalidTrans.
+             | entry removed in the same transaction)      |
+  CLAIMED    | a request (``{root}/suspend/{uuid}``): the  | InvalidTrans.
+             | holder stops at the next task boundary and  |
+             | gives the job up: SUSPENDED. A holder that  |
+             | dies first: SUSPENDED (deaths+1) by the     |
+             | orphan restore or the repair sweep          |
+  SUSPENDED  | no-op                                       | UNCLAIMED, ahead of its priority;
+             |                                             | continues from the logbook
+  COMPLETE,  | InvalidTrans.                               | InvalidTrans.
+  FAILED,    |                                             |
+  CANCELLED, |                                             |
+  DEAD       |                                             |
 
 * A **hand-off** (abandon, transfer, or the holder's loss of its claim): the
   old holder asks its running task to stop (``Task.cancelled``; killed with
@@ -28,6 +48,14 @@ who pushes on it; a cell is the state after, or the one-line refusal
   conductor on the job counts against ``max_claims``.
 * ``retry`` starts a new attempt: the flow runs afresh and the logbook keeps
   the earlier attempts.
+* A **suspend** of a running job stops it as a hand-off does (running tasks
+  asked to stop; finished ones stay in the logbook, an interrupted one runs
+  again on resume), then the holder drops its claim, running and working
+  markers and the request, and writes SUSPENDED, in one transaction. A
+  cancel request wins over a suspend request (the flow is reverted and the
+  job CANCELLED). ``cancel`` of a SUSPENDED job makes it CANCELLED at once
+  without reverting anything (nobody runs it); ``trash`` deletes it;
+  ``retry``, ``abandon`` and ``transfer`` are refused.
 """
 
 from __future__ import annotations
@@ -44,6 +72,7 @@ class JobState(str, Enum):
     FAILED = "FAILED"         # consumed with a failed outcome (reverted or broken)
     DEAD = "DEAD"             # dead-lettered: claimed too often without finishing
     CANCELLED = "CANCELLED"   # removed on an admin's request
+    SUSPENDED = "SUSPENDED"   # paused by an admin at a task boundary; not claimable
 
     @property
     def finished(self) -> bool:

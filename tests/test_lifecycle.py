@@ -16,7 +16,8 @@ from jobboard.states import JobState
 from jobboard.testing.waiting import wait_until
 
 FACTORY = "tests.flows:noop"
-STATES = ["UNCLAIMED", "CLAIMED", "COMPLETE", "FAILED", "CANCELLED", "DEAD", "MALFORMED"]
+STATES = ["UNCLAIMED", "CLAIMED", "COMPLETE", "FAILED", "CANCELLED", "DEAD", "SUSPENDED",
+          "MALFORMED"]
 
 
 def other_board(zk_hosts: str) -> Board:
@@ -28,6 +29,9 @@ def job_in(board: Board, state: str) -> str:
     by the claimer that met it)."""
     job = board.post(FACTORY)
     if state == "UNCLAIMED":
+        return job.uuid
+    if state == "SUSPENDED":
+        assert board.suspend(job.uuid) is JobState.SUSPENDED
         return job.uuid
     if state == "MALFORMED":
         board.client.set(board.paths.job(job.uuid), b"\x93garbage")
@@ -60,6 +64,8 @@ ACTIONS = {
     "cancel": lambda board, job_id: board.cancel(job_id),
     "retry": lambda board, job_id: board.retry(job_id),
     "trash": lambda board, job_id: board.trash(job_id),
+    "suspend": lambda board, job_id: board.suspend(job_id),
+    "resume": lambda board, job_id: board.resume(job_id),
 }
 # (action, state) -> the state after, or the error raised. Mirrors the table
 # in jobboard/states.py.
@@ -70,6 +76,11 @@ EXPECTED = {
     ("retry", "UNCLAIMED"): InvalidTransition, ("retry", "CLAIMED"): InvalidTransition,
     ("retry", "COMPLETE"): InvalidTransition,
     ("trash", "CLAIMED"): AlreadyClaimed,
+    ("abandon", "SUSPENDED"): NotClaimed, ("transfer", "SUSPENDED"): NotClaimed,
+    ("cancel", "SUSPENDED"): "CANCELLED", ("retry", "SUSPENDED"): InvalidTransition,
+    ("suspend", "UNCLAIMED"): "SUSPENDED", ("suspend", "CLAIMED"): "CLAIMED",
+    ("suspend", "SUSPENDED"): "SUSPENDED", ("resume", "SUSPENDED"): "UNCLAIMED",
+    ("resume", "UNCLAIMED"): InvalidTransition, ("resume", "CLAIMED"): InvalidTransition,
 }
 for _state in ("COMPLETE", "FAILED", "CANCELLED", "DEAD"):
     EXPECTED[("abandon", _state)] = NotClaimed
@@ -77,7 +88,10 @@ for _state in ("COMPLETE", "FAILED", "CANCELLED", "DEAD"):
     EXPECTED[("cancel", _state)] = _state
 for _state in ("FAILED", "CANCELLED", "DEAD"):
     EXPECTED[("retry", _state)] = "UNCLAIMED"
-for _state in ("UNCLAIMED", "COMPLETE", "FAILED", "CANCELLED", "DEAD"):
+for _state in ("COMPLETE", "FAILED", "CANCELLED", "DEAD"):
+    EXPECTED[("suspend", _state)] = InvalidTransition
+    EXPECTED[("resume", _state)] = InvalidTransition
+for _state in ("UNCLAIMED", "COMPLETE", "FAILED", "CANCELLED", "DEAD", "SUSPENDED"):
     EXPECTED[("trash", _state)] = JobNotFound   # gone: reading it afterwards
 for _action in ACTIONS:
     EXPECTED[(_action, "MALFORMED")] = JobNotFound
@@ -114,11 +128,17 @@ def test_every_admin_action_from_every_state(board, action, state):
         assert Claimer(board, "c1").claim_next().uuid == job_id, "a retried job runs again"
     if (action, state) == ("cancel", "CLAIMED"):
         assert board.cancel_requested(job_id)
+    if (action, state) == ("suspend", "CLAIMED"):
+        assert board.suspend_requested(job_id)   # the holder honours it
+    if after.state is JobState.SUSPENDED:
+        assert Claimer(board, "c2").claim_next() is None, "a suspended job was claimed"
+    if action == "resume":
+        assert Claimer(board, "c2").claim_next().uuid == job_id, "a resumed job runs again"
     if action == "transfer":
         assert after.transfer_to == "c2"
     # never a claim nobody will release: an unclaimed job has no claim or marker
     if after.state is not JobState.CLAIMED:
-        assert board.claim_owner(job_id) is None or action == "retry"
+        assert board.claim_owner(job_id) is None or action in ("retry", "resume")
     # nothing stranded (an entry left by a cancel is dropped by the next claimer;
     # a transferred job waits, marker without claim, for its target to take it)
     harmless = {"stale-entry"} | ({"orphan"} if action == "transfer" else set())

@@ -1,7 +1,26 @@
 """Admin operations and board-wide views: trash, retry, dead letters,
-cancel, board depth for metrics, and the registry of live conductors.
+cancel, suspend and resume, board depth for metrics, and the registry of
+live conductors.
 
 One of the collaborators :class:`~jobboard.board.Board` is made of.
+
+Suspend and resume (the table in :mod:`jobboard.states`): a waiting job is
+suspended at once, its entry removed in the transaction that writes
+SUSPENDED; a claimed job gets a request (``{root}/suspend/{uuid}``) that its
+holder watches: it stops at the next task boundary and gives the job up into
+SUSPENDED itself (:meth:`Ownership.suspend_held
+<jobboard.board.ownership.Ownership.suspend_held>`). A request outlives a
+put-back it raced with (the holder died, or gave the job back for another
+reason): the next holder honours it before running anything, a claimer's
+orphan restore suspends instead of putting back, and the repair sweep
+suspends a waiting job that has one. Resume puts the job back in the restore
+bucket of its priority, ahead of the rest, and the next holder continues
+from the logbook.
+
+How it fails: an action the job's state does not allow raises
+:class:`~jobboard.errors.InvalidTransition` (one line); a job that keeps
+changing under the call raises :class:`~jobboard.errors.BoardError`;
+ZooKeeper errors surface as :class:`~jobboard.errors.BoardUnavailable`.
 """
 
 from __future__ import annotations
@@ -18,13 +37,15 @@ from jobboard.board.job import Job, check_job_id
 from jobboard.board.layout import Paths
 from jobboard.board.ownership import Ownership
 from jobboard.board.queue import QueueIndex
-from jobboard.board.records import Records
+from jobboard.board.records import READ_TIMEOUT, Records
 from jobboard.errors import AlreadyClaimed, BoardError, InvalidTransition, MalformedData
 from jobboard.events import EventKind, Notifier
 from jobboard.serialization import dumps, loads
 from jobboard.states import JobState
 
 log = logging.getLogger(__name__)
+
+SUSPEND_ATTEMPTS = 5    # reads of a job that keeps changing under a suspend
 
 
 class Admin:
@@ -69,6 +90,7 @@ class Admin:
                 self.client.delete(self.paths.job(job_id), version=stat.version)
         # Index entries pointing at a missing record are dropped by claimers.
         _zk.delete_quietly(self.client, self.paths.cancel_request(job_id))
+        _zk.delete_quietly(self.client, self.paths.suspend_request(job_id))
         _zk.delete_quietly(self.client, self.paths.dead_marker(job_id))
 
     def retry(self, job: Job | str) -> Job:
@@ -91,7 +113,8 @@ class Admin:
                                          not_before=None, transfer_to=None)
             record = revived.encode()
             leftovers = [(path, stat_) for path in (self.paths.dead_marker(job_id),
-                                                    self.paths.cancel_request(job_id))
+                                                    self.paths.cancel_request(job_id),
+                                                    self.paths.suspend_request(job_id))
                          if (stat_ := self.client.exists(path)) is not None]
 
             def revive(txn: Any) -> None:
@@ -120,15 +143,17 @@ class Admin:
         return dead
 
     def cancel(self, job: Job | str) -> JobState:
-        """Cancel a job. A waiting job is removed at once (state CANCELLED); a
-        claimed one gets a request its holder sees, stopping the flow at the
-        next task boundary and reverting it. Returns the state after the call."""
+        """Cancel a job. A waiting or suspended job is removed at once (state
+        CANCELLED; a suspended job's finished tasks are not reverted: nobody
+        runs it); a claimed one gets a request its holder sees, stopping the
+        flow at the next task boundary and reverting it. Returns the state
+        after the call."""
         job_id = check_job_id(job if isinstance(job, str) else job.uuid)
         with _zk.translated(f"cancelling job {job_id}"):
             current, stat = self.records.read(job_id)
             if current.finished:
                 return current.state
-            if current.state is JobState.UNCLAIMED:
+            if current.state in (JobState.UNCLAIMED, JobState.SUSPENDED):
                 cancelled = current.with_event("cancelled", state=JobState.CANCELLED,
                                                finished_at=time.time(),
                                                outcome={"reason": "cancelled by an admin"})
@@ -140,6 +165,9 @@ class Admin:
                 results = txn.commit()
                 error = _zk.first_error(results)
                 if error is None:
+                    # a suspend request that raced with a put-back would
+                    # outlive the job for nothing
+                    _zk.delete_quietly(self.client, self.paths.suspend_request(job_id))
                     self.notifier.emit(EventKind.JOB_CANCELLED, job_id=job_id,
                                        details={"state": JobState.CANCELLED.value,
                                                 "name": current.name,
@@ -161,6 +189,121 @@ class Admin:
         with _zk.translated(f"checking job {job_id} for a cancel request"):
             path = self.paths.cancel_request(job_id)
             return self.client.retry(self.client.exists, path, watch=watch) is not None
+
+    # -- suspend and resume ----------------------------------------------------------
+
+    def suspend(self, job: Job | str) -> JobState:
+        """Suspend a job (see the module docstring). Returns the state after
+        the call: SUSPENDED (it was waiting, or suspended already), or CLAIMED
+        (its holder was asked to stop at the next task boundary).
+
+        Raises:
+            InvalidTransition: the job is COMPLETE, FAILED, CANCELLED or DEAD.
+            BoardError: it kept changing under the call; try again.
+        """
+        job_id = check_job_id(job if isinstance(job, str) else job.uuid)
+        request = self.paths.suspend_request(job_id)
+        with _zk.translated(f"suspending job {job_id}"):
+            for _ in range(SUSPEND_ATTEMPTS):
+                current, stat = self.records.read(job_id)
+                if current.state is JobState.SUSPENDED:
+                    return JobState.SUSPENDED
+                if current.state is JobState.UNCLAIMED:
+                    if self._suspend_waiting(current, stat.version):
+                        return JobState.SUSPENDED
+                    continue
+                if current.state is not JobState.CLAIMED:
+                    raise InvalidTransition(job_id, current.state, "suspend",
+                                            "only a waiting or running job can be suspended")
+                try:
+                    self.client.retry(self.client.create, request, b"", makepath=True)
+                except NodeExistsError:
+                    pass
+                # Still held after the request landed: its holder (or, if it
+                # dies, whoever restores the job) honours it. Otherwise it
+                # moved on meanwhile: take the request back and look again.
+                if self.records.read(job_id)[0].state is JobState.CLAIMED:
+                    return JobState.CLAIMED
+                _zk.delete_quietly(self.client, request)
+        raise BoardError(f"job {job_id} kept changing while suspending it; try again")
+
+    def _suspend_waiting(self, job: Job, version: int) -> bool:
+        """UNCLAIMED -> SUSPENDED, its entries (and a stray request) deleted
+        in the same transaction. False when the job moved on meanwhile."""
+        suspended = job.with_event("suspended", state=JobState.SUSPENDED, owner=None,
+                                   transfer_to=None)
+        entries = self.index.entries_of(job, version)
+        request = self.paths.suspend_request(job.uuid)
+        request_stat = self.client.retry(self.client.exists, request)
+        txn = self.client.transaction()
+        txn.set_data(self.paths.job(job.uuid), suspended.encode(), version=version)
+        for entry in entries:
+            txn.delete(entry)
+        if request_stat is not None:
+            txn.delete(request, version=request_stat.version)
+        if _zk.first_error(txn.commit()) is not None:
+            return False
+        self.notifier.emit(EventKind.JOB_SUSPENDED, job_id=job.uuid,
+                           details={"name": job.name, "was": JobState.UNCLAIMED.value})
+        return True
+
+    def resume(self, job: Job | str) -> Job:
+        """Put a SUSPENDED job back on the board, ahead of the jobs of its
+        priority (a delayed one not yet due waits for its time); its next
+        holder continues from the logbook: finished tasks are not run again.
+
+        Raises:
+            InvalidTransition: the job is not SUSPENDED.
+            BoardError: it changed under the call; try again.
+        """
+        job_id = check_job_id(job if isinstance(job, str) else job.uuid)
+        request = self.paths.suspend_request(job_id)
+        with _zk.translated(f"resuming job {job_id}"):
+            current, stat = self.records.read(job_id)
+            if current.state is not JobState.SUSPENDED:
+                raise InvalidTransition(job_id, current.state, "resume",
+                                        "only a SUSPENDED job can be resumed")
+            resumed = current.with_event("resumed", state=JobState.UNCLAIMED, owner=None,
+                                         transfer_to=None)
+            request_stat = self.client.retry(self.client.exists, request)
+
+            def put_back(txn: Any) -> None:
+                txn.set_data(self.paths.job(job_id), resumed.encode(), version=stat.version)
+                if request_stat is not None:     # a stray one would suspend it again
+                    txn.delete(request, version=request_stat.version)
+
+            if self.index.commit(put_back, resumed, stat.version + 1,
+                                 restore=True)[1] is not None:
+                raise BoardError(f"job {job_id} changed while resuming it; try again")
+        self.notifier.emit(EventKind.JOB_RESUMED, job_id=job_id, details={"name": current.name})
+        return resumed
+
+    def suspend_requested(self, job_id: str, watch=None) -> bool:
+        """Whether an admin asked to suspend the job (``watch`` set on the request)."""
+        with _zk.translated(f"checking job {job_id} for a suspend request"):
+            path = self.paths.suspend_request(job_id)
+            return self.client.retry(self.client.exists, path, watch=watch) is not None
+
+    def requests_pending(self, job_id: str, *, on_cancel: Any = None,
+                         on_suspend: Any = None) -> tuple[bool, bool]:
+        """Whether a cancel and a suspend request wait for the job's holder,
+        each watched (``on_cancel``, ``on_suspend``); one round trip."""
+        cancel, suspend = self.paths.cancel_request(job_id), self.paths.suspend_request(job_id)
+
+        def both() -> tuple[bool, bool]:
+            pending = (self.client.exists_async(cancel, watch=on_cancel),
+                       self.client.exists_async(suspend, watch=on_suspend))
+            return (pending[0].get(timeout=READ_TIMEOUT) is not None,
+                    pending[1].get(timeout=READ_TIMEOUT) is not None)
+
+        with _zk.translated(f"checking job {job_id} for admin requests"):
+            return self.client.retry(both)
+
+    def drop_suspend_request(self, job_id: str) -> None:
+        """Delete a suspend request the holder could not honour (its flow
+        ended first, or a cancel won)."""
+        with _zk.translated(f"dropping the suspend request of job {job_id}"):
+            _zk.delete_quietly(self.client, self.paths.suspend_request(job_id))
 
 
     # -- depth (for metrics) ----------------------------------------------------

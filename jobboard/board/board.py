@@ -1,4 +1,4 @@
-"""The job board: post, look up, claim, abandon, consume, transfer, wait.
+"""The job board: post, look up, claim, abandon, consume, transfer, suspend, wait.
 
 The board is composed of plain collaborators, each with one concern, that
 take each other in their constructors:
@@ -10,7 +10,8 @@ take each other in their constructors:
 * :class:`~jobboard.board.posting.Posting` posts jobs;
 * :class:`~jobboard.board.ownership.Ownership` claims and ends claims;
 * :class:`~jobboard.board.admin.Admin` trashes, retries, cancels,
-  dead-letters, measures, and keeps the conductor registry;
+  suspends and resumes, dead-letters, measures, and keeps the conductor
+  registry;
 * :class:`~jobboard.board.repair.Repair` finds and puts right every
   inconsistency the layout can have (``jobboard fsck``);
 * :class:`~jobboard.board.retention.Retention` removes finished jobs once
@@ -402,6 +403,11 @@ class Board:
         (``crashed``: count it against ``max_claims``)."""
         return self.ownership.abandon(job, owner, crashed=crashed)
 
+    def suspend_held(self, job: Job | str, owner: str, *, working: bool = False) -> Job:
+        """The holder gives a job up into SUSPENDED, as an admin's suspend
+        request asked (claim, markers and request dropped in one transaction)."""
+        return self.ownership.suspend_held(job, owner, working=working)
+
     def start_working(self, job_id: str, mark: str | int, *, stop_timeout: float,
                       abort: Callable[[], bool] = lambda: False) -> float | None:
         """Mark a job's tasks as running in this run (``mark``: its claim's
@@ -457,6 +463,38 @@ class Board:
 
     def cancel_requested(self, job_id: str, watch: Callable[[Any], None] | None = None) -> bool:
         return self.admin.cancel_requested(job_id, watch=watch)
+
+    def suspend(self, job: Job | str) -> JobState:
+        """Suspend a job: a waiting one at once (SUSPENDED), a running one at
+        its holder's next task boundary (returns CLAIMED: asked). Not
+        claimable until :meth:`resume`. See :meth:`Admin.suspend`.
+
+        Raises:
+            InvalidTransition: the job has finished.
+        """
+        return self.admin.suspend(job)
+
+    def resume(self, job: Job | str) -> Job:
+        """Put a SUSPENDED job back on the board, ahead of its priority; it
+        continues from the logbook.
+
+        Raises:
+            InvalidTransition: the job is not SUSPENDED.
+        """
+        return self.admin.resume(job)
+
+    def suspend_requested(self, job_id: str,
+                          watch: Callable[[Any], None] | None = None) -> bool:
+        return self.admin.suspend_requested(job_id, watch=watch)
+
+    def drop_suspend_request(self, job_id: str) -> None:
+        self.admin.drop_suspend_request(job_id)
+
+    def requests_pending(self, job_id: str, *, on_cancel: Callable[[Any], None] | None = None,
+                         on_suspend: Callable[[Any], None] | None = None) -> tuple[bool, bool]:
+        """(cancel requested, suspend requested) for the job's holder, each
+        request watched; one round trip."""
+        return self.admin.requests_pending(job_id, on_cancel=on_cancel, on_suspend=on_suspend)
 
     def depth(self) -> dict[str, Any]:
         """Board gauges from znode stats (see :meth:`Admin.depth`)."""

@@ -21,6 +21,8 @@
                                        (or the stop timeout passed): the hand-off
     {root}/keys/{sha256(key)}          idempotency keys: data = job uuid
     {root}/cancel/{uuid}               an admin's request to stop a claimed job
+    {root}/suspend/{uuid}              an admin's request to suspend a claimed job at its
+                                       next task boundary (its holder watches it)
     {root}/dead/{uuid}                 index of dead-lettered jobs (for counts and listing)
     {root}/conductors/{name}           ephemeral registration of a live conductor
     {root}/locks/...                   named distributed locks (jobboard.locks)
@@ -226,6 +228,7 @@ class Paths:
         self.running = f"{root}/running"
         self.keys = f"{root}/keys"
         self.cancel_requests = f"{root}/cancel"
+        self.suspend_requests = f"{root}/suspend"
         self.dead = f"{root}/dead"
         self.conductors = f"{root}/conductors"
         self.locks = f"{root}/locks"
@@ -237,7 +240,8 @@ class Paths:
 
     def containers(self) -> list[str]:
         return [self.jobs, self.queues, self.queue, self.delayed,
-                self.claims, self.running, self.keys, self.cancel_requests, self.dead,
+                self.claims, self.running, self.keys, self.cancel_requests,
+                self.suspend_requests, self.dead,
                 self.conductors, self.locks, self.quarantine, self.working, self.schedules,
                 self.finished]
 
@@ -275,6 +279,9 @@ class Paths:
 
     def cancel_request(self, job_id: str) -> str:
         return f"{self.cancel_requests}/{job_id}"
+
+    def suspend_request(self, job_id: str) -> str:
+        return f"{self.suspend_requests}/{job_id}"
 
     def dead_marker(self, job_id: str) -> str:
         return f"{self.dead}/{job_id}"

@@ -1,4 +1,4 @@
-"""Claims and their ends: claim, consume, abandon, transfer, reclaim.
+"""Claims and their ends: claim, consume, abandon, suspend, transfer, reclaim.
 
 One of the collaborators :class:`~jobboard.board.Board` is made of. Each is
 one multi-op transaction
@@ -415,12 +415,64 @@ class Ownership:
         self.notifier.emit(EventKind.JOB_ABANDONED, job_id=job_id, owner=owner)
         return released
 
+    def suspend_held(self, job: Job | str, owner: str, *, working: bool = False) -> Job:
+        """The holder gives a job up into SUSPENDED, as an admin's suspend
+        request asked (its flow stopped at a task boundary; the logbook keeps
+        what finished): the claim, the running marker, the request and, with
+        ``working``, this run's working marker go in the transaction that
+        writes SUSPENDED. Not claimable until :meth:`Admin.resume
+        <jobboard.board.admin.Admin.resume>`.
+
+        Raises:
+            NotClaimed / NotOwner / ClaimLost.
+        """
+        job_id = job if isinstance(job, str) else job.uuid
+        with _zk.translated(f"suspending job {job_id}"):
+            current, version = self._held(job, owner)
+            suspended = current.with_event("suspended", state=JobState.SUSPENDED, owner=None,
+                                           transfer_to=None)
+            suspended = replace(suspended, history=(*suspended.history[:-1], {
+                **suspended.history[-1], "owner": owner}))
+            request = self.paths.suspend_request(job_id)
+            request_stat = self.client.retry(self.client.exists, request)
+            for attempt in range(CONSUME_ATTEMPTS):
+                txn = self.client.transaction()
+                txn.delete(self.paths.claim(job_id))
+                txn.delete(self.paths.running_marker(job_id))
+                txn.set_data(self.paths.job(job_id), suspended.encode(), version=version)
+                if request_stat is not None:
+                    txn.delete(request)
+                if working:
+                    txn.delete(self.paths.working_marker(job_id))
+                try:
+                    results = txn.commit()
+                except ConnectionLoss:
+                    # landed or not: the record tells (the claim is still
+                    # ours while the session lives, so sending it again is safe)
+                    if self.records.read(job_id)[0].state is JobState.SUSPENDED:
+                        break
+                    if attempt + 1 == CONSUME_ATTEMPTS:
+                        raise
+                    continue
+                error = _zk.first_error(results)
+                if error is not None and working and error is results[-1]:
+                    working = False       # our marker is gone already: without it
+                    continue
+                if error is not None:
+                    raise self._ownership_failure(job_id, owner)
+                break
+        self.notifier.emit(EventKind.JOB_SUSPENDED, job_id=job_id, owner=owner,
+                           details={"name": current.name, "was": JobState.CLAIMED.value})
+        return suspended
+
     def restore_orphan(self, job_id: str, *, me: str | None = None) -> Job | None:
         """Put back a job whose claim vanished (its holder's session ended) but
         whose running marker remains. When an admin transferred it to ``me``,
         claim it for ``me`` instead; when transferred to another live
-        conductor, leave it for that one. Returns the job claimed for ``me``,
-        else None. Safe to race: only one caller's transaction succeeds."""
+        conductor, leave it for that one. A job with a pending suspend
+        request is suspended instead (see :mod:`jobboard.board.admin`).
+        Returns the job claimed for ``me``, else None. Safe to race: only
+        one caller's transaction succeeds."""
         with _zk.translated(f"reclaiming job {job_id}"):
             running = self.client.exists(self.paths.running_marker(job_id))
             if running is None or self.client.exists(self.paths.claim(job_id)):
@@ -442,6 +494,10 @@ class Ownership:
                     pass
                 return None
             target = current.transfer_to
+            request = self.client.exists(self.paths.suspend_request(job_id))
+            if request is not None:
+                self._suspend_orphan(current, stat.version, running, request)
+                return None
             if target and target == me:
                 return self.take(current, stat.version, me, running_exists=True)
             if target and self.client.exists(self.paths.conductor(target)):
@@ -463,6 +519,28 @@ class Ownership:
                 log.info("job %s lost its holder %s; put back on the board",
                          job_id, current.owner)
             return None
+
+    def _suspend_orphan(self, job: Job, version: int, running: Any, request: Any) -> None:
+        """An orphan whose suspend request its holder did not live to honour:
+        SUSPENDED, with a death counted as for any orphan (not for a
+        transfer's). Its working marker, if a live old holder still has
+        one, makes the holder after the resume wait as a hand-off does."""
+        job_id = job.uuid
+        suspended = job.with_event("suspended", state=JobState.SUSPENDED, owner=None,
+                                   transfer_to=None,
+                                   deaths=job.deaths + (0 if job.transfer_to else 1))
+        claim = self.paths.claim(job_id)
+        txn = self.client.transaction()
+        txn.create(claim, b"")   # asserts nobody holds a claim right now
+        txn.delete(claim)
+        txn.delete(self.paths.running_marker(job_id), version=running.version)
+        txn.delete(self.paths.suspend_request(job_id), version=request.version)
+        txn.set_data(self.paths.job(job_id), suspended.encode(), version=version)
+        if _zk.first_error(txn.commit()) is None:
+            log.info("job %s lost its holder %s with a suspend request pending; suspended",
+                     job_id, job.owner)
+            self.notifier.emit(EventKind.JOB_SUSPENDED, job_id=job_id,
+                               details={"name": job.name, "was": JobState.CLAIMED.value})
 
     def start_working(self, job_id: str, mark: str | int, *, stop_timeout: float,
                       abort: Callable[[], bool] = lambda: False) -> float | None:

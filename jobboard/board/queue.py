@@ -278,6 +278,34 @@ class QueueIndex:
                 seen.add(entry.job_id)
                 yield entry.job_id
 
+    def entries_of(self, job: Job, version: int) -> list[str]:
+        """The paths of the entries standing for ``job`` at record ``version``
+        (normally one; none when it is missing). Lists the delayed buckets of
+        the job's due second, then the buckets of its queue and priority: a
+        promotion meanwhile is seen on one side or the other. An admin's
+        call (a listing per bucket), never on the claim path."""
+        found: list[str] = []
+        if job.not_before is not None:
+            second = int(job.not_before * 1000) // 1000
+            for name in sorted(_zk.children(self.client, self.paths.delayed)):
+                bucket = DelayedBucket.parse(name)
+                if bucket is None or bucket.due_second != second:
+                    continue
+                parent = self.paths.delayed_bucket(bucket)
+                for child in _zk.children(self.client, parent):
+                    entry = DelayedEntry.parse(child)
+                    if entry is not None and (entry.job_id, entry.version) == (job.uuid,
+                                                                               version):
+                        found.append(f"{parent}/{child}")
+        for bucket in self.buckets(job.queue):
+            if bucket.priority != job.priority:
+                continue
+            listed = self.entries(bucket)
+            for entry in listed[0] if listed else ():
+                if (entry.job_id, entry.version) == (job.uuid, version):
+                    found.append(f"{self.paths.bucket(bucket)}/{entry.name}")
+        return found
+
     def scan(self) -> tuple[dict[str, list[tuple[str, int | None]]], list[str]]:
         """Every entry and every name that is not one, for a repair sweep:
         ``({job id: [(entry path, version)]}, [garbage paths])``. The delayed

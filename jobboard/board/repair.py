@@ -33,6 +33,11 @@ finding                    repair
                            made or deleted
 ``stale-cancel``           a cancel request for a job that is not CLAIMED:
                            deleted
+``stray-suspend``          a suspend request for a job that is not CLAIMED:
+                           for an UNCLAIMED job (the request raced with a
+                           put-back) the job is suspended, as its next holder
+                           would have done; otherwise deleted. A SUSPENDED
+                           job itself is consistent with no entry and no claim
 ``unreadable``             a record this client may not read (another ACL):
                            reported, left alone
 =========================  ==================================================
@@ -164,6 +169,7 @@ class _Sweep:
         self.check_markers(r.paths.dead, "dead-marker", lambda j: j.state is JobState.DEAD)
         self.check_markers(r.paths.cancel_requests, "stale-cancel",
                            lambda j: j.state is JobState.CLAIMED)
+        self.check_suspend_requests()
         for job_id, (job, _) in self.jobs.items():
             if job.state is JobState.DEAD and job_id not in self.dead:
                 self.found("dead-marker", r.paths.dead_marker(job_id),
@@ -385,6 +391,30 @@ class _Sweep:
         if job is not None and belongs(job):
             return False
         return self.guarded(job_id, version, lambda txn: txn.delete(path))
+
+    def check_suspend_requests(self) -> None:
+        r = self.r
+        for job_id in sorted(_zk.children(r.client, r.paths.suspend_requests)):
+            known = self.jobs.get(job_id)
+            if known is not None and known[0].state is JobState.CLAIMED:
+                continue
+            path = r.paths.suspend_request(job_id)
+            if known is not None and known[0].state is JobState.UNCLAIMED:
+                self.found("stray-suspend", path, "a suspend request for a waiting job (it "
+                           "raced with a put-back): the job is suspended", job_id,
+                           lambda job_id=job_id: self.apply_suspend(job_id))
+                continue
+            self.found("stray-suspend", path, "a suspend request for a job that is gone or "
+                       "not running", job_id if is_job_id(job_id) else None,
+                       lambda path=path, job_id=job_id: self.drop_marker(
+                           path, job_id, lambda j: j.state in (JobState.CLAIMED,
+                                                               JobState.UNCLAIMED)))
+
+    def apply_suspend(self, job_id: str) -> bool:
+        job, _ = self.fresh(job_id)
+        if job is None or job.state is not JobState.UNCLAIMED:
+            return False
+        return self.r.admin.suspend(job_id) is JobState.SUSPENDED
 
     def make_dead_marker(self, job_id: str) -> bool:
         job, version = self.fresh(job_id)

@@ -20,7 +20,7 @@ keys), :mod:`.zk` (connecting), :mod:`.render` (results and failures),
 :mod:`.posting` (``post``), :mod:`.inspection` (``jobs``, ``show``,
 ``claims``, ``conductors``, ``fsck``, ``prune``, ``upgrade``), :mod:`.admin` and
 :mod:`.admin_rules` (``abandon``, ``transfer``, ``cancel``, ``retry``,
-``trash``), :mod:`.daemon` (``conductor``, ``exporter``),
+``trash``, ``suspend``, ``resume``), :mod:`.daemon` (``conductor``, ``exporter``),
 :mod:`.preflight` (a conductor's start checks), :mod:`.logbook` and
 :mod:`.logbook_access` (``logbook ...``), :mod:`.dev` (``dev zookeeper``,
 ``demo``).
@@ -28,7 +28,7 @@ keys), :mod:`.zk` (connecting), :mod:`.render` (results and failures),
 
 from __future__ import annotations
 
-from jobboard.cli.admin import abandon, cancel, retry, transfer, trash
+from jobboard.cli.admin import abandon, cancel, resume, retry, suspend, transfer, trash
 from jobboard.cli.app import main
 from jobboard.cli.common import CONNECT_TIMEOUT, DAEMON_CONNECT_TIMEOUT, ExitCode
 from jobboard.cli.daemon import conductor, exporter
@@ -41,7 +41,7 @@ from jobboard.cli.schedule import schedule
 __all__ = ["CONNECT_TIMEOUT", "DAEMON_CONNECT_TIMEOUT", "ExitCode", "main"]
 
 for _command in (post, jobs, show, fsck, claims, abandon, transfer, trash, cancel, retry,
-                 conductors, exporter, logbook_group, conductor, demo, dev_group, schedule,
+                 suspend, resume, conductors, exporter, logbook_group, conductor, demo, dev_group, schedule,
                  prune, upgrade):
     main.add_command(_command)
 

@@ -1,5 +1,5 @@
 """The admin commands that change a job: ``abandon``, ``transfer``,
-``cancel``, ``retry``, ``trash``. Each takes a job id or a unique prefix of
+``cancel``, ``retry``, ``trash``, ``suspend``, ``resume``. Each takes a job id or a unique prefix of
 one, acts or refuses by the job's state (the table in
 :mod:`jobboard.cli.admin_rules`), and prints one line (with ``--json``: one
 object: ``job_id``, ``action``, ``state`` before and after, ``holder``,
@@ -20,7 +20,7 @@ from jobboard.cli.common import Connection, board_options, emit_json, job_id_arg
 from jobboard.cli.zk import open_board
 from jobboard.states import JobState
 
-__all__ = ["abandon", "cancel", "retry", "transfer", "trash"]
+__all__ = ["abandon", "cancel", "resume", "retry", "suspend", "transfer", "trash"]
 
 
 def _target(board: Any, action: Action, text: str) -> tuple[Any, str | None]:
@@ -155,3 +155,44 @@ def retry(job_id: str, as_json: bool, conn: Connection) -> None:
     _report(as_json, Action.RETRY, job, revived.state,
             f"job {job.uuid} queued again as attempt {revived.attempt}",
             attempt=revived.attempt)
+
+
+@click.command()
+@job_id_argument
+@json_option
+@board_options
+def suspend(job_id: str, as_json: bool, conn: Connection) -> None:
+    """Pause a job until `jobboard resume`: a waiting job at once; a running
+    one at its holder's next task boundary (finished tasks stay done in the
+    logbook). A suspended job is not claimable."""
+    with open_board(conn) as board:
+        job, holder = _target(board, Action.SUSPEND, job_id)
+        if job.state is JobState.SUSPENDED:
+            _report(as_json, Action.SUSPEND, job, job.state,
+                    f"job {job.uuid} is already SUSPENDED; nothing to do")
+            return
+        state = board.suspend(job.uuid)
+    if state is JobState.CLAIMED:
+        message = (f"asked {holder or 'the holder'} to suspend job {job.uuid}: it stops at "
+                   "the next task boundary and records SUSPENDED; `jobboard resume "
+                   f"{job.uuid}` continues it")
+    else:
+        message = (f"suspended {job.uuid} (it was waiting); `jobboard resume {job.uuid}` "
+                   "puts it back on the board")
+    _report(as_json, Action.SUSPEND, job, state, message, holder,
+            stop_requested=state is JobState.CLAIMED)
+
+
+@click.command()
+@job_id_argument
+@json_option
+@board_options
+def resume(job_id: str, as_json: bool, conn: Connection) -> None:
+    """Put a SUSPENDED job back on the board, ahead of the jobs of its
+    priority; it continues from its logbook (finished tasks are not run
+    again)."""
+    with open_board(conn) as board:
+        job, _holder = _target(board, Action.RESUME, job_id)
+        resumed = board.resume(job.uuid)
+    _report(as_json, Action.RESUME, job, resumed.state,
+            f"resumed {job.uuid}; any conductor may claim it now")

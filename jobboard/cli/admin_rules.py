@@ -1,21 +1,29 @@
 """What the admin commands may do to a job in each state, and the one line
 that says why not.
 
-The table the ``abandon``, ``transfer``, ``cancel``, ``retry`` and ``trash``
-commands follow (``-`` = refused with one line saying why and what to do
-instead; MALFORMED = a record that fails validation)::
+The table the ``abandon``, ``transfer``, ``cancel``, ``retry``, ``trash``,
+``suspend`` and ``resume`` commands follow (``-`` = refused with one line
+saying why and what to do instead; MALFORMED = a record that fails
+validation)::
 
-    action     UNCLAIMED  CLAIMED  COMPLETE  FAILED  CANCELLED  DEAD  MALFORMED
-    abandon    -          yes      -         -       -          -     -
-    transfer   -          yes      -         -       -          -     -
-    cancel     yes        asks     -         -       (already)  -     -
-    retry      -          -        -         yes     yes        yes   -
-    trash      yes        -        yes       yes     yes        yes   -
+    action     UNCLAIMED  CLAIMED  SUSPENDED  COMPLETE  FAILED  CANCELLED  DEAD  MALFORMED
+    abandon    -          yes      -          -         -       -          -     -
+    transfer   -          yes      -          -         -       -          -     -
+    cancel     yes        asks     yes        -         -       (already)  -     -
+    retry      -          -        -          -         yes     yes        yes   -
+    trash      yes        -        yes        yes       yes     yes        yes   -
+    suspend    yes        asks     (already)  -         -       -          -     -
+    resume     -          -        yes        -         -       -          -     -
 
 ``cancel`` of a CLAIMED job asks its holder to stop (it reverts what ran and
 records CANCELLED); ``cancel`` of a CANCELLED job does nothing and says so
-(exit 0). A delayed UNCLAIMED job is UNCLAIMED here. A MALFORMED record is
-refused by every command: ``jobboard fsck --repair`` moves it aside.
+(exit 0); ``cancel`` of a SUSPENDED job makes it CANCELLED at once, without
+reverting what its finished tasks did. ``suspend`` of a CLAIMED job asks its
+holder to stop at the next task boundary and give the job up (SUSPENDED);
+``suspend`` of a SUSPENDED job does nothing and says so (exit 0). ``resume``
+puts a SUSPENDED job back on the board, ahead of its priority. A delayed
+UNCLAIMED job is UNCLAIMED here. A MALFORMED record is refused by every
+command: ``jobboard fsck --repair`` moves it aside.
 
 How it fails: it does not; :func:`refusal` is pure and returns the message
 or None. The board calls that follow can still lose a race (the job changed
@@ -42,6 +50,8 @@ class Action(str, Enum):
     CANCEL = "cancel"
     RETRY = "retry"
     TRASH = "trash"
+    SUSPEND = "suspend"
+    RESUME = "resume"
 
     def __str__(self) -> str:
         return self.value
@@ -53,9 +63,12 @@ _RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.DEAD})
 ALLOWED: dict[Action, frozenset[JobState]] = {
     Action.ABANDON: frozenset({JobState.CLAIMED}),
     Action.TRANSFER: frozenset({JobState.CLAIMED}),
-    Action.CANCEL: frozenset({JobState.UNCLAIMED, JobState.CLAIMED, JobState.CANCELLED}),
+    Action.CANCEL: frozenset({JobState.UNCLAIMED, JobState.CLAIMED, JobState.SUSPENDED,
+                              JobState.CANCELLED}),
     Action.RETRY: _RETRYABLE,
     Action.TRASH: frozenset(JobState) - {JobState.CLAIMED},
+    Action.SUSPEND: frozenset({JobState.UNCLAIMED, JobState.CLAIMED, JobState.SUSPENDED}),
+    Action.RESUME: frozenset({JobState.SUSPENDED}),
 }
 
 
@@ -95,6 +108,8 @@ def refusal(action: Action, job: Job, holder: str | None = None, *,
     uuid, state = job.uuid, describe(job, holder, now=now)
     retry_hint = f"; `jobboard retry {uuid}` runs it again" \
         if job.state in _RETRYABLE else ""
+    if job.state is JobState.SUSPENDED:
+        retry_hint = f"; `jobboard resume {uuid}` puts it back on the board"
     if action is Action.ABANDON:
         return f"job {uuid} is not claimed ({state}); nothing to abandon{retry_hint}"
     if action is Action.TRANSFER:
@@ -104,6 +119,15 @@ def refusal(action: Action, job: Job, holder: str | None = None, *,
         return f"job {uuid} is not claimed ({state}); nothing to transfer{retry_hint}"
     if action is Action.CANCEL:
         return f"job {uuid} has finished ({state}); nothing to cancel{retry_hint}"
+    if action is Action.SUSPEND:
+        return f"job {uuid} has finished ({state}); nothing to suspend{retry_hint}"
+    if action is Action.RESUME:
+        if job.state is JobState.CLAIMED:
+            return (f"job {uuid} is {state}, not SUSPENDED; nothing to resume: "
+                    f"`jobboard suspend {uuid}` pauses it at the next task boundary")
+        if job.state is JobState.UNCLAIMED:
+            return f"job {uuid} is {state}, not SUSPENDED; nothing to resume: it waits already"
+        return f"job {uuid} is {state}, not SUSPENDED; nothing to resume{retry_hint}"
     if action is Action.RETRY:
         allowed = "only FAILED, CANCELLED or DEAD jobs can be retried"
         if job.state is JobState.CLAIMED:
@@ -111,6 +135,8 @@ def refusal(action: Action, job: Job, holder: str | None = None, *,
                     "stops it first")
         if job.state is JobState.UNCLAIMED:
             return f"job {uuid} is {state}; {allowed}: it has not run yet"
+        if job.state is JobState.SUSPENDED:
+            return f"job {uuid} is {state}; {allowed}: `jobboard resume {uuid}` continues it"
         return f"job {uuid} is {state}; {allowed}"
     # trash: only a CLAIMED job is refused
     return (f"job {uuid} is {state}; cancel or abandon it first "

@@ -17,6 +17,12 @@ How it ends, case by case:
 * an admin cancels it -> the running task is asked to stop (killed with the
   process executor past ``stop_timeout``), the flow is reverted, and the job
   is consumed CANCELLED;
+* an admin suspends it -> the engine stops at the next task boundary as for
+  a hand-off (running tasks asked to stop, nothing reverted, the logbook
+  kept), then the job is given up into SUSPENDED with the claim, the markers
+  and the request in one transaction (:meth:`~jobboard.board.Board.suspend_held`).
+  A cancel request wins over a suspend request; a flow that ends before it
+  stops is consumed as usual and the request dropped;
 * the claim is lost (session expired, transferred, abandoned by an admin) ->
   the running task is asked to stop the same way; nothing is consumed; a late
   logbook write is refused by fencing (``StaleOwner``). The next holder
@@ -126,6 +132,7 @@ class JobRun:
         self.engine: Engine | None = None
         self.claim_lost = threading.Event()
         self.cancel_requested = threading.Event()
+        self.suspend_requested = threading.Event()
         self.shutting_down = threading.Event()
         self.releasing = threading.Event()     # our own consume/abandon deletes the claim
         self.finished = threading.Event()
@@ -147,6 +154,17 @@ class JobRun:
         self.cancel_requested.set()
         if self.engine is not None:
             self.engine.cancel(revert=True)
+
+    def request_suspend(self) -> None:
+        """An admin asked to suspend the job: stop at the next task boundary,
+        keep the logbook (a cancel under way goes on: it wins)."""
+        if self.suspend_requested.is_set() or self.finished.is_set():
+            return
+        self.suspend_requested.set()
+        log.info("job %s: suspend requested; stopping at the next task boundary",
+                 self.job.uuid)
+        if self.engine is not None and not self.cancel_requested.is_set():
+            self.engine.cancel()
 
     def interrupt(self) -> None:
         """Shutdown past the grace period: stop, then abandon the job."""
@@ -170,6 +188,8 @@ class JobRun:
             board.consume(job, name, document, state=state, working=self._working)
             self._working = False             # gone with the consume
             log.info("job %s (%s) %s", job.uuid, job.name, state.value)
+            if self.suspend_requested.is_set():   # it ended before it could stop
+                self._drop_suspend_request()
         except LogbookError as exc:
             # The logbook's failure (down, schema, credentials, disk), not the
             # job's: give it back uncounted and claim nothing more until the
@@ -241,11 +261,15 @@ class JobRun:
                 self.engine.cancel()
             if self.cancel_requested.is_set():   # set by the watch _watch_claim placed
                 self.engine.cancel(revert=True)
+            elif self.suspend_requested.is_set():
+                self.engine.cancel()
             outcome = self.engine.run()
-            # A flow that ended (not stopped) is consumed next, with the
-            # working marker in the same transaction.
-            consuming = not (outcome.fenced or self.claim_lost.is_set()
-                             or (outcome.state is FlowState.CANCELLED and not outcome.reverted))
+            stopped = outcome.state is FlowState.CANCELLED and not outcome.reverted
+            held = not (outcome.fenced or self.claim_lost.is_set())
+            # A flow that ended (not stopped) is consumed next, and a flow
+            # stopped for a suspend is given up: either with the working
+            # marker in the same transaction.
+            consuming = held and (not stopped or self.suspend_requested.is_set())
         finally:
             if self.engine is not None and self.engine.running_tasks:
                 log.warning("job %s: task(s) %s ignored the request to stop; handing the job "
@@ -267,7 +291,10 @@ class JobRun:
                 log.warning("job %s: claim lost; left to its new owner", job.uuid)
             return None
         if outcome.state is FlowState.CANCELLED and not outcome.reverted:
-            self._abandon()
+            if self.suspend_requested.is_set():
+                self._suspend()
+            else:
+                self._abandon()
             return None
         document: dict[str, Any] = {"flow_state": outcome.state.value,
                                     "results": outcome.results}
@@ -341,6 +368,26 @@ class JobRun:
         except BoardError as exc:
             log.warning("job %s: could not give it back: %s", self.job.uuid, exc)
 
+    def _suspend(self) -> None:
+        """Give the job up into SUSPENDED, our working marker with it."""
+        self.releasing.set()
+        try:
+            self.context.board.suspend_held(self.job, self.context.owner,
+                                            working=self._working)
+            self._working = False
+            log.info("job %s suspended at a task boundary", self.job.uuid)
+        except BoardUnavailable as exc:     # given back later; the request stays
+            log.warning("job %s: could not suspend yet: %s", self.job.uuid, exc)
+            self.context.release_later(self.job)
+        except BoardError as exc:
+            log.warning("job %s: could not suspend: %s", self.job.uuid, exc)
+
+    def _drop_suspend_request(self) -> None:
+        try:
+            self.context.board.drop_suspend_request(self.job.uuid)
+        except BoardError as exc:    # left to retry, trash and the repair sweep
+            log.warning("job %s: could not drop its suspend request: %s", self.job.uuid, exc)
+
     def _stopping(self) -> bool:
         return self.claim_lost.is_set() or self.shutting_down.is_set()
 
@@ -374,7 +421,8 @@ class JobRun:
             log.warning("job %s: could not abandon: %s", self.job.uuid, exc)
 
     def _watch_claim(self) -> None:
-        """Watch the claim and the cancel request; both fire on kazoo's thread."""
+        """Watch the claim and the cancel and suspend requests; all fire on
+        kazoo's thread."""
         board = self.context.board
         job_id = self.job.uuid
 
@@ -392,7 +440,22 @@ class JobRun:
                 except BoardError as exc:   # the gate still checks the claim
                     log.warning("job %s: cannot watch for a cancel request: %s", job_id, exc)
 
+        def on_suspend(event: Any) -> None:
+            if event is not None and event.type == "CREATED":
+                self.request_suspend()
+            elif not (self.finished.is_set() or self.releasing.is_set()):
+                try:
+                    if board.suspend_requested(job_id, watch=on_suspend):
+                        self.request_suspend()
+                except BoardError as exc:
+                    log.warning("job %s: cannot watch for a suspend request: %s",
+                                job_id, exc)
+
         if not board.holds_claim(job_id, watch=on_claim):
             self.lose_claim()
-        if board.cancel_requested(job_id, watch=on_cancel):
+        cancel, suspend = board.requests_pending(job_id, on_cancel=on_cancel,
+                                                 on_suspend=on_suspend)
+        if cancel:
             self.request_cancel()
+        if suspend:
+            self.request_suspend()

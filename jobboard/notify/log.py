@@ -30,8 +30,8 @@ __all__ = ["DEFAULT_KINDS", "LogPublisher", "logfmt"]
 DEFAULT_KINDS = frozenset({
     EventKind.JOB_POSTED, EventKind.JOB_CLAIMED, EventKind.JOB_RECLAIMED,
     EventKind.JOB_ABANDONED, EventKind.JOB_COMPLETED, EventKind.JOB_FAILED,
-    EventKind.JOB_CANCELLED, EventKind.JOB_DEAD, EventKind.CLAIM_LOST,
-    EventKind.CONDUCTOR_STARTED, EventKind.CONDUCTOR_READY, EventKind.ZOOKEEPER_STATE,
+    EventKind.JOB_CANCELLED, EventKind.JOB_DEAD, EventKind.JOB_SUSPENDED,
+    EventKind.JOB_RESUMED, EventKind.CLAIM_LOST, EventKind.CONDUCTOR_STARTED, EventKind.CONDUCTOR_READY, EventKind.ZOOKEEPER_STATE,
     EventKind.SESSION_LOST,
 })
 

@@ -1,4 +1,5 @@
-"""The console's admin actions: transfer, abandon, cancel, retry, trash.
+"""The console's admin actions: transfer, abandon, cancel, retry, trash,
+suspend, resume.
 
 Each checks the action against the job's state with the CLI's own table
 (:func:`jobboard.cli.admin_rules.refusal`), then makes the board call the CLI
@@ -69,6 +70,16 @@ def perform(board: Board, action: Action, job_id: str, *, to: str | None = None)
         if state is JobState.CANCELLED:
             return f"cancelled {job_id} (it was waiting)"
         raise Refused(f"job {job_id} finished ({state.value}) before it could be cancelled")
+    if action is Action.SUSPEND:
+        if job.state is JobState.SUSPENDED:
+            return f"job {job_id} is already SUSPENDED; nothing to do"
+        if board.suspend(job_id) is JobState.CLAIMED:
+            return (f"asked {holder or 'the holder'} to suspend job {job_id}: it stops at the "
+                    "next task boundary and records SUSPENDED")
+        return f"suspended {job_id} (it was waiting)"
+    if action is Action.RESUME:
+        board.resume(job_id)
+        return f"resumed {job_id}; any conductor may claim it now"
     if action is Action.RETRY:
         revived = board.retry(job_id)
         return f"job {job_id} queued again as attempt {revived.attempt}"

@@ -118,6 +118,7 @@ function redrawer(draw) {
 const VERBS = {
   transfer: "Transfer the claim of", abandon: "Abandon (release the claim of)",
   cancel: "Cancel", retry: "Retry (run a new attempt of)", trash: "Trash (delete)",
+  suspend: "Suspend (pause at the next task boundary)", resume: "Resume",
 };
 
 async function confirmAction(action, uuid, name, holder) {
