@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, ConnectionLoss, NodeExistsError, NoNodeError
@@ -258,49 +259,67 @@ class Ownership:
 
     def _commit_finish(self, job_id: str, owner: str, finished: Job, data: bytes,
                        version: int, cancel_stat: Any, working: bool) -> Job:
-        """The consume transaction, committed again after a connection loss
-        that left it unlanded."""
-        indexed = self.index_finished(finished)
+        """The consume transaction (see :meth:`_end_claim`)."""
+        deletes = ([] if cancel_stat is None
+                   else [(self.paths.cancel_request(job_id), cancel_stat.version)])
+        self._end_claim(job_id, owner, data, version, deletes=deletes,
+                        index=self.index_finished(finished), working=working,
+                        landed=lambda record: record.finished_at == finished.finished_at)
+        return finished
+
+    def _end_claim(self, job_id: str, owner: str, data: bytes, version: int, *,
+                   deletes: Sequence[tuple[str, int]] = (), index: str | None = None,
+                   working: bool = False, landed: Callable[[Job], bool]) -> None:
+        """Commit the transaction that ends our claim: the record (``data``,
+        checked against ``version``), a finished-index entry ``index``, the
+        claim and running marker, ``deletes`` ((path, version) pairs) and,
+        with ``working``, our working marker, all or nothing.
+
+        Sent again after a connection loss that left it unlanded (``landed``
+        tells from the record; not landed, the claim is still ours while the
+        session lives, so sending it again is safe, and the version check
+        refuses it otherwise); without the working marker when it is gone
+        already; without the index entry when it exists already, or after
+        making its minute's directory again (a janitor racing a clock).
+
+        Raises:
+            NotClaimed / NotOwner / ClaimLost: the claim or the record moved on.
+            BoardUnavailable: the connection stayed lost.
+        """
         for attempt in range(CONSUME_ATTEMPTS):
             txn = self.client.transaction()
             txn.set_data(self.paths.job(job_id), data, version=version)
-            if indexed is not None:
-                txn.create(indexed)
+            if index is not None:
+                txn.create(index)
             txn.delete(self.paths.claim(job_id))
             txn.delete(self.paths.running_marker(job_id))
-            if cancel_stat is not None:
-                txn.delete(self.paths.cancel_request(job_id), version=cancel_stat.version)
+            for path, path_version in deletes:
+                txn.delete(path, version=path_version)
             if working:
                 txn.delete(self.paths.working_marker(job_id))
             try:
                 results = txn.commit()
             except ConnectionLoss:
-                # The commit may or may not have landed: the record tells.
-                # Not landed: the claim is still ours while the session
-                # lives, so committing again is safe (the version check
-                # refuses it otherwise).
-                if self.records.read(job_id)[0].finished_at == finished.finished_at:
-                    break
+                if landed(self.records.read(job_id)[0]):
+                    return
                 if attempt + 1 == CONSUME_ATTEMPTS:
                     raise
                 continue
             error = _zk.first_error(results)
-            if error is not None and working and error is results[-1]:
-                working = False     # our marker is gone already: finish without it
+            if error is None:
+                return
+            if working and error is results[-1]:
+                working = False
                 continue
-            if indexed is not None and error is results[1] and isinstance(
+            if index is not None and error is results[1] and isinstance(
                     error, (NoNodeError, NodeExistsError)):
-                # the minute's directory went (a janitor racing a clock), or
-                # the entry is there already: make it, or finish without it
                 if isinstance(error, NoNodeError):
-                    self.ensure_finished_minute(indexed, again=True)
+                    self.ensure_finished_minute(index, again=True)
                 else:
-                    indexed = None
+                    index = None
                 continue
-            if error is not None:
-                raise self._ownership_failure(job_id, owner)
             break
-        return finished
+        raise self._ownership_failure(job_id, owner)
 
     def index_finished(self, job: Job) -> str | None:
         """The finished-index entry of a job that is finishing now (see
@@ -435,32 +454,10 @@ class Ownership:
                 **suspended.history[-1], "owner": owner}))
             request = self.paths.suspend_request(job_id)
             request_stat = self.client.retry(self.client.exists, request)
-            for attempt in range(CONSUME_ATTEMPTS):
-                txn = self.client.transaction()
-                txn.delete(self.paths.claim(job_id))
-                txn.delete(self.paths.running_marker(job_id))
-                txn.set_data(self.paths.job(job_id), suspended.encode(), version=version)
-                if request_stat is not None:
-                    txn.delete(request)
-                if working:
-                    txn.delete(self.paths.working_marker(job_id))
-                try:
-                    results = txn.commit()
-                except ConnectionLoss:
-                    # landed or not: the record tells (the claim is still
-                    # ours while the session lives, so sending it again is safe)
-                    if self.records.read(job_id)[0].state is JobState.SUSPENDED:
-                        break
-                    if attempt + 1 == CONSUME_ATTEMPTS:
-                        raise
-                    continue
-                error = _zk.first_error(results)
-                if error is not None and working and error is results[-1]:
-                    working = False       # our marker is gone already: without it
-                    continue
-                if error is not None:
-                    raise self._ownership_failure(job_id, owner)
-                break
+            self._end_claim(job_id, owner, suspended.encode(), version,
+                            deletes=[(request, -1)] if request_stat is not None else [],
+                            working=working,
+                            landed=lambda record: record.state is JobState.SUSPENDED)
         self.notifier.emit(EventKind.JOB_SUSPENDED, job_id=job_id, owner=owner,
                            details={"name": current.name, "was": JobState.CLAIMED.value})
         return suspended
