@@ -64,7 +64,7 @@ def test_a_claimed_job_is_suspended_by_its_holder(board):
     held = Claimer(board, "c1").claim_next()
     assert board.suspend(job.uuid) is JobState.CLAIMED
     assert board.suspend_requested(job.uuid)
-    assert board.requests_pending(job.uuid) == (False, True)
+    assert not board.cancel_requested(job.uuid)
     assert findings_of(board, job.uuid) == []                   # a request for a held job
     suspended = board.suspend_held(held, "c1", working=True)
     assert suspended.state is JobState.SUSPENDED and board.get(job.uuid).owner is None

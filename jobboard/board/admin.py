@@ -37,7 +37,7 @@ from jobboard.board.job import Job, check_job_id
 from jobboard.board.layout import Paths
 from jobboard.board.ownership import Ownership
 from jobboard.board.queue import QueueIndex
-from jobboard.board.records import READ_TIMEOUT, Records
+from jobboard.board.records import Records
 from jobboard.errors import AlreadyClaimed, BoardError, InvalidTransition, MalformedData
 from jobboard.events import EventKind, Notifier
 from jobboard.serialization import dumps, loads
@@ -283,21 +283,6 @@ class Admin:
         with _zk.translated(f"checking job {job_id} for a suspend request"):
             path = self.paths.suspend_request(job_id)
             return self.client.retry(self.client.exists, path, watch=watch) is not None
-
-    def requests_pending(self, job_id: str, *, on_cancel: Any = None,
-                         on_suspend: Any = None) -> tuple[bool, bool]:
-        """Whether a cancel and a suspend request wait for the job's holder,
-        each watched (``on_cancel``, ``on_suspend``); one round trip."""
-        cancel, suspend = self.paths.cancel_request(job_id), self.paths.suspend_request(job_id)
-
-        def both() -> tuple[bool, bool]:
-            pending = (self.client.exists_async(cancel, watch=on_cancel),
-                       self.client.exists_async(suspend, watch=on_suspend))
-            return (pending[0].get(timeout=READ_TIMEOUT) is not None,
-                    pending[1].get(timeout=READ_TIMEOUT) is not None)
-
-        with _zk.translated(f"checking job {job_id} for admin requests"):
-            return self.client.retry(both)
 
     def drop_suspend_request(self, job_id: str) -> None:
         """Delete a suspend request the holder could not honour (its flow

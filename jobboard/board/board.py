@@ -490,12 +490,6 @@ class Board:
     def drop_suspend_request(self, job_id: str) -> None:
         self.admin.drop_suspend_request(job_id)
 
-    def requests_pending(self, job_id: str, *, on_cancel: Callable[[Any], None] | None = None,
-                         on_suspend: Callable[[Any], None] | None = None) -> tuple[bool, bool]:
-        """(cancel requested, suspend requested) for the job's holder, each
-        request watched; one round trip."""
-        return self.admin.requests_pending(job_id, on_cancel=on_cancel, on_suspend=on_suspend)
-
     def depth(self) -> dict[str, Any]:
         """Board gauges from znode stats (see :meth:`Admin.depth`)."""
         return self.admin.depth()

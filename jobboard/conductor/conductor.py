@@ -39,6 +39,7 @@ from typing import Any, Iterator, Sequence
 
 from jobboard import __version__
 from jobboard.board import Board, Claimer, Job
+from jobboard.board._watch import ChildWatch
 from jobboard.board.layout import DEFAULT_QUEUE, LAYOUT_VERSION
 from jobboard.board.retention import DEFAULT_KEEP_FINISHED
 from jobboard.conductor.executors import KINDS as EXECUTORS, Executors
@@ -192,7 +193,12 @@ class Conductor:
             journal_down=self.readiness.down, release_later=self.release_later,
             allow=self.allow, factory_timeout=factory_timeout, task_timeout=task_timeout,
             stop_timeout=stop_timeout,
-            avoid=lambda job_id: self.claimer.avoid(job_id, self.refusal_backoff))
+            avoid=lambda job_id: self.claimer.avoid(job_id, self.refusal_backoff),
+            requests=self._requested)
+        # Admin requests (cancel, suspend) by job id, from two directory watches.
+        self._cancels: frozenset[str] = frozenset()
+        self._suspends: frozenset[str] = frozenset()
+        self._request_watches: list[ChildWatch] = []
         if metrics is not None:
             self.notifier.subscribe(metrics.listener)
         self.webhook: WebhookPublisher | None = None
@@ -220,6 +226,7 @@ class Conductor:
             if self.webhook is not None:
                 self.webhook.start()
             self.claimer.start()
+            self._watch_requests()
             if self.fsck_interval > 0:
                 self._repair_duty = Duty(
                     self.board.client, f"{self.board.paths.leaders}/fsck", self.name,
@@ -331,6 +338,8 @@ class Conductor:
                 run.finished.wait(max(5.0, self.lock_timeout, self.stop_timeout + 2.0))
         self.claimer.stop()
         self.executors.shutdown()
+        for watch in self._request_watches:
+            watch.stop()
         if self._repair_duty is not None:
             self._repair_duty.stop()
         if self.janitor is not None:
@@ -377,6 +386,34 @@ class Conductor:
                         sum(f.repaired for f in findings))
 
     # -- session ------------------------------------------------------------------
+
+    def _watch_requests(self) -> None:
+        """Two watches for every job's admin requests, not two per job (an
+        exists watch on a request that never comes stays in kazoo for good)."""
+        paths = self.board.paths
+        self._request_watches = [
+            ChildWatch(self.board.client, paths.cancel_requests, self._on_cancels).start(),
+            ChildWatch(self.board.client, paths.suspend_requests, self._on_suspends).start()]
+        for watch in self._request_watches:
+            watch.wait_first(5.0)
+
+    def _requested(self, job_id: str) -> tuple[bool, bool]:
+        return job_id in self._cancels, job_id in self._suspends
+
+    def _on_cancels(self, children: list[str]) -> None:
+        # kazoo's thread: only flags are set (the engine's cancel is one).
+        self._cancels = frozenset(children)
+        for run in self._runs_of(self._cancels):
+            run.request_cancel()
+
+    def _on_suspends(self, children: list[str]) -> None:
+        self._suspends = frozenset(children)
+        for run in self._runs_of(self._suspends):
+            run.request_suspend()
+
+    def _runs_of(self, job_ids: frozenset[str]) -> list[JobRun]:
+        with self._runs_lock:
+            return [run for (job_id, _), run in self.runs.items() if job_id in job_ids]
 
     def _on_session_lost(self) -> None:
         with self._runs_lock:

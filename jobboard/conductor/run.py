@@ -84,6 +84,10 @@ class RunContext:
             conductor turns NOT READY.
         release_later: Called with a job the run could not give back (the
             conductor tries again from its loop).
+        requests: ``requests(job_id) -> (cancel, suspend)``: whether an admin
+            asked to cancel or suspend the job. The conductor watches the
+            request directories (two watches for all its jobs) and tells
+            the runs of later requests (``request_cancel``, ``request_suspend``).
     """
 
     board: Board
@@ -100,6 +104,7 @@ class RunContext:
     task_timeout: float | None = None
     stop_timeout: float = 30.0
     avoid: Callable[[str], None] = lambda job_id: None   # a job given back: not again here
+    requests: Callable[[str], tuple[bool, bool]] = lambda job_id: (False, False)
 
 
 def cannot_import(exc: EngineError, factory: str, allow: Sequence[str]) -> str | None:
@@ -421,9 +426,9 @@ class JobRun:
             log.warning("job %s: could not abandon: %s", self.job.uuid, exc)
 
     def _watch_claim(self) -> None:
-        """Watch the claim and the cancel and suspend requests; all fire on
-        kazoo's thread."""
-        board = self.context.board
+        """Watch the claim (it fires on kazoo's thread, once); take in the
+        admin requests made before the run (later ones reach the run from the
+        conductor's watches)."""
         job_id = self.job.uuid
 
         def on_claim(event: Any) -> None:
@@ -431,30 +436,9 @@ class JobRun:
                 log.warning("job %s: claim vanished", job_id)
                 self.lose_claim()
 
-        def on_cancel(event: Any) -> None:
-            if event is not None and event.type == "CREATED":
-                self.request_cancel()
-            elif not self.finished.is_set():
-                try:
-                    board.cancel_requested(job_id, watch=on_cancel)
-                except BoardError as exc:   # the gate still checks the claim
-                    log.warning("job %s: cannot watch for a cancel request: %s", job_id, exc)
-
-        def on_suspend(event: Any) -> None:
-            if event is not None and event.type == "CREATED":
-                self.request_suspend()
-            elif not (self.finished.is_set() or self.releasing.is_set()):
-                try:
-                    if board.suspend_requested(job_id, watch=on_suspend):
-                        self.request_suspend()
-                except BoardError as exc:
-                    log.warning("job %s: cannot watch for a suspend request: %s",
-                                job_id, exc)
-
-        if not board.holds_claim(job_id, watch=on_claim):
+        if not self.context.board.holds_claim(job_id, watch=on_claim):
             self.lose_claim()
-        cancel, suspend = board.requests_pending(job_id, on_cancel=on_cancel,
-                                                 on_suspend=on_suspend)
+        cancel, suspend = self.context.requests(job_id)
         if cancel:
             self.request_cancel()
         if suspend:
