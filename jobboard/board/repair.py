@@ -58,7 +58,7 @@ by one conductor at a time (elected), every ``--fsck-interval`` seconds.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 from kazoo.client import KazooClient
@@ -195,9 +195,15 @@ class _Sweep:
                                lambda: False)
                     continue
                 try:
-                    self.jobs[job_id] = (r.records.decode(job_id, data), stat.version)
+                    job = r.records.decode(job_id, data)
                 except MalformedData as exc:
                     self.malformed[job_id] = (data, stat.version, str(exc))
+                    continue
+                # The checks read a record's state and key (a repair reads the
+                # record again): the rest is not kept, so a sweep of 100,000
+                # jobs holds their states, not their payloads.
+                self.jobs[job_id] = (replace(job, args={}, store={}, details={}, history=(),
+                                             outcome=None), stat.version)
 
     def fresh(self, job_id: str) -> tuple[Job | None, int]:
         """The record as it is now (None, -1 when gone)."""
