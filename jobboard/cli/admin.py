@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from jobboard.cli.admin_rules import Action, malformed_refusal, refusal
+from jobboard.cli.admin_rules import Action, Refused, check
 from jobboard.cli.common import Connection, board_options, emit_json, job_id_argument, json_option
 from jobboard.cli.zk import open_board
 from jobboard.states import JobState
@@ -32,18 +32,11 @@ def _target(board: Any, action: Action, text: str) -> tuple[Any, str | None]:
         JobNotFound, AmbiguousJobId: no such job, or several.
     """
     from jobboard.board.lookup import resolve_job_id
-    from jobboard.errors import MalformedData
 
-    job_id = resolve_job_id(board, text)
     try:
-        job = board.get(job_id)
-    except MalformedData as exc:
-        raise click.ClickException(malformed_refusal(action, job_id, str(exc))) from None
-    holder = board.claim_owner(job_id) if job.state is JobState.CLAIMED else None
-    why = refusal(action, job, holder)
-    if why is not None:
-        raise click.ClickException(why)
-    return job, holder
+        return check(board, action, resolve_job_id(board, text))
+    except Refused as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _report(as_json: bool, action: Action, job: Any, state: JobState | str, message: str,

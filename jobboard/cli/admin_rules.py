@@ -25,9 +25,11 @@ puts a SUSPENDED job back on the board, ahead of its priority. A delayed
 UNCLAIMED job is UNCLAIMED here. A MALFORMED record is refused by every
 command: ``jobboard fsck --repair`` moves it aside.
 
-How it fails: it does not; :func:`refusal` is pure and returns the message
-or None. The board calls that follow can still lose a race (the job changed
-between the check and the call); those raise the board's own one-line
+How it fails: :func:`refusal` is pure and returns the message or None;
+:func:`check`, which reads the job and its holder for the CLI and the
+console alike, raises :class:`Refused` with that message. The board calls
+that follow can still lose a race (the job changed between the check and
+the call); those raise the board's own one-line
 :class:`~jobboard.errors.BoardError`.
 """
 
@@ -35,11 +37,21 @@ from __future__ import annotations
 
 import time
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from jobboard.board.job import Job
+from jobboard.errors import JobBoardError, MalformedData
 from jobboard.states import JobState
 
-__all__ = ["Action", "ALLOWED", "describe", "malformed_refusal", "refusal"]
+if TYPE_CHECKING:
+    from jobboard.board import Board
+
+__all__ = ["Action", "ALLOWED", "Refused", "check", "describe", "malformed_refusal",
+           "refusal"]
+
+
+class Refused(JobBoardError):
+    """The action cannot be done to the job now; the message says why."""
 
 
 class Action(str, Enum):
@@ -141,6 +153,25 @@ def refusal(action: Action, job: Job, holder: str | None = None, *,
     # trash: only a CLAIMED job is refused
     return (f"job {uuid} is {state}; cancel or abandon it first "
             f"(`jobboard cancel {uuid}` / `jobboard abandon {uuid}`)")
+
+
+def check(board: "Board", action: Action, job_id: str) -> tuple[Job, str | None]:
+    """The job ``job_id`` (a full id) and who holds its claim, once the table
+    allows ``action`` on it.
+
+    Raises:
+        Refused: the action is not allowed now (one line saying why).
+        JobNotFound: no such job.
+    """
+    try:
+        job = board.get(job_id)
+    except MalformedData as exc:
+        raise Refused(malformed_refusal(action, job_id, str(exc))) from None
+    holder = board.claim_owner(job_id) if job.state is JobState.CLAIMED else None
+    why = refusal(action, job, holder)
+    if why is not None:
+        raise Refused(why)
+    return job, holder
 
 
 def malformed_refusal(action: Action, job_id: str, reason: str) -> str:

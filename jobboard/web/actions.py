@@ -1,8 +1,8 @@
 """The console's admin actions: transfer, abandon, cancel, retry, trash,
 suspend, resume.
 
-Each checks the action against the job's state with the CLI's own table
-(:func:`jobboard.cli.admin_rules.refusal`), then makes the board call the CLI
+Each checks the action against the job's state with the CLI's own check
+(:func:`jobboard.cli.admin_rules.check`), then makes the board call the CLI
 command makes.
 
 How it fails: an action the job's state does not allow, a transfer to the
@@ -14,15 +14,11 @@ between the check and the call, an unreachable ZooKeeper) propagate.
 from __future__ import annotations
 
 from jobboard.board import Board
-from jobboard.cli.admin_rules import Action, malformed_refusal, refusal
-from jobboard.errors import JobBoardError, MalformedData, OwnerNotFound
+from jobboard.cli.admin_rules import Action, Refused, check
+from jobboard.errors import OwnerNotFound
 from jobboard.states import JobState
 
 __all__ = ["Refused", "perform"]
-
-
-class Refused(JobBoardError):
-    """The action cannot be done to the job now; the message says why."""
 
 
 def perform(board: Board, action: Action, job_id: str, *, to: str | None = None) -> str:
@@ -36,14 +32,7 @@ def perform(board: Board, action: Action, job_id: str, *, to: str | None = None)
         Refused: see the module docstring.
         JobNotFound: no such job.
     """
-    try:
-        job = board.get(job_id)
-    except MalformedData as exc:
-        raise Refused(malformed_refusal(action, job_id, str(exc))) from None
-    holder = board.claim_owner(job_id) if job.state is JobState.CLAIMED else None
-    why = refusal(action, job, holder)
-    if why is not None:
-        raise Refused(why)
+    job, holder = check(board, action, job_id)
     if action is Action.ABANDON:
         if holder is None:
             board.restore_orphan(job_id)
