@@ -188,6 +188,11 @@ class Claimer:
                 self._replan = True
             return set(self._avoid)
 
+    def _is_avoided(self, job_id: str) -> bool:
+        with self._avoid_lock:
+            until = self._avoid.get(job_id)
+        return until is not None and until > time.monotonic()
+
     def wait_for_work(self, timeout: float) -> bool:
         """Block until something claimable may have appeared (a watch fired, a
         delayed job fell due, a job given back may be claimed again) or
@@ -402,6 +407,8 @@ class Claimer:
         claim sets (a first claim), else None. None when the entry turned out
         stale, its record malformed, or the job dead-lettered."""
         entry = Entry.parse(entry_path.rsplit("/", 1)[1])
+        if self._is_avoided(entry.job_id):
+            return None     # given back by us after this bucket was planned
         board = self.board
         path = board.paths.job(entry.job_id)
         pending = self._read_ahead.pop(entry_path, None)
