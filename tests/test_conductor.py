@@ -14,6 +14,7 @@ import pytest
 
 from jobboard.board import Board
 from jobboard.conductor import Conductor
+from jobboard.errors import BoardUnavailable
 from jobboard.logbook import Logbook
 from jobboard.states import AtomState, FlowState, JobState
 from jobboard.testing.flows import read_journal
@@ -111,6 +112,40 @@ def test_runs_jobs_to_completion(board, fleet, tmp_path):
         assert outcome.results["step5_done"].startswith("step5 by")
     assert sorted(read_journal(journal)) == sorted(f"step{n}" for n in range(1, 6) for _ in jobs)
     assert board.claims() == []
+
+
+def test_a_conductor_starting_during_an_outage_waits_instead_of_exiting(
+        board, zk_hosts, logbook_url, tmp_path, caplog):
+    """ZooKeeper unavailable for a moment as a conductor starts (an election,
+    a member restarting: injected here, once at registration and once at
+    setting the claimer's watches) costs a retry, not the daemon."""
+    own = Board.connect(zk_hosts, root="/fleet", session_timeout=2.0)
+    failures = []
+
+    def failing_once(real):
+        def call(*args, **kwargs):
+            if real not in failures:
+                failures.append(real)
+                raise BoardUnavailable("ZooKeeper unavailable (ConnectionLoss)")
+            return real(*args, **kwargs)
+        return call
+
+    own.admin.register_conductor = failing_once(own.admin.register_conductor)
+    own.index.ensure_queue = failing_once(own.index.ensure_queue)
+    with Logbook(logbook_url) as logbook:
+        conductor = Conductor(own, logbook, name="c1", allow=ALLOW)
+        thread = threading.Thread(target=conductor.run, daemon=True)
+        thread.start()
+        try:
+            job = board.post(FIVE, args={"journal": str(tmp_path / "journal")})
+            assert board.wait(job.uuid, timeout=60).ok
+            assert len(failures) == 2 and thread.is_alive()
+            assert [c["name"] for c in board.conductors()] == ["c1"]
+            assert caplog.text.count("board unavailable while starting") == 2
+        finally:
+            conductor.stop(graceful=False)
+            assert conductor.wait(30)
+            own.close()
 
 
 def test_broken_jobs_fail_once_with_the_reason(board, fleet, tmp_path, logbook_url):

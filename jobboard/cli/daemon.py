@@ -49,6 +49,17 @@ def _duration(_ctx: Any, _param: Any, value: str) -> float:
         raise click.BadParameter(str(exc)) from None
 
 
+def _live_conductors(board: Any) -> list[dict[str, Any]]:
+    """The registered conductors, or none when ZooKeeper is unavailable for
+    the moment: the conductor waits for it rather than exit."""
+    from jobboard.errors import BoardUnavailable
+
+    try:
+        return board.conductors()
+    except BoardUnavailable:
+        return []
+
+
 @click.command()
 @click.option("--name", default=None, help="Unique conductor name (default host-pid).")
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1),
@@ -166,7 +177,7 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
         name = name or default_name()
         # Registration refuses a duplicate too (below, from the run thread);
         # checking first makes the usual mistake one clean line.
-        if any(live.get("name") == name for live in board.conductors()):
+        if any(live.get("name") == name for live in _live_conductors(board)):
             raise BoardError(
                 f"a conductor named {name!r} is already running (see `jobboard conductors`; "
                 "one that just died is listed until its session expires); pick another --name")

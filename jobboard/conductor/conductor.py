@@ -214,18 +214,13 @@ class Conductor:
                  list(self.allow) or "none")
         try:
             self.logbook.check()     # refuse to start on a logbook we cannot use
-            if (self.board.layout_version or LAYOUT_VERSION) < LAYOUT_VERSION:
-                done = self.board.upgrade()
-                log.info("board upgraded from layout %d to %d: %d waiting job(s) moved "
-                         "into their queue, %d finished job(s) indexed", done["from"],
-                         done["to"], done["moved"], done["indexed"])
-            self._register()
+            if not self._join_board():
+                return
             self.notifier.emit(EventKind.CONDUCTOR_STARTED, owner=self.name,
                                details={"version": __version__})
             self._publish_ready()
             if self.webhook is not None:
                 self.webhook.start()
-            self.claimer.start()
             self._watch_requests()
             if self.fsck_interval > 0:
                 self._repair_duty = Duty(
@@ -244,6 +239,29 @@ class Conductor:
             self._loop()
         finally:
             self._shutdown()
+
+    def _join_board(self) -> bool:
+        """Upgrade an older board, register, set the claimer's watches:
+        retried while ZooKeeper is unavailable (a member restarting, an
+        election, a session expiring as it starts), for a dependency outage
+        must not end the daemon. False when stopped before it could."""
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                if (self.board.layout_version or LAYOUT_VERSION) < LAYOUT_VERSION:
+                    done = self.board.upgrade()
+                    log.info("board upgraded from layout %d to %d: %d waiting job(s) moved "
+                             "into their queue, %d finished job(s) indexed", done["from"],
+                             done["to"], done["moved"], done["indexed"])
+                self._register()
+                self.claimer.start()
+                return True
+            except BoardUnavailable as exc:
+                log.warning("board unavailable while starting (%s); retrying in %.1fs",
+                            exc, delay)
+                self._stopping.wait(delay)
+                delay = min(5.0, delay * 2)
+        return False
 
     def stop(self, graceful: bool = True) -> None:
         """Ask the conductor to stop; returns at once (see :meth:`wait`)."""

@@ -69,6 +69,7 @@ class Fleet:
         self.events = events
         self.rng = rng
         self.slots: dict[int, tuple[str, subprocess.Popen]] = {}
+        self.log_of: dict[str, Path] = {}
         self.log_paths: list[Path] = []
         self.paused: set[int] = set()
         self.lock = threading.RLock()
@@ -91,6 +92,7 @@ class Fleet:
                 env=env, stdout=log_file, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL)
         self.slots[slot] = (name, proc)
+        self.log_of[name] = log_path
         self.log_paths.append(log_path)
         self.events.conductors_started += 1
 
@@ -129,7 +131,9 @@ class Fleet:
         with self.lock:
             for slot, (name, proc) in list(self.slots.items()):
                 if proc.poll() is not None:
-                    self.events.unexpected_exits.append(f"{name} exited with {proc.returncode}")
+                    last = self.log_of[name].read_text(errors="replace").splitlines()[-5:]
+                    self.events.unexpected_exits.append(
+                        f"{name} exited with {proc.returncode}: " + " | ".join(last))
                     self.start(slot, f"c{slot}-{self._generation + 1}")
 
     def stop_all(self) -> None:
