@@ -1,8 +1,10 @@
 """Shared fixtures: a real ZooKeeper per test session, a fresh chroot per test,
-a 3-node ensemble for failover tests, and the logbook databases."""
+a 3-node ensemble for failover tests, the CLI in-process, and the logbook
+databases."""
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -37,6 +39,31 @@ def board(zk_hosts):
 def zk_ensemble():
     with ZooKeeperEnsemble(3) as ensemble:
         yield ensemble
+
+
+@pytest.fixture
+def cli(zk_hosts, tmp_path, monkeypatch):
+    """The ``jobboard`` command in-process: ``cli(*args, env_extra=None)``
+    returns click's result. It runs in ``tmp_path`` with no JOBBOARD_*
+    variables or jobboard.toml from the outside, against the test's
+    ZooKeeper chroot with the board at /jobboard (where the ``board``
+    fixture's is) and a SQLite logbook in ``tmp_path``."""
+    from click.testing import CliRunner
+
+    from jobboard.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for key in [k for k in os.environ if k.startswith("JOBBOARD_")]:
+        monkeypatch.delenv(key)
+    runner = CliRunner()
+    env = {"JOBBOARD_ZK": zk_hosts, "JOBBOARD_ROOT": "/jobboard",
+           "JOBBOARD_LOGBOOK": f"sqlite:///{tmp_path}/logbook.db"}
+
+    def invoke(*args: str, env_extra: dict | None = None):
+        return runner.invoke(main, list(args), env={**env, **(env_extra or {})},
+                             catch_exceptions=False)
+
+    return invoke
 
 
 # ---- logbook databases -------------------------------------------------------

@@ -5,88 +5,73 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
 from jobboard.board import Board
-from jobboard.cli import main
 from jobboard.states import JobState
 
 
-@pytest.fixture
-def run(zk_hosts, tmp_path):
-    runner = CliRunner()
-    env = {"JOBBOARD_ZK": zk_hosts, "JOBBOARD_ROOT": "/cli",
-           "JOBBOARD_LOGBOOK": f"sqlite:///{tmp_path}/logbook.db"}
-
-    def invoke(*args: str):
-        return runner.invoke(main, list(args), env=env, catch_exceptions=False)
-
-    return invoke
-
-
-def test_post_list_show_trash(run, zk_hosts):
-    result = run("post", "tests.flows:noop", "--arg", "n=3", "--arg", "region=eu",
+def test_post_list_show_trash(cli, zk_hosts):
+    result = cli("post", "tests.flows:noop", "--arg", "n=3", "--arg", "region=eu",
                  "--store", "ids=[1,2]", "--priority", "4", "--key", "k1")
     assert result.exit_code == 0, result.output
     job_id = result.output.strip()
-    again = run("post", "tests.flows:noop", "--key", "k1", "--json")
+    again = cli("post", "tests.flows:noop", "--key", "k1", "--json")
     assert json.loads(again.output)["uuid"] == job_id
 
-    listing = json.loads(run("jobs", "--json").output)
+    listing = json.loads(cli("jobs", "--json").output)
     assert [j["uuid"] for j in listing["jobs"]] == [job_id]
     assert listing["jobs"][0]["args"] == {"n": 3, "region": "eu"}
     assert listing["jobs"][0]["store"] == {"ids": [1, 2]}
-    table = run("jobs", "--state", "unclaimed").output
+    table = cli("jobs", "--state", "unclaimed").output
     assert job_id in table and "UNCLAIMED" in table
 
-    shown = json.loads(run("show", job_id, "--json").output)
+    shown = json.loads(cli("show", job_id, "--json").output)
     assert shown["priority"] == 4 and shown["holder"] is None
-    assert "history:" in run("show", job_id).output
+    assert "history:" in cli("show", job_id).output
 
-    assert run("trash", job_id).exit_code == 0
-    gone = run("show", job_id)
+    assert cli("trash", job_id).exit_code == 0
+    gone = cli("show", job_id)
     assert gone.exit_code == 1 and f"no job {job_id}" in gone.output
     assert "Traceback" not in gone.output
 
 
-def test_claims_abandon_transfer_errors(run, zk_hosts):
-    with Board.connect(zk_hosts, root="/cli") as board:
+def test_claims_abandon_transfer_errors(cli, zk_hosts):
+    with Board.connect(zk_hosts, root="/jobboard") as board:
         job = board.post("tests.flows:noop")
         board.claim(job, "conductor-a")
-        claims = json.loads(run("claims", "--json").output)["claims"]
+        claims = json.loads(cli("claims", "--json").output)["claims"]
         assert [(c["job_id"], c["owner"]) for c in claims] == [(job.uuid, "conductor-a")]
-        assert "conductor-a" in run("claims").output
+        assert "conductor-a" in cli("claims").output
 
-        refused = run("transfer", job.uuid, "--to", "nobody")
+        refused = cli("transfer", job.uuid, "--to", "nobody")
         assert refused.exit_code == 1
         assert "no live conductor named 'nobody'" in refused.output
 
-        assert run("abandon", job.uuid).exit_code == 0
+        assert cli("abandon", job.uuid).exit_code == 0
         assert board.get(job.uuid).state is JobState.UNCLAIMED
-        not_held = run("abandon", job.uuid)
+        not_held = cli("abandon", job.uuid)
         assert not_held.exit_code == 1 and "is not claimed" in not_held.output
 
-        assert run("cancel", job.uuid).exit_code == 0
+        assert cli("cancel", job.uuid).exit_code == 0
         assert board.get(job.uuid).state is JobState.CANCELLED
-        assert run("retry", job.uuid).exit_code == 0
+        assert cli("retry", job.uuid).exit_code == 0
         assert board.get(job.uuid).state is JobState.UNCLAIMED
 
 
-def test_user_errors_are_one_line_without_traceback(run):
-    bad_id = run("show", "nope")
+def test_user_errors_are_one_line_without_traceback(cli):
+    bad_id = cli("show", "nope")
     assert bad_id.exit_code == 2 and "not a job id" in bad_id.output
-    bad_pair = run("post", "tests.flows:noop", "--arg", "novalue")
+    bad_pair = cli("post", "tests.flows:noop", "--arg", "novalue")
     assert bad_pair.exit_code == 2 and "is not K=V" in bad_pair.output
-    unreachable = CliRunner().invoke(main, ["jobs"], env={"JOBBOARD_ZK": "127.0.0.1:1"},
-                                     catch_exceptions=False)
+    unreachable = cli("jobs", env_extra={"JOBBOARD_ZK": "127.0.0.1:1"})
     # kazoo keeps retrying a closed port until the connect timeout
     assert unreachable.exit_code == 1
     assert "cannot reach ZooKeeper at 127.0.0.1:1" in unreachable.output
     assert "Traceback" not in unreachable.output
 
 
-def test_fsck_finds_repairs_and_lists_quarantined_records(run, zk_hosts):
-    with Board.connect(zk_hosts, root="/cli") as board:
+def test_fsck_finds_repairs_and_lists_quarantined_records(cli, zk_hosts):
+    with Board.connect(zk_hosts, root="/jobboard") as board:
         stranded = board.post("tests.flows:noop")
         [bucket] = board.client.get_children(board.paths.queue)
         [entry] = board.client.get_children(f"{board.paths.queue}/{bucket}")
@@ -94,20 +79,20 @@ def test_fsck_finds_repairs_and_lists_quarantined_records(run, zk_hosts):
         bad = board.post("tests.flows:noop")
         board.client.set(board.paths.job(bad.uuid), b"\xc1not msgpack")
 
-    found = run("fsck", "--json")
+    found = cli("fsck", "--json")
     assert found.exit_code == 1
     kinds = {(f["kind"], f["job_id"], f["repaired"]) for f in json.loads(found.output)["findings"]}
     assert kinds == {("unqueued-job", stranded.uuid, False),
                      ("malformed-record", bad.uuid, False)}
-    repaired = run("fsck", "--repair")
+    repaired = cli("fsck", "--repair")
     assert repaired.exit_code == 0 and "unqueued-job" in repaired.output
-    clean = run("fsck")
+    clean = cli("fsck")
     assert clean.exit_code == 0 and "the board is consistent" in clean.output
 
-    listed = json.loads(run("jobs", "--state", "MALFORMED", "--json").output)
+    listed = json.loads(cli("jobs", "--state", "MALFORMED", "--json").output)
     assert listed["jobs"] == []
-    assert [m["path"] for m in listed["malformed"]] == [f"/cli/jobs/{bad.uuid[:2]}/{bad.uuid}"]
-    waiting = json.loads(run("jobs", "--state", "UNCLAIMED", "--json").output)
+    assert [m["path"] for m in listed["malformed"]] == [f"/jobboard/jobs/{bad.uuid[:2]}/{bad.uuid}"]
+    waiting = json.loads(cli("jobs", "--state", "UNCLAIMED", "--json").output)
     assert [j["uuid"] for j in waiting["jobs"]] == [stranded.uuid]
     assert waiting["malformed"] == []
 
@@ -196,16 +181,16 @@ def test_admin_table_covers_every_action_and_state():
 
 
 @pytest.mark.parametrize("action, state", sorted(ADMIN_TABLE))
-def test_admin_command_from_every_state(run, zk_hosts, action, state):
+def test_admin_command_from_every_state(cli, zk_hosts, action, state):
     import re
 
     from jobboard.errors import JobNotFound, MalformedData
 
-    with Board.connect(zk_hosts, root="/cli") as board:
+    with Board.connect(zk_hosts, root="/jobboard") as board:
         job_id = _make_state(board, zk_hosts, state)
         before = None if state == "MALFORMED" else board.get(job_id)
         extra = ["--to", "c2"] if action == "transfer" else []
-        result = run(action, job_id, *extra)
+        result = cli(action, job_id, *extra)
         code, pattern, after = ADMIN_TABLE[(action, state)]
         line = pattern.format(id=job_id, action=action, desc=_DESC.get(state, state))
 
@@ -241,64 +226,64 @@ def test_admin_command_from_every_state(run, zk_hosts, action, state):
             assert board.get(job_id).attempt == 2
 
 
-def test_unknown_job_is_one_line_for_every_admin_command(run):
+def test_unknown_job_is_one_line_for_every_admin_command(cli):
     missing = "00000000-0000-4000-8000-000000000000"
     for action in ("abandon", "cancel", "retry", "trash"):
-        result = run(action, missing)
+        result = cli(action, missing)
         assert result.exit_code == 1
         assert result.output.strip() == f"error: no job {missing} on the board"
-    result = run("transfer", missing, "--to", "c2")
+    result = cli("transfer", missing, "--to", "c2")
     assert result.exit_code == 1 and "no job" in result.output
 
 
-def test_transfer_to_a_conductor_that_is_not_live_says_where_to_look(run, zk_hosts):
-    with Board.connect(zk_hosts, root="/cli") as board:
+def test_transfer_to_a_conductor_that_is_not_live_says_where_to_look(cli, zk_hosts):
+    with Board.connect(zk_hosts, root="/jobboard") as board:
         job = board.post(FACTORY)
         board.claim(job, "c1")
-        result = run("transfer", job.uuid, "--to", "nobody")
+        result = cli("transfer", job.uuid, "--to", "nobody")
         assert result.exit_code == 1
         assert result.output.strip() == ("error: no live conductor named 'nobody'; see "
                                          "`jobboard conductors` for the live ones")
-        same = run("transfer", job.uuid, "--to", "c1")
+        same = cli("transfer", job.uuid, "--to", "c1")
         assert same.exit_code == 1 and "already held by c1" in same.output
         assert board.claim_owner(job.uuid) == "c1"
 
 
 # ---- attempts and deaths in listings ---------------------------------------------
 
-def test_jobs_and_show_print_attempt_and_deaths(run, zk_hosts):
-    with Board.connect(zk_hosts, root="/cli") as board:
+def test_jobs_and_show_print_attempt_and_deaths(cli, zk_hosts):
+    with Board.connect(zk_hosts, root="/jobboard") as board:
         job = board.post(FACTORY)
         board.claim(job, "c1")
         board.consume(job.uuid, "c1", {"reason": "boom"}, state=JobState.FAILED)
         board.retry(job.uuid)
         board.abandon(board.claim(job.uuid, "c1"), "c1", crashed=True)
-    table = run("jobs").output.splitlines()
+    table = cli("jobs").output.splitlines()
     header = table[0].split()
     assert header[:6] == ["JOB", "NAME", "STATE", "PRIO", "ATTEMPT", "CLAIMS"]
     row = next(line.split() for line in table if line.startswith(job.uuid))
     assert row[header.index("ATTEMPT")] == "2"
-    listed = json.loads(run("jobs", "--json").output)["jobs"][0]
+    listed = json.loads(cli("jobs", "--json").output)["jobs"][0]
     assert (listed["attempt"], listed["deaths"]) == (2, 1)
-    shown = run("show", job.uuid).output
+    shown = cli("show", job.uuid).output
     assert "attempt: 2" in shown and "deaths: 1" in shown
-    doc = json.loads(run("show", job.uuid, "--json").output)
+    doc = json.loads(cli("show", job.uuid, "--json").output)
     assert (doc["attempt"], doc["deaths"]) == (2, 1)
 
 
 # ---- conductors: readiness ----------------------------------------------------------
 
-def test_conductors_show_ready_and_not_ready_with_the_reason(run, zk_hosts):
+def test_conductors_show_ready_and_not_ready_with_the_reason(cli, zk_hosts):
     import time
 
-    with Board.connect(zk_hosts, root="/cli") as board:
+    with Board.connect(zk_hosts, root="/jobboard") as board:
         board.register_conductor("old", {"pid": 1})      # a record from before readiness
         board.register_conductor("ok", {"pid": 2, "ready": True, "reason": None,
                                         "not_ready_since": None})
         board.register_conductor("sick", {
             "pid": 3, "ready": False, "not_ready_since": time.time() - 12,
             "reason": "logbook unavailable: connection refused"})
-        result = run("conductors")
+        result = cli("conductors")
         assert result.exit_code == 0, result.output
         lines = result.output.splitlines()
         assert lines[0].split()[:2] == ["NAME", "STATE"] and lines[0].rstrip().endswith("REASON")
@@ -308,7 +293,7 @@ def test_conductors_show_ready_and_not_ready_with_the_reason(run, zk_hosts):
         assert "NOT READY" in rows["sick"]
         assert "logbook unavailable: connection refused (for 1" in rows["sick"]
 
-        listed = {c["name"]: c for c in json.loads(run("conductors", "--json").output)
+        listed = {c["name"]: c for c in json.loads(cli("conductors", "--json").output)
                   ["conductors"]}
         assert (listed["old"]["ready"], listed["old"]["reason"],
                 listed["old"]["not_ready_since"]) == (True, None, None)
@@ -319,14 +304,14 @@ def test_conductors_show_ready_and_not_ready_with_the_reason(run, zk_hosts):
 
 # ---- claims: the running task from the logbook --------------------------------------------
 
-def test_claims_show_the_running_task_progress_note_and_heartbeat(run, zk_hosts, tmp_path):
+def test_claims_show_the_running_task_progress_note_and_heartbeat(cli, zk_hosts, tmp_path):
     import time
 
     from jobboard.logbook import AtomDetail, Logbook
     from jobboard.states import AtomState, FlowState
 
     url = f"sqlite:///{tmp_path}/logbook.db"
-    with Board.connect(zk_hosts, root="/cli") as board:
+    with Board.connect(zk_hosts, root="/jobboard") as board:
         busy = board.claim(board.post(FACTORY), "c1")
         idle = board.claim(board.post(FACTORY), "c1")      # claimed, nothing run yet
         token = busy.claim.token
@@ -339,7 +324,7 @@ def test_claims_show_the_running_task_progress_note_and_heartbeat(run, zk_hosts,
                 "progress": 0.4, "note": "image 4 of 10", "heartbeat_at": time.time() - 3}),
                 token=token)
 
-        result = run("claims")
+        result = cli("claims")
         assert result.exit_code == 0 and result.stderr == "", result.output
         lines = result.stdout.splitlines()
         assert lines[0].split() == ["JOB", "OWNER", "SINCE", "TOKEN", "TASK", "PROGRESS",
@@ -349,7 +334,7 @@ def test_claims_show_the_running_task_progress_note_and_heartbeat(run, zk_hosts,
         assert any(f"{s}s ago" in rows[busy.uuid] for s in (3, 4, 5, 6))
         assert rows[idle.uuid].split()[-4:] == ["-", "-", "-", "-"]
 
-        doc = json.loads(run("claims", "--json").stdout)
+        doc = json.loads(cli("claims", "--json").stdout)
         assert doc["logbook_error"] is None
         by_id = {c["job_id"]: c for c in doc["claims"]}
         assert by_id[busy.uuid]["task"] == "resize"
@@ -360,14 +345,14 @@ def test_claims_show_the_running_task_progress_note_and_heartbeat(run, zk_hosts,
         assert by_id[idle.uuid]["task"] is None and by_id[idle.uuid]["tasks"] == []
 
 
-def test_claims_are_listed_when_the_logbook_cannot_be_read(run, zk_hosts):
+def test_claims_are_listed_when_the_logbook_cannot_be_read(cli, zk_hosts):
     import time
 
     unreachable = "postgresql+psycopg://jb:s3cret@127.0.0.1:1/nothing"
-    with Board.connect(zk_hosts, root="/cli") as board:
+    with Board.connect(zk_hosts, root="/jobboard") as board:
         job = board.claim(board.post(FACTORY), "c1")
         started = time.monotonic()
-        result = run("claims", "--logbook", unreachable)
+        result = cli("claims", "--logbook", unreachable)
         assert time.monotonic() - started < 20
         assert result.exit_code == 0, result.output
         warning = [line for line in result.stderr.splitlines() if line.strip()]
@@ -375,6 +360,6 @@ def test_claims_are_listed_when_the_logbook_cannot_be_read(run, zk_hosts):
         assert "s3cret" not in result.stderr
         row = next(line for line in result.stdout.splitlines() if line.startswith(job.uuid))
         assert "c1" in row and row.split()[-4:] == ["?", "?", "?", "?"]
-        doc = json.loads(run("claims", "--json", "--logbook", unreachable).stdout)
+        doc = json.loads(cli("claims", "--json", "--logbook", unreachable).stdout)
         assert [c["job_id"] for c in doc["claims"]] == [job.uuid]
         assert doc["claims"][0]["task"] is None and doc["logbook_error"]

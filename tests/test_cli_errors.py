@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import jobboard
 from jobboard.board import _zk
-from jobboard.cli import CONNECT_TIMEOUT, main
+from jobboard.cli import CONNECT_TIMEOUT
 from jobboard.errors import ConfigError
 from jobboard.testing.zookeeper import free_port
 
@@ -53,24 +52,6 @@ def _spawn(args: list[str], cwd: Path, **extra: str) -> subprocess.Popen:
 def _run(args: list[str], cwd: Path, timeout: float = 60, **extra: str):
     return subprocess.run([sys.executable, "-m", "jobboard", *args], cwd=cwd, env=_env(**extra),
                           capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture
-def cli(zk_hosts, tmp_path, monkeypatch):
-    """The CLI in-process, against the test's ZooKeeper chroot, with no
-    JOBBOARD_* variables or jobboard.toml from the outside."""
-    monkeypatch.chdir(tmp_path)
-    for key in [k for k in os.environ if k.startswith("JOBBOARD_")]:
-        monkeypatch.delenv(key)
-    runner = CliRunner()
-    env = {"JOBBOARD_ZK": zk_hosts, "JOBBOARD_ROOT": "/errors",
-           "JOBBOARD_LOGBOOK": f"sqlite:///{tmp_path}/logbook.db"}
-
-    def invoke(*args: str, env_extra: dict | None = None):
-        return runner.invoke(main, list(args), env={**env, **(env_extra or {})},
-                             catch_exceptions=False)
-
-    return invoke
 
 
 def _auth_file(tmp_path: Path, content: str = "svc:s3cret-pw\n", mode: int = 0o600,

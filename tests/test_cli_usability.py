@@ -32,28 +32,6 @@ TRACE = ('Traceback (most recent call last):\n  File "myapp/flows.py", line 9, i
          '    raise ValueError("disk full")\nValueError: disk full\n')
 
 
-@pytest.fixture
-def run(zk_hosts, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for key in [k for k in os.environ if k.startswith("JOBBOARD_")]:
-        monkeypatch.delenv(key)
-    runner = CliRunner()
-    env = {"JOBBOARD_ZK": zk_hosts, "JOBBOARD_ROOT": "/use",
-           "JOBBOARD_LOGBOOK": f"sqlite:///{tmp_path}/logbook.db"}
-
-    def invoke(*args: str, env_extra: dict | None = None):
-        return runner.invoke(main, list(args), env={**env, **(env_extra or {})},
-                             catch_exceptions=False)
-
-    return invoke
-
-
-@pytest.fixture
-def board(zk_hosts):
-    with Board.connect(zk_hosts, root="/use") as board:
-        yield board
-
-
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBBOARD_")}
     env["PYTHONPATH"] = SOURCE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
@@ -107,31 +85,31 @@ def test_every_command_takes_json():
     assert missing == []
 
 
-def test_admin_commands_print_one_json_object(run, board):
+def test_admin_commands_print_one_json_object(cli, board):
     board.register_conductor("c2", {"pid": 2})
     job = board.claim(board.post(FACTORY), "c1")
 
-    moved = run("transfer", job.uuid, "--to", "c2", "--json")
+    moved = cli("transfer", job.uuid, "--to", "c2", "--json")
     assert moved.exit_code == 0, moved.output
     doc = json.loads(moved.stdout)
     assert (doc["job_id"], doc["action"], doc["holder"], doc["to"]) == \
         (job.uuid, "transfer", "c1", "c2")
 
     waiting = board.post(FACTORY)
-    cancelled = json.loads(run("cancel", waiting.uuid, "--json").stdout)
+    cancelled = json.loads(cli("cancel", waiting.uuid, "--json").stdout)
     assert (cancelled["previous_state"], cancelled["state"]) == ("UNCLAIMED", "CANCELLED")
-    retried = json.loads(run("retry", waiting.uuid, "--json").stdout)
+    retried = json.loads(cli("retry", waiting.uuid, "--json").stdout)
     assert (retried["state"], retried["attempt"]) == ("UNCLAIMED", 2)
     again = board.claim(waiting.uuid, "c1")
-    abandoned = json.loads(run("abandon", again.uuid, "--json").stdout)
+    abandoned = json.loads(cli("abandon", again.uuid, "--json").stdout)
     assert (abandoned["action"], abandoned["state"], abandoned["holder"]) == \
         ("abandon", "UNCLAIMED", "c1")
-    trashed = json.loads(run("trash", waiting.uuid, "--json").stdout)
+    trashed = json.loads(cli("trash", waiting.uuid, "--json").stdout)
     assert (trashed["previous_state"], trashed["state"]) == ("UNCLAIMED", "TRASHED")
     with pytest.raises(JobNotFound):
         board.get(waiting.uuid)
 
-    refused = run("trash", job.uuid, "--json")         # CLAIMED: refused, stdout empty
+    refused = cli("trash", job.uuid, "--json")         # CLAIMED: refused, stdout empty
     assert refused.exit_code == 1 and refused.stdout == ""
     assert refused.stderr.startswith("error: ")
 
@@ -153,23 +131,23 @@ def test_exporter_prints_where_it_serves_as_one_object(zk_hosts, tmp_path):
 
 # ---- job id prefixes ------------------------------------------------------------------
 
-def test_any_unique_prefix_is_a_job_id(run, board):
+def test_any_unique_prefix_is_a_job_id(cli, board):
     job = board.post(FACTORY)
     short = job.uuid[:8]
-    shown = run("show", short, "--json")
+    shown = cli("show", short, "--json")
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout)["uuid"] == job.uuid
     assert resolve_job_id(board, job.uuid[:13].replace("-", "").upper()) == job.uuid
     assert resolve_job_id(board, job.uuid.upper()) == job.uuid
-    cancelled = run("cancel", short)
+    cancelled = cli("cancel", short)
     assert cancelled.exit_code == 0 and f"cancelled {job.uuid}" in cancelled.stdout
-    missing = run("show", "ffffffff" if not job.uuid.startswith("ff") else "00000000")
+    missing = cli("show", "ffffffff" if not job.uuid.startswith("ff") else "00000000")
     assert missing.exit_code == 1 and "error: no job" in missing.stderr
     with pytest.raises(InvalidArgument):
         resolve_job_id(board, "not-hex")
 
 
-def test_an_ambiguous_prefix_says_so_and_lists_candidates(run, board):
+def test_an_ambiguous_prefix_says_so_and_lists_candidates(cli, board):
     posted = [board.post(FACTORY).uuid for _ in range(17)]      # 16 hex digits: two share one
     first = {}
     for uuid in posted:
@@ -178,7 +156,7 @@ def test_an_ambiguous_prefix_says_so_and_lists_candidates(run, board):
     with pytest.raises(AmbiguousJobId) as caught:
         resolve_job_id(board, digit)
     assert sorted(caught.value.candidates) == sorted(shared)[:5]
-    result = run("show", digit)
+    result = cli("show", digit)
     assert result.exit_code == 1
     line = result.stderr.strip()
     assert line.startswith(f"error: job id prefix '{digit}' is ambiguous: it matches "
@@ -231,24 +209,24 @@ def _finished(board: Board, state: str, key: str) -> str:
 
 @pytest.mark.parametrize("state, code", [("COMPLETE", 0), ("FAILED", 3), ("CANCELLED", 4),
                                          ("DEAD", 5)])
-def test_post_wait_exit_codes(run, board, state, code):
+def test_post_wait_exit_codes(cli, board, state, code):
     job_id = _finished(board, state, key=f"k-{state}")
     assert ExitCode[state if state != "COMPLETE" else "OK"] == code
-    result = run("post", FACTORY, "--key", f"k-{state}", "--wait", "--timeout", "10")
+    result = cli("post", FACTORY, "--key", f"k-{state}", "--wait", "--timeout", "10")
     assert result.exit_code == code, result.output
     assert result.stdout.splitlines()[0] == f"{job_id} {state}"
-    doc = json.loads(run("post", FACTORY, "--key", f"k-{state}", "--wait", "--json").stdout)
+    doc = json.loads(cli("post", FACTORY, "--key", f"k-{state}", "--wait", "--json").stdout)
     assert (doc["job_id"], doc["state"], doc["exit_code"], doc["timed_out"]) == \
         (job_id, state, code, False)
 
 
-def test_post_wait_prints_results_and_failures_readably(run, board):
+def test_post_wait_prints_results_and_failures_readably(cli, board):
     _finished(board, "COMPLETE", key="ok")
-    done = run("post", FACTORY, "--key", "ok", "--wait").stdout.splitlines()
+    done = cli("post", FACTORY, "--key", "ok", "--wait").stdout.splitlines()
     assert done[1:] == ['  attachment_id: "att-7"', "  n: [1, 2]"]
 
     job_id = _finished(board, "FAILED", key="bad")
-    failed = run("post", FACTORY, "--key", "bad", "--wait")
+    failed = cli("post", FACTORY, "--key", "bad", "--wait")
     assert failed.exit_code == ExitCode.FAILED
     lines = failed.stdout.splitlines()
     assert "  failure: builtins.ValueError: disk full" in lines
@@ -256,42 +234,42 @@ def test_post_wait_prints_results_and_failures_readably(run, board):
     assert "    ValueError: disk full" in lines
     assert "\\n" not in failed.stdout and "{'exc_type'" not in failed.stdout
 
-    shown = run("show", job_id[:8]).stdout
+    shown = cli("show", job_id[:8]).stdout
     assert "    failure: builtins.ValueError: disk full" in shown.splitlines()
     assert '          raise ValueError("disk full")' in shown.splitlines()
     assert '      Traceback (most recent call last):' in shown.splitlines()
     assert "{'" not in shown and "\\n" not in shown
 
 
-def test_post_wait_timeout_has_its_own_exit_code(run):
-    result = run("post", FACTORY, "--wait", "--timeout", "0.3")
+def test_post_wait_timeout_has_its_own_exit_code(cli):
+    result = cli("post", FACTORY, "--wait", "--timeout", "0.3")
     assert result.exit_code == ExitCode.TIMEOUT == 6
     assert "did not finish within 0.3s (it is UNCLAIMED" in result.stderr
-    doc = json.loads(run("post", FACTORY, "--wait", "--timeout", "0.3", "--json").stdout)
+    doc = json.loads(cli("post", FACTORY, "--wait", "--timeout", "0.3", "--json").stdout)
     assert doc["timed_out"] is True and doc["state"] == "UNCLAIMED" and doc["exit_code"] == 6
 
 
-def test_exit_codes_are_documented_in_help(run):
-    text = " ".join(run("--help").stdout.split())
+def test_exit_codes_are_documented_in_help(cli):
+    text = " ".join(cli("--help").stdout.split())
     assert "3 FAILED, 4 CANCELLED, 5 DEAD, 6 not finished within --timeout" in text
-    post_help = " ".join(run("post", "--help").stdout.split())
+    post_help = " ".join(cli("post", "--help").stdout.split())
     assert "exits 0 COMPLETE, 3 FAILED, 4 CANCELLED, 5 DEAD, 6" in post_help
 
 
 # ---- jobs: --limit, --sort, DUE ---------------------------------------------------------
 
-def test_jobs_limit_sort_and_due_column(run, board):
+def test_jobs_limit_sort_and_due_column(cli, board):
     first = board.post(FACTORY, priority=1)
     later = board.post(FACTORY, priority=9, delay=3600)
     last = board.post(FACTORY, priority=5)
-    oldest = json.loads(run("jobs", "--sort", "oldest", "--json").stdout)
+    oldest = json.loads(cli("jobs", "--sort", "oldest", "--json").stdout)
     assert [j["uuid"] for j in oldest["jobs"]] == [first.uuid, later.uuid, last.uuid]
-    newest = json.loads(run("jobs", "--sort", "newest", "--limit", "2", "--json").stdout)
+    newest = json.loads(cli("jobs", "--sort", "newest", "--limit", "2", "--json").stdout)
     assert [j["uuid"] for j in newest["jobs"]] == [last.uuid, later.uuid]
     assert newest["more"] is True and newest["limit"] == 2
-    one = run("jobs", "--state", "UNCLAIMED", "--limit", "1")
+    one = cli("jobs", "--state", "UNCLAIMED", "--limit", "1")
     assert one.exit_code == 0 and "more with a larger --limit" in one.stderr
-    table = run("jobs", "--sort", "oldest").stdout.splitlines()
+    table = cli("jobs", "--sort", "oldest").stdout.splitlines()
     assert table[0].split()[-2:] == ["AGE", "DUE"]
     rows = {line.split()[0]: line for line in table[2:]}
     assert rows[later.uuid].rstrip().endswith(("in 60.0m", "in 59.9m", "in 1.0h"))

@@ -18,8 +18,8 @@ One module per concern: :mod:`.app` (the group, errors, config file),
 :mod:`.common` (options, output, exit codes), :mod:`.settings` (config
 keys), :mod:`.zk` (connecting), :mod:`.render` (results and failures),
 :mod:`.posting` (``post``), :mod:`.inspection` (``jobs``, ``show``,
-``claims``, ``conductors``, ``fsck``, ``prune``, ``upgrade``), :mod:`.admin` and
-:mod:`.admin_rules` (``abandon``, ``transfer``, ``cancel``, ``retry``,
+``claims``, ``conductors``, ``fsck``, ``prune``, ``upgrade``), :mod:`.admin`,
+:mod:`.admin_rules` and :mod:`.admin_actions` (``abandon``, ``transfer``, ``cancel``, ``retry``,
 ``trash``, ``suspend``, ``resume``), :mod:`.daemon` (``conductor``, ``exporter``),
 :mod:`.preflight` (a conductor's start checks), :mod:`.logbook` and
 :mod:`.logbook_access` (``logbook ...``), :mod:`.dev` (``dev zookeeper``,

@@ -25,6 +25,8 @@ puts a SUSPENDED job back on the board, ahead of its priority. A delayed
 UNCLAIMED job is UNCLAIMED here. A MALFORMED record is refused by every
 command: ``jobboard fsck --repair`` moves it aside.
 
+:mod:`jobboard.cli.admin_actions` does the action once this table allows it.
+
 How it fails: :func:`refusal` is pure and returns the message or None;
 :func:`check`, which reads the job and its holder for the CLI and the
 console alike, raises :class:`Refused` with that message. The board calls
@@ -51,7 +53,16 @@ __all__ = ["Action", "ALLOWED", "Refused", "check", "describe", "malformed_refus
 
 
 class Refused(JobBoardError):
-    """The action cannot be done to the job now; the message says why."""
+    """The action cannot be done to the job now; the message says why.
+
+    Attributes:
+        cli_message: the line the command line prints instead, where it
+            names a command to run (default: the message).
+    """
+
+    def __init__(self, message: str, *, cli_message: str | None = None) -> None:
+        super().__init__(message)
+        self.cli_message = cli_message or message
 
 
 class Action(str, Enum):

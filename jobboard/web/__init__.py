@@ -9,12 +9,12 @@ the console's own JSON API and redraws what a ZooKeeper watch says changed
   through sorted znode names (fast with 100,000 waiting jobs);
 * :mod:`jobboard.web.documents` -- a job with history and logbook timeline,
   claims, conductors, as JSON documents;
-* :mod:`jobboard.web.actions` -- transfer, abandon, cancel, retry, trash,
-  by the CLI's table (:mod:`jobboard.cli.admin_rules`);
 * :mod:`jobboard.web.live` -- watches to topics for server-sent events;
 * :mod:`jobboard.web.access`, :mod:`jobboard.web.guard` -- HTTP access
   (token or basic auth from a file), CSRF and origin checks;
-* :mod:`jobboard.web.app` -- routes and the API (documented there);
+* :mod:`jobboard.web.app` -- routes and the API (documented there); its
+  admin actions are the CLI's own (:mod:`jobboard.cli.admin_actions`, by the
+  table in :mod:`jobboard.cli.admin_rules`);
 * :mod:`jobboard.web.command` -- the click command.
 
 How it fails: see each module; importing this package needs only the core

@@ -33,7 +33,7 @@ record, 503 ZooKeeper unreachable):
   "note", "heartbeat_at", "result", "failure": {"exc_type", "message",
   "traceback"}|null, "revert_failure"}]}], "error": null|str}``.
 * ``POST /api/jobs/{id}/{action}`` with ``action`` one of ``transfer``,
-  ``abandon``, ``cancel``, ``retry``, ``trash``; JSON body ``{"to": OWNER}``
+  ``abandon``, ``cancel``, ``retry``, ``trash``, ``suspend``, ``resume``; JSON body ``{"to": OWNER}``
   for a transfer; header ``X-CSRF-Token`` (the page's token) unless the
   request carries credentials itself -- ``{"ok": true, "message": str}``.
 * ``GET /api/claims`` -- ``{"claims": [{"job_id", "name", "owner", "since",
@@ -73,11 +73,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from jobboard.board import Board
+from jobboard.cli.admin_actions import Refused, perform
 from jobboard.cli.admin_rules import Action
 from jobboard.errors import (BoardUnavailable, InvalidArgument, JobBoardError, JobNotFound,
                              MalformedData)
 from jobboard.web.access import Access, AccessKeys
-from jobboard.web.actions import Refused, perform
 from jobboard.board.job import is_job_id
 from jobboard.board.lookup import resolve_job_id
 from jobboard.web.documents import (LogbookReader, claims_document, conductors_document,
@@ -104,7 +104,7 @@ API = {
     "GET /api/jobs/{id}": "one job (id or unique prefix): record, holder, history, "
                           "actions, logbook timeline",
     "POST /api/jobs/{id}/{action}": "transfer (body {\"to\": owner}), abandon, cancel, "
-                                    "retry, trash; header X-CSRF-Token",
+                                    "retry, trash, suspend, resume; header X-CSRF-Token",
     "GET /api/claims": "claims with the running task, progress and heartbeat",
     "GET /api/conductors": "live conductors with host, pid, slots in use, readiness",
     "GET /api/events?job=ID": "server-sent events: change {topics}",
@@ -212,7 +212,8 @@ def create_app(board: Board, logbook_url: str, *, read_only: bool = False,
 
         def run() -> str:
             job_id = resolve_job_id(board, request.path_params["job_id"])
-            return perform(board, action, job_id, to=to if isinstance(to, str) else None)
+            return perform(board, action, job_id,
+                           to=to if isinstance(to, str) else None).message
 
         try:
             message = await run_in_threadpool(run)
