@@ -3,6 +3,8 @@ next to healthy jobs: on a real ZooKeeper, with real conductors."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -10,6 +12,8 @@ from hypothesis import strategies as st
 from jobboard.board import Board, Claimer
 from jobboard.board.job import Job
 from jobboard.board.layout import RESTORE_BUCKET, Bucket
+from jobboard.board.repair import Sweep
+from jobboard.errors import JobNotFound
 from jobboard.serialization import pack_record
 from jobboard.states import JobState
 from test_conductor import Fleet, logbook_url, wait_until  # noqa: F401  (fixture)
@@ -280,3 +284,120 @@ def test_a_stray_running_marker_does_not_bring_a_finished_job_back(board):
     assert board.restore_orphan(job.uuid, me="bob") is None
     assert board.get(job.uuid).state is JobState.COMPLETE
     assert not board.client.exists(board.paths.running_marker(job.uuid))
+
+
+def finished_entries(board: Board) -> list[str]:
+    out = []
+    for minute in board.client.get_children(board.paths.finished):
+        parent = f"{board.paths.finished}/{minute}"
+        out += [f"{parent}/{name}" for name in board.client.get_children(parent)]
+    return out
+
+
+def finish(board: Board, state: JobState = JobState.COMPLETE) -> Job:
+    job = board.post(FACTORY, priority=1)        # ahead of any job waiting
+    held = Claimer(board, "alice").claim_next()  # (a claim by id leaves the entry)
+    assert held.uuid == job.uuid
+    return board.consume(held, "alice", {}, state=state)
+
+
+def test_fsck_checks_and_repairs_the_finished_index(board):
+    """A finished job missing from the finished index (retention would never
+    prune it) gets its entry; entries of a trashed job, of a retried one and
+    in the wrong minute are deleted; names that are not the index's are
+    moved aside. Then retention prunes every finished job."""
+    paths = board.paths
+    done = finish(board)
+    missing = finish(board)
+    board.client.delete(paths.finished_entry(missing.finished_at, missing.uuid))
+    trashed = finish(board)
+    board.trash(trashed.uuid)                                  # its entry is left
+    moved = finish(board)
+    elsewhere = paths.finished_entry(moved.finished_at - 600, moved.uuid)
+    board.client.create(elsewhere, makepath=True)
+    retried = finish(board, JobState.FAILED)
+    board.retry(retried.uuid)                                  # its entry is left
+    board.client.create(f"{paths.finished}/not-a-minute", b"?")
+    odd = f"{paths.finished_minute(int(done.finished_at // 60))}/not-a-job"
+    board.client.create(odd, b"?")
+    stale = {paths.finished_entry(trashed.finished_at, trashed.uuid),
+             paths.finished_entry(retried.finished_at, retried.uuid), elsewhere}
+
+    found = board.fsck()
+    assert {(f.kind, f.job_id) for f in found} == {
+        ("unindexed-job", missing.uuid), ("stale-entry", trashed.uuid),
+        ("stale-entry", retried.uuid), ("stale-entry", moved.uuid), ("stray-znode", None)}
+    assert {f.path for f in found if f.kind == "stale-entry"} == stale
+    assert {f.path for f in found if f.kind == "stray-znode"} == {
+        f"{paths.finished}/not-a-minute", odd}
+    assert not any(f.repaired for f in found)
+
+    repaired = board.fsck(repair=True)
+    assert len(repaired) == len(found) and all(f.repaired for f in repaired), repaired
+    assert board.fsck() == []
+    assert sorted(finished_entries(board)) == sorted(
+        paths.finished_entry(job.finished_at, job.uuid) for job in (done, missing, moved))
+    assert odd in board.malformed()
+    assert board.prune(0).removed == 3                         # the missing one too
+    for job in (done, missing, moved):
+        with pytest.raises(JobNotFound):
+            board.get(job.uuid)
+    assert board.get(retried.uuid).state is JobState.UNCLAIMED
+
+
+def test_a_job_claimed_or_finished_during_the_sweep_is_not_reported(board):
+    """The sweep's picture is taken over time: jobs claimed, finished and
+    posted between its listings look inconsistent in it. Taking the sweep's
+    steps one by one and changing the board between them, every such job is
+    judged again and let go; the one stranded job is reported."""
+    def claim() -> Job:
+        return Claimer(board, "c1").claim_next()      # a fresh plan each time
+
+    board.post(FACTORY)
+    consumed_early = claim()              # claim listed, then finished
+    board.post(FACTORY)
+    consumed_late = claim()               # read CLAIMED, then finished
+    stranded = board.post(FACTORY)
+    board.client.delete(entry_paths(board)[0])
+    board.post(FACTORY, priority=9)       # claimed after the markers were listed
+    claimed_late = board.post(FACTORY, priority=8)   # read waiting, then claimed
+
+    sweep = Sweep(board.repair, fix=False)
+    sweep.list_markers()
+    board.consume(consumed_early, "c1", {})
+    assert claim().priority == 9
+    shards = {shard: sweep.read_shard(shard) for shard in board.paths.shards()}
+    assert claim().uuid == claimed_late.uuid
+    board.consume(consumed_late, "c1", {})
+    board.post(FACTORY)                   # posted after its shard was read
+    for shard, jobs in shards.items():
+        sweep.check_shard(shard, jobs)
+        sweep.remember(jobs)
+    sweep.check_shard("", {})
+    sweep.check_queue_index()
+    sweep.check_finished_index()
+    sweep.check_keys()
+
+    assert [(f.kind, f.job_id) for f in sweep.findings] == [("unqueued-job", stranded.uuid)]
+    # claim-not-running, claimed-without-holder, unqueued-job, a stale
+    # finished-index entry and a stale queue entry, each let go
+    assert sweep.dismissed == 5
+    assert [(f.kind, f.job_id) for f in board.fsck()] == [("unqueued-job", stranded.uuid)]
+
+
+def test_a_finding_is_judged_again_from_the_record_as_it_is_now(board):
+    """The re-read alone: a suspect whose record moved on is let go, one
+    whose record is as judged is reported."""
+    waiting = board.post(FACTORY)
+    [entry] = entry_paths(board)
+    version = board.client.get(board.paths.job(waiting.uuid))[1].version
+    sweep = Sweep(board.repair, fix=False)
+    verdict = partial(sweep.entry_verdict, entry, waiting.uuid, version)
+    sweep.suspect(waiting.uuid, verdict)          # live: let go
+    sweep.confirm()
+    assert sweep.findings == [] and sweep.dismissed == 1
+    board.consume(Claimer(board, "c1").claim_next(), "c1", {})
+    board.client.create(entry)                    # an entry the claim left behind
+    sweep.suspect(waiting.uuid, verdict)          # its job finished: stale
+    sweep.confirm()
+    assert [(f.kind, f.path) for f in sweep.findings] == [("stale-entry", entry)]

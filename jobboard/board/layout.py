@@ -154,6 +154,14 @@ class DelayedBucket:
         return cls(int(due), int(number))
 
 
+def parse_minute(name: str) -> int | None:
+    """The minute a child of the finished index names (its path's form:
+    ten ASCII digits), or None for any other name."""
+    if len(name) == 10 and name.isascii() and name.isdigit():
+        return int(name)
+    return None
+
+
 def _parse_entry_tail(name: str) -> tuple[str, int | None, int] | None:
     """``{uuid}_{version}-{seq}`` (or layout 1's ``{uuid}-{seq}``) ->
     (job id, version or None, seq); None for anything else."""

@@ -306,36 +306,34 @@ class QueueIndex:
                     found.append(f"{self.paths.bucket(bucket)}/{entry.name}")
         return found
 
-    def scan(self) -> tuple[dict[str, list[tuple[str, int | None]]], list[str]]:
-        """Every entry and every name that is not one, for a repair sweep:
-        ``({job id: [(entry path, version)]}, [garbage paths])``. The delayed
-        index is listed before the queue, so a promotion that happens
-        meanwhile is seen on one side or the other."""
-        found: dict[str, list[tuple[str, int | None]]] = {}
-        garbage: list[str] = []
-        roots = [(self.paths.delayed, DelayedBucket.parse, DelayedEntry.parse)]
+    def walk(self) -> Iterator[tuple[str, str | None, int | None]]:
+        """Every name under the index, a bucket listed at a time, for a
+        repair sweep: ``(path, job id, version)`` of each entry, and
+        ``(path, None, None)`` of each name that is not the index's. The
+        delayed index is walked before the queues and the buckets of layouts
+        1 and 2 last, so a promotion or a move during the walk is seen on one
+        side or the other."""
+        roots: list[tuple[str, Callable[[str], Any], Callable[[str], Any]]] = [
+            (self.paths.delayed, DelayedBucket.parse, DelayedEntry.parse)]
         for name in sorted(_zk.children(self.client, self.paths.queues)):
             if is_queue_name(name):
                 roots.append((self.paths.queue_dir(name), Bucket.parse, Entry.parse))
             elif Bucket.parse(name, None) is None:
-                garbage.append(f"{self.paths.queues}/{name}")
-        # layout-2 buckets last: an entry moved meanwhile is seen in its queue
+                yield f"{self.paths.queues}/{name}", None, None
         roots.append((self.paths.queues, lambda name: Bucket.parse(name, None), Entry.parse))
         for root, bucket_of, entry_of in roots:
             for name in sorted(_zk.children(self.client, root)):
                 parent = f"{root}/{name}"
                 if bucket_of(name) is None:
                     if root != self.paths.queues:
-                        garbage.append(parent)
+                        yield parent, None, None
                     continue
                 for child in sorted(_zk.children(self.client, parent)):
                     entry = entry_of(child)
                     if entry is None:
-                        garbage.append(f"{parent}/{child}")
+                        yield f"{parent}/{child}", None, None
                     else:
-                        found.setdefault(entry.job_id, []).append((f"{parent}/{child}",
-                                                                   entry.version))
-        return found, garbage
+                        yield f"{parent}/{child}", entry.job_id, entry.version
 
     @staticmethod
     def is_live(job: Job, version: int, entry_version: int | None) -> bool:

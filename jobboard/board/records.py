@@ -112,11 +112,25 @@ class Records:
                 names = result.get(timeout=READ_TIMEOUT)
             except NoNodeError:
                 continue
-            for name in sorted(names):
-                if is_job_id(name) and self.paths.job(name) == f"{shard}/{name}":
-                    ids.append(name)
-                else:
-                    strays.append(f"{shard}/{name}")
+            shard_ids, shard_strays = self._split(shard, names)
+            ids += shard_ids
+            strays += shard_strays
+        return ids, strays
+
+    def scan_shard(self, shard: str) -> tuple[list[str], list[str]]:
+        """The job ids of one shard (a path of :meth:`Paths.shards`), and the
+        paths of its children that are not a job id belonging there: for a
+        walk of the board that holds one shard at a time."""
+        return self._split(shard, _zk.children(self.client, shard))
+
+    def _split(self, shard: str, names: list[str]) -> tuple[list[str], list[str]]:
+        ids: list[str] = []
+        strays: list[str] = []
+        for name in sorted(names):
+            if is_job_id(name) and self.paths.job(name) == f"{shard}/{name}":
+                ids.append(name)
+            else:
+                strays.append(f"{shard}/{name}")
         return ids, strays
 
     def all_ids(self) -> list[str]:

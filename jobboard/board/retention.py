@@ -40,7 +40,7 @@ from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from jobboard.board import _zk
 from jobboard.board.job import Job, JobOutcome
-from jobboard.board.layout import Paths
+from jobboard.board.layout import Paths, parse_minute
 from jobboard.board.ownership import RETAINED_STATES
 from jobboard.board.records import PIPELINE_WINDOW, READ_TIMEOUT, Records
 from jobboard.errors import InvalidArgument, MalformedData
@@ -128,10 +128,10 @@ class Retention:
         report = PruneReport()
         with _zk.translated("pruning finished jobs"):
             for name in sorted(_zk.children(self.client, self.paths.finished)):
-                if not name.isdigit():
+                minute = parse_minute(name)
+                if minute is None:
                     self.records.report(f"{self.paths.finished}/{name}", "not a minute")
                     continue
-                minute = int(name)
                 if minute * 60 > cutoff:
                     break
                 parent = self.paths.finished_minute(minute)
