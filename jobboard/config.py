@@ -187,7 +187,7 @@ def _unknown(source: Path | str, label: str, key: str, known: Any, what: str) ->
 # -- credentials ----------------------------------------------------------------
 
 AUTH_FORM = "USER:PASSWORD"
-_MAX_AUTH_FILE = 4096
+_MAX_PRIVATE_FILE = 4096
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:
@@ -198,6 +198,56 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     if not sep or not user:
         raise ConfigError("--auth / JOBBOARD_AUTH must look like USER:PASSWORD")
     return user, password
+
+
+def read_private_file(path: str | os.PathLike[str], what: str, *, missing_hint: str = "",
+                      limit: int = _MAX_PRIVATE_FILE) -> tuple[bytes, int]:
+    """The bytes of a small file holding a credential, without one trailing
+    newline (``\n`` or ``\r\n``), and the file's mode, for the caller to
+    judge. A FIFO or device put there is refused, never waited on.
+
+    Args:
+        path: the file.
+        what: how messages name it, e.g. ``"auth file /etc/jb/auth"``.
+        missing_hint: added to the message of a missing file (where to
+            name another).
+        limit: the largest size accepted.
+
+    Raises:
+        ConfigError: the file is missing, not a regular file, unreadable or
+            larger than ``limit`` bytes. The message never contains the
+            file's content.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise ConfigError(f"{what} is a directory, not a file")
+            if not stat.S_ISREG(mode):
+                raise ConfigError(f"{what} is not a regular file")
+            raw = os.read(fd, limit + 1)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} does not exist{missing_hint}") from None
+    except PermissionError:
+        raise ConfigError(f"{what} is not readable by this user") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}: {exc.strerror or type(exc).__name__}") from None
+    if len(raw) > limit:
+        raise ConfigError(f"{what} is larger than {limit} bytes")
+    if raw.endswith(b"\n"):
+        raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+    return raw, mode
+
+
+def open_to_others(mode: int, *, readable_only: bool = False) -> bool:
+    """Whether a file of ``mode`` is open to group or others (only reading,
+    with ``readable_only``)."""
+    bits = stat.S_IRGRP | stat.S_IROTH if readable_only else stat.S_IRWXG | stat.S_IRWXO
+    return bool(mode & bits)
 
 
 def read_auth_file(path: str | os.PathLike[str], *,
@@ -214,37 +264,17 @@ def read_auth_file(path: str | os.PathLike[str], *,
         ConfigError: the file is missing, unreadable or not one ``USER:PASSWORD``
             line. The message never contains the file's content.
     """
-    path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if not stat.S_ISREG(mode):
-                raise ConfigError(f"auth file {path} is not a regular file")
-            raw = handle.read(_MAX_AUTH_FILE + 1)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"auth file {path} does not exist (--auth-file / "
-                          "JOBBOARD_AUTH_FILE)") from exc
-    except IsADirectoryError as exc:
-        raise ConfigError(f"auth file {path} is a directory, not a file") from exc
-    except PermissionError as exc:
-        raise ConfigError(f"auth file {path} is not readable by this user") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read auth file {path}: {exc.strerror or exc}") from exc
     bad = ConfigError(f"auth file {path} must hold one line {AUTH_FORM}")
-    if len(raw) > _MAX_AUTH_FILE:
-        raise bad
+    raw, mode = read_private_file(path, f"auth file {path}",
+                                  missing_hint=" (--auth-file / JOBBOARD_AUTH_FILE)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise bad from None
-    if text.endswith("\n"):
-        text = text[:-1]
-        if text.endswith("\r"):
-            text = text[:-1]
     user, sep, password = text.partition(":")
     if not sep or not user or any(c in text for c in "\r\n"):
         raise bad
-    if warn is not None and mode & (stat.S_IRGRP | stat.S_IROTH):
+    if warn is not None and open_to_others(mode, readable_only=True):
         warn(f"auth file {path} is readable by group or others (mode "
              f"{stat.S_IMODE(mode):04o}); keep it private: chmod 600 {path}")
     return user, password

@@ -28,7 +28,7 @@ from jobboard.errors import InvalidArgument, JobNotFound
 from jobboard.events import EventKind, Notifier
 from jobboard.metrics import Metrics
 from jobboard.notify import (Backoff, Dispatcher, LogPublisher, WebhookPublisher, document_of,
-                             on_finished, wait_many)
+                             on_finished, verify_signature, wait_many)
 from jobboard.notify._dispatch import default_dispatcher
 from jobboard.notify.log import logfmt
 from jobboard.states import JobState
@@ -286,8 +286,10 @@ class Receiver:
 
     def __init__(self, status: int = 200) -> None:
         self.documents: list[dict] = []
+        self.bodies: list[bytes] = []
         self.headers: list[dict] = []
         self.status = status
+        self.statuses: list[int] = []       # answered in turn before `status`
         self.changed = threading.Condition()
         receiver = self
 
@@ -296,9 +298,11 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver.changed:
                     receiver.documents.append(json.loads(body))
+                    receiver.bodies.append(body)
                     receiver.headers.append(dict(self.headers))
                     receiver.changed.notify_all()
-                self.send_response(receiver.status)
+                    status = receiver.statuses.pop(0) if receiver.statuses else receiver.status
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -352,6 +356,10 @@ def test_webhook_gets_each_outcome_once(board, registry):
     assert {h["X-Jobboard-Delivery"] for h in receiver.headers} == \
         {d["delivery_id"] for d in receiver.documents}
     assert all(h["Content-Type"] == "application/json" for h in receiver.headers)
+    # no secret: no signature (and nothing else changes)
+    assert not any("X-Jobboard-Signature" in h or "X-Jobboard-Timestamp" in h
+                   for h in receiver.headers)
+    assert not publisher.signed
     assert publisher.delivered == 4 and publisher.failures == 0 and not publisher.dropped
     assert count(registry, "jobboard_webhook_deliveries_total") == 4
     assert count(registry, "jobboard_webhook_failures_total") == 0
@@ -475,6 +483,112 @@ def test_document_of_an_event():
     assert document_of(dead)["state"] == "DEAD" and document_of(dead)["reason"] == "r"
 
 
+# -- signed webhooks -------------------------------------------------------------------
+
+SECRET = b"whsec-7f3a-not-for-logs"
+
+
+def test_signed_webhook_verifies_and_retries_are_signed_again(caplog):
+    notifier = Notifier()
+    events: list = []
+    notifier.subscribe(events.append)
+    with Receiver() as receiver, caplog.at_level(logging.DEBUG, logger="jobboard"):
+        receiver.statuses = [503]            # the first POST fails, the retry is taken
+        publisher = WebhookPublisher(receiver.url, notifier=notifier, secret=SECRET,
+                                     backoff=Backoff(attempts=2, first=1.0),
+                                     # an extra header cannot replace the signature
+                                     headers={"X-Jobboard-Signature": "v1=forged"})
+        with publisher:
+            notifier.emit(EventKind.JOB_COMPLETED, job_id="j1", owner="c1",
+                          details={"state": "COMPLETE", "name": "n"})
+            assert receiver.wait_for(2, timeout=10)
+    assert publisher.signed and publisher.delivered == 1 and publisher.failures == 1
+    first, retry = receiver.headers
+    body = receiver.bodies[0]
+    assert receiver.bodies[1] == body                 # the same document, byte for byte
+    assert first["X-Jobboard-Delivery"] == retry["X-Jobboard-Delivery"]
+    # a retry 1s later carries a fresh timestamp, and its own valid signature
+    assert int(retry["X-Jobboard-Timestamp"]) > int(first["X-Jobboard-Timestamp"])
+    for headers in (first, retry):
+        timestamp, signature = headers["X-Jobboard-Timestamp"], headers["X-Jobboard-Signature"]
+        assert signature.startswith("v1=") and len(signature) == 3 + 64
+        assert verify_signature(SECRET, body, timestamp, signature)
+        assert verify_signature(SECRET.decode(), body, timestamp, signature)   # str secret
+        # forgeries and replays
+        assert not verify_signature(b"another-secret", body, timestamp, signature)
+        assert not verify_signature(SECRET, body.replace(b'"j1"', b'"j2"'), timestamp,
+                                    signature)
+        assert not verify_signature(SECRET, body, str(int(timestamp) + 1), signature)
+        assert not verify_signature(SECRET, body, timestamp, signature,
+                                    now=int(timestamp) + 301)
+        assert not verify_signature(SECRET, body, timestamp, signature,
+                                    now=int(timestamp) - 301)        # from the future
+        assert verify_signature(SECRET, body, timestamp, signature, now=int(timestamp) + 299)
+        assert verify_signature(SECRET, body, timestamp, f"v1=00, {signature}")  # rotation
+    # the secret is in no log line, event or repr
+    assert any("failed" in r.getMessage() for r in caplog.records)
+    assert SECRET.decode() not in caplog.text
+    assert [e.kind for e in events if e.kind.value.startswith("webhook.")] == [
+        EventKind.WEBHOOK_FAILED, EventKind.WEBHOOK_DELIVERED]
+    assert not any(SECRET.decode() in repr(e.to_dict()) for e in events)
+    assert SECRET.decode() not in repr(publisher) and "signed=True" in repr(publisher)
+
+
+@pytest.mark.parametrize("timestamp, signature", [
+    ("", "v1=00"), ("12x", "v1=00"), ("9" * 400, "v1=00"), ("-5", "v1=00"),
+    ("now", ""), (None, None),
+])
+def test_verify_signature_refuses_malformed_headers(timestamp, signature):
+    assert verify_signature(SECRET, b"{}", timestamp, signature) is False
+
+
+def test_an_empty_secret_is_refused_without_showing_it():
+    with pytest.raises(InvalidArgument, match="secret"):
+        WebhookPublisher("http://x", secret=b"")
+    with pytest.raises(InvalidArgument) as caught:
+        WebhookPublisher("http://x", secret="a str secret")        # bytes only
+    assert "a str secret" not in str(caught.value)
+
+
+def _refusal(result, code: int) -> str:
+    """The one ``error:`` line of a refused command."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_conductor_refuses_an_unusable_secret_file(cli, tmp_path):
+    url = "http://127.0.0.1:9/hook"
+    start = ("conductor", "--allow", "jobboard.testing", "--notify-url", url)
+    open_file = tmp_path / "open-secret"
+    open_file.write_bytes(SECRET)
+    open_file.chmod(0o644)
+    empty = tmp_path / "empty-secret"
+    empty.write_bytes(b"\n")
+    empty.chmod(0o600)
+    for path, says in [(tmp_path / "missing", "does not exist"),
+                       (open_file, "chmod 600"), (empty, "is empty"),
+                       (tmp_path, "is a directory, not a file")]:
+        line = _refusal(cli(*start, "--notify-secret-file", str(path)), 1)
+        assert says in line and str(path) in line and SECRET.decode() not in line
+    # a secret with nothing to sign is a usage error, from the flag or the variable
+    private = tmp_path / "secret"
+    private.write_bytes(SECRET)
+    private.chmod(0o600)
+    line = _refusal(cli("conductor", "--allow", "jobboard.testing",
+                        "--notify-secret-file", str(private)), 2)
+    assert "--notify-secret-file without --notify-url" in line
+    line = _refusal(cli("conductor", "--allow", "jobboard.testing",
+                        env_extra={"JOBBOARD_NOTIFY_SECRET": SECRET.decode()}), 2)
+    assert "JOBBOARD_NOTIFY_SECRET without --notify-url" in line
+    assert SECRET.decode() not in line
+    line = _refusal(cli(*start, env_extra={"JOBBOARD_NOTIFY_SECRET": SECRET.decode(),
+                                           "JOBBOARD_NOTIFY_SECRET_FILE": str(private)}), 1)
+    assert "unset one" in line and SECRET.decode() not in line
+
+
 # -- the log publisher --------------------------------------------------------------------
 
 def test_log_publisher_writes_one_line_per_event_of_interest(board, caplog):
@@ -504,14 +618,20 @@ def test_logfmt_quotes_what_needs_it():
 
 # -- a conductor with --notify-url and --log-events ----------------------------------
 
-def test_a_conductor_posts_each_outcome_once(zk_hosts, tmp_path):
+def test_a_conductor_posts_each_outcome_once_signed(zk_hosts, tmp_path):
+    secret_file = tmp_path / "webhook-secret"
+    secret_file.write_bytes(SECRET + b"\n")          # the newline is not part of it
+    secret_file.chmod(0o600)
     with Receiver() as receiver:
         env = {**os.environ,
-               "PYTHONPATH": str(Path(jobboard.__file__).resolve().parent.parent)}
+               "PYTHONPATH": str(Path(jobboard.__file__).resolve().parent.parent),
+               # the flag outranks the variable: this one must not be used
+               "JOBBOARD_NOTIFY_SECRET": "env-secret-not-used"}
         proc = subprocess.Popen(
             [sys.executable, "-m", "jobboard", "conductor", "--zk", zk_hosts, "--root",
              "/hooked", "--logbook", f"sqlite:///{tmp_path}/logbook.db", "--allow",
-             "jobboard.testing", "--notify-url", receiver.url, "--log-events", "--json"],
+             "jobboard.testing", "--notify-url", receiver.url,
+             "--notify-secret-file", str(secret_file), "--log-events", "--json"],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         lines: queue.Queue[str] = queue.Queue()
         reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout],
@@ -522,7 +642,7 @@ def test_a_conductor_posts_each_outcome_once(zk_hosts, tmp_path):
             while not text.rstrip().endswith("}") or text.count("{") != text.count("}"):
                 text += lines.get(timeout=60)        # printed once it runs
             started = json.loads(text)
-            assert started["notify_url"] == receiver.url
+            assert started["notify_url"] == receiver.url and started["notify_signed"] is True
             with Board.connect(zk_hosts, root="/hooked") as board:
                 factory = "jobboard.testing.flows:five_steps"
                 ok = [board.post(factory, args={"journal": str(tmp_path / f"{n}.journal")})
@@ -535,11 +655,16 @@ def test_a_conductor_posts_each_outcome_once(zk_hosts, tmp_path):
             assert receiver.wait_for(3, timeout=30)
         finally:
             proc.send_signal(signal.SIGTERM)
-            _out, err = proc.communicate(timeout=60)
+            out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
     states = {d["job_id"]: d["state"] for d in receiver.documents}
     assert len(receiver.documents) == 3
     assert states == {ok[0].uuid: "COMPLETE", ok[1].uuid: "COMPLETE", bad.uuid: "FAILED"}
     assert all(d["name"] == "five_steps" for d in receiver.documents)
+    assert all(verify_signature(SECRET, body, h["X-Jobboard-Timestamp"],
+                                h["X-Jobboard-Signature"])
+               for body, h in zip(receiver.bodies, receiver.headers))
+    for secret in (SECRET.decode(), "env-secret-not-used"):
+        assert secret not in text + out and secret not in err
     assert f"event=job.completed job_id={ok[0].uuid}" in err
     assert "event=conductor.started" in err

@@ -5,17 +5,22 @@ name, address, settings), and its log lines go to stderr as always.
 
 How it fails: before it runs, one ``error:`` line and exit 1 (or 2 for a
 usage error): a logbook it cannot use, ``--allow`` prefixes none of which
-import, a busy port, an unreachable ZooKeeper, the same ``--name`` running.
+import, a busy port, an unreachable ZooKeeper, the same ``--name`` running,
+a webhook secret file that is missing, empty or open to others (a secret
+without ``--notify-url`` is a usage error). The secret itself is never
+printed: ``--json`` says only whether the webhook is signed.
 A conductor that crashes later logs the traceback and exits 1.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from jobboard.cli import preflight
 from jobboard.cli.common import (DAEMON_CONNECT_TIMEOUT, Connection, board_options, emit_json,
@@ -47,6 +52,41 @@ def _duration(_ctx: Any, _param: Any, value: str) -> float:
         return parse_duration(value)
     except InvalidArgument as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+#: The variable that may hold the webhook's signing secret itself (a flag
+#: would show it in ``ps``; ``--notify-secret-file`` names a file instead).
+NOTIFY_SECRET_ENV = "JOBBOARD_NOTIFY_SECRET"
+
+
+def _notify_secret(secret_file: str | None, notify_url: str | None) -> bytes | None:
+    """The webhook's signing secret: from ``--notify-secret-file`` (or
+    ``JOBBOARD_NOTIFY_SECRET_FILE``, or the config file) or from
+    ``JOBBOARD_NOTIFY_SECRET``, the most explicit first (flag > environment
+    > config file); both variables at once are refused. The variable is
+    removed from the environment once read, so task code and worker
+    processes do not inherit it.
+
+    Raises:
+        click.UsageError: a secret without ``--notify-url``.
+        ConfigError: an unusable secret file, or both variables set.
+    """
+    from_env = os.environ.pop(NOTIFY_SECRET_ENV, "") or None
+    if secret_file is None and from_env is None:
+        return None
+    if notify_url is None:
+        given = "--notify-secret-file" if secret_file is not None else NOTIFY_SECRET_ENV
+        raise click.UsageError(f"{given} without --notify-url: there is nothing to sign")
+    if secret_file is not None:
+        source = click.get_current_context().get_parameter_source("notify_secret_file")
+        if from_env is not None and source is ParameterSource.ENVIRONMENT:
+            raise ConfigError(f"both {NOTIFY_SECRET_ENV} and JOBBOARD_NOTIFY_SECRET_FILE are "
+                              "set; unset one")
+        # a file from the config file ranks below the variable
+        if from_env is None or source is not ParameterSource.DEFAULT_MAP:
+            return preflight.read_secret_file(secret_file, "--notify-secret-file")
+    assert from_env is not None      # one of the two was given (checked above)
+    return from_env.encode("utf-8")
 
 
 def _live_conductors(board: Any) -> list[dict[str, Any]]:
@@ -116,6 +156,12 @@ def _live_conductors(board: Any) -> list[dict[str, Any]]:
               help="POST one JSON document per job finished here (COMPLETE, FAILED, "
                    "CANCELLED, DEAD) to this http(s) URL; retried with backoff, never "
                    "slowing a job.")
+@click.option("--notify-secret-file", default=None, envvar="JOBBOARD_NOTIFY_SECRET_FILE",
+              show_envvar=True, metavar="PATH",
+              help="Sign every --notify-url request (X-Jobboard-Timestamp, "
+                   "X-Jobboard-Signature: HMAC-SHA256) with the secret in this file, read "
+                   "once at start; it must be private (chmod 600). JOBBOARD_NOTIFY_SECRET "
+                   "may hold the secret instead.")
 @click.option("--log-events", is_flag=True,
               help="Log one structured line (key=value) per job event, lost claim and "
                    "connection change, on the jobboard.events logger.")
@@ -126,7 +172,8 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
               fsck_interval: float, no_scheduler: bool, executor: str,
               task_timeout: float | None, stop_timeout: float, queues: tuple[str, ...],
               keep_finished: float, max_refusals: int, refusal_backoff: float,
-              notify_url: str | None, log_events: bool, as_json: bool,
+              notify_url: str | None, notify_secret_file: str | None, log_events: bool,
+              as_json: bool,
               conn: Connection) -> None:
     """Run a conductor: claim jobs and run their flows until SIGTERM.
 
@@ -138,7 +185,6 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
     The first SIGTERM/SIGINT stops claiming and lets running jobs finish for
     --grace seconds, then abandons the rest; a second one exits at once.
     """
-    import os
     import signal
 
     from jobboard.conductor import Conductor
@@ -151,6 +197,7 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
     if notify_url is not None and not notify_url.startswith(("http://", "https://")):
         raise click.BadParameter(f"{notify_url!r} is not an http:// or https:// URL",
                                  param_hint="--notify-url")
+    notify_secret = _notify_secret(notify_secret_file, notify_url)
     preflight.check_allow(allow, warn)
     preflight.check_logbook(conn.logbook)
     if not logging.getLogger().isEnabledFor(logging.INFO):
@@ -196,7 +243,7 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
                        executor=executor, task_timeout=task_timeout,
                        stop_timeout=stop_timeout, scheduler=not no_scheduler, queues=queues,
                        keep_finished=keep_finished, refusal_backoff=refusal_backoff,
-                       notify_url=notify_url)
+                       notify_url=notify_url, notify_secret=notify_secret)
     signals = {"count": 0}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -213,7 +260,7 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
                f"{executor} executor, queues {','.join(queues)})", err=True)
     if as_json:
         emit_json({"conductor": worker.name, "pid": os.getpid(), "zk": conn.zk,
-                   "notify_url": notify_url,
+                   "notify_url": notify_url, "notify_signed": notify_secret is not None,
                    "root": conn.root, "concurrency": concurrency, "executor": executor,
                    "allow": list(allow), "metrics_port": metrics_port,
                    "queues": list(queues), "keep_finished": keep_finished,

@@ -11,9 +11,12 @@ A conductor whose logbook is unusable must not start "without a word" and
 then fail every job: :func:`check_logbook` opens the logbook, brings its
 schema up to date (under the migration lock) and probes it, all within
 about :data:`LOGBOOK_CHECK_TIMEOUT` seconds, and turns any failure into one
-line naming the password-free URL and what to do.
+line naming the password-free URL and what to do. :func:`read_secret_file`
+reads a shared secret (``--notify-secret-file``) from a file only its owner
+can read.
 
-How it fails: :func:`check_logbook` and :func:`check_allow` raise
+How it fails: :func:`check_logbook`, :func:`check_allow` and
+:func:`read_secret_file` raise
 :class:`~jobboard.errors.ConfigError` with one line (the CLI prints it as
 ``error: ...`` and exits 1); nothing else escapes them but a bug.
 """
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import stat
 from typing import Any, Callable
 
 import click
@@ -29,13 +34,16 @@ import click
 from jobboard.errors import ConfigError, LogbookError, LogbookSchemaError, LogbookUnavailable
 
 from jobboard.cli.logbook_access import check_driver, prepare_default, sqlite_path
+from jobboard.config import open_to_others, read_private_file
 
-__all__ = ["LOGBOOK_CHECK_TIMEOUT", "Seconds", "check_allow", "check_logbook",
-           "logbook_refusal", "session_timeout_note"]
+__all__ = ["LOGBOOK_CHECK_TIMEOUT", "MAX_SECRET_FILE", "Seconds", "check_allow",
+           "check_logbook", "logbook_refusal", "read_secret_file", "session_timeout_note"]
 
 #: Seconds the start-up check of the logbook may take: a database that does
 #: not answer in this time is reported, not waited for.
 LOGBOOK_CHECK_TIMEOUT = 5.0
+#: Bytes a secret file may hold at most.
+MAX_SECRET_FILE = 4096
 
 _FLAG = "--logbook / JOBBOARD_LOGBOOK"
 
@@ -158,3 +166,28 @@ def session_timeout_note(asked: float, granted_ms: int | None, hosts: str) -> st
     return (f"--session-timeout {asked:g} is outside what ZooKeeper at {hosts} allows: it "
             f"granted {granted:g}s (its {bound}, maxSessionTimeout/minSessionTimeout in "
             f"zoo.cfg); a dead conductor's jobs are reclaimed after {granted:g}s")
+
+
+def read_secret_file(path: str | os.PathLike[str], flag: str) -> bytes:
+    """The shared secret in a private file (``--notify-secret-file``): its
+    bytes without one trailing newline, read once at start.
+
+    Args:
+        path: the file.
+        flag: how the user named it, for the message (``--notify-secret-file``).
+
+    Raises:
+        ConfigError: the file is missing, not a regular file, unreadable,
+            empty, larger than :data:`MAX_SECRET_FILE` bytes, or open to
+            group or others in any way (mode ``& 077``, as ssh checks keys: a
+            secret others can read signs forgeries). The
+            message names the file, never its content.
+    """
+    what = f"secret file {path} ({flag})"
+    secret, mode = read_private_file(path, what, limit=MAX_SECRET_FILE)
+    if open_to_others(mode):
+        raise ConfigError(f"{what} is open to group or others (mode "
+                          f"{stat.S_IMODE(mode):04o}); keep it private: chmod 600 {path}")
+    if not secret:
+        raise ConfigError(f"{what} is empty; put the shared secret in it")
+    return secret

@@ -88,6 +88,8 @@ class Conductor:
         notify_url: POST one JSON document per finished job there
             (:class:`jobboard.notify.WebhookPublisher`, from :meth:`run` to
             the end of the shutdown).
+        notify_secret: sign those requests with this shared secret
+            (``X-Jobboard-Signature``; see :mod:`jobboard.notify.signing`).
         fsck_interval: seconds between two repair sweeps of the board, run
             by one conductor of the fleet at a time (0: this one never does).
         executor: ``"thread"`` (tasks on threads of this process) or
@@ -128,7 +130,8 @@ class Conductor:
                  scheduler: bool = True, queues: Sequence[str] = (DEFAULT_QUEUE,),
                  keep_finished: float | None = DEFAULT_KEEP_FINISHED,
                  refusal_backoff: float = DEFAULT_REFUSAL_BACKOFF,
-                 notify_url: str | None = None) -> None:
+                 notify_url: str | None = None,
+                 notify_secret: bytes | None = None) -> None:
         if concurrency < 1:
             raise InvalidArgument("concurrency must be at least 1", argument="concurrency")
         if executor not in EXECUTORS:
@@ -138,6 +141,9 @@ class Conductor:
             raise InvalidArgument("task_timeout must be positive", argument="task_timeout")
         if not stop_timeout >= 0:
             raise InvalidArgument("stop_timeout must be >= 0", argument="stop_timeout")
+        if notify_secret is not None and notify_url is None:
+            raise InvalidArgument("notify_secret without notify_url: nothing to sign",
+                                  argument="notify_secret")
         if not factory_timeout > 0:
             raise InvalidArgument("factory_timeout must be positive", argument="factory_timeout")
         if keep_finished is not None and not keep_finished >= 0:
@@ -203,7 +209,8 @@ class Conductor:
             self.notifier.subscribe(metrics.listener)
         self.webhook: WebhookPublisher | None = None
         if notify_url is not None:
-            self.webhook = WebhookPublisher(notify_url, notifier=self.notifier)
+            self.webhook = WebhookPublisher(notify_url, notifier=self.notifier,
+                                            secret=notify_secret)
 
     # -- the daemon ---------------------------------------------------------------
 

@@ -11,7 +11,12 @@ its own sender thread::
 
 with headers ``Content-Type: application/json``, ``X-Jobboard-Event`` (the
 event) and ``X-Jobboard-Delivery`` (the delivery id, the same on every
-retry of a document, so a receiver can drop a duplicate).
+retry of a document, so a receiver can drop a duplicate). Given a
+``secret``, every request is also signed: ``X-Jobboard-Timestamp`` and
+``X-Jobboard-Signature`` (:mod:`jobboard.notify.signing`; each retry signed
+again with a fresh timestamp), which a receiver checks with
+:func:`~jobboard.notify.verify_signature`. The secret never appears in a
+log line, an event or the publisher's ``repr``.
 
 How it fails, and what it never does:
 
@@ -48,6 +53,7 @@ from typing import Any, Iterator
 
 from jobboard.errors import InvalidArgument
 from jobboard.events import FINISHED_KINDS, Event, EventKind, Notifier
+from jobboard.notify.signing import signature_headers
 
 __all__ = ["Backoff", "WebhookPublisher", "document_of"]
 
@@ -114,14 +120,18 @@ class WebhookPublisher:
         timeout: seconds one POST may take.
         backoff: when to try a failed POST again.
         headers: extra HTTP headers (an ``Authorization``, say).
+        secret: sign every request with it (HMAC-SHA256, see
+            :mod:`jobboard.notify.signing`); None: unsigned.
 
     Raises:
-        InvalidArgument: a bad URL or limit.
+        InvalidArgument: a bad URL or limit, an empty secret (the message
+            never holds the secret).
     """
 
     def __init__(self, url: str, *, notifier: Notifier | None = None, max_queue: int = 1000,
                  timeout: float = 5.0, backoff: Backoff = Backoff(),
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None,
+                 secret: bytes | None = None) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise InvalidArgument(f"the webhook URL must start with http:// or https://, "
                                   f"not {url!r}", argument="url")
@@ -129,12 +139,16 @@ class WebhookPublisher:
             raise InvalidArgument("max_queue must be at least 1", argument="max_queue")
         if not timeout > 0:
             raise InvalidArgument("timeout must be positive", argument="timeout")
+        if secret is not None and (not isinstance(secret, bytes) or not secret):
+            raise InvalidArgument("the webhook secret must be non-empty bytes",
+                                  argument="secret")
         self.url = url
         self.notifier = notifier
         self.max_queue = max_queue
         self.timeout = timeout
         self.backoff = backoff
         self.headers = dict(headers or {})
+        self._secret = secret
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -144,6 +158,14 @@ class WebhookPublisher:
         self.failures = 0
         self.dropped: collections.Counter[str] = collections.Counter()
         self._last_warning = -DROP_WARNING_INTERVAL
+
+    @property
+    def signed(self) -> bool:
+        """Whether requests are signed (the secret itself is not readable here)."""
+        return self._secret is not None
+
+    def __repr__(self) -> str:
+        return f"<WebhookPublisher url={self.url!r} signed={self.signed}>"
 
     # -- life -------------------------------------------------------------------
 
@@ -246,7 +268,9 @@ class WebhookPublisher:
         request = urllib.request.Request(self.url, data=body, method="POST", headers={
             "Content-Type": "application/json", "User-Agent": "jobboard-webhook",
             "X-Jobboard-Event": document["event"],
-            "X-Jobboard-Delivery": document["delivery_id"], **self.headers})
+            "X-Jobboard-Delivery": document["delivery_id"], **self.headers,
+            # signed last, so an extra header cannot replace the signature
+            **(signature_headers(self._secret, body) if self._secret is not None else {})})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 response.read()
