@@ -167,6 +167,46 @@ def test_retry_drops_a_cancel_request_left_behind(board):
     assert not board.cancel_requested(job.uuid)
 
 
+def markers_of(board: Board, job_id: str) -> list[str]:
+    return [path for path in board.paths.markers(job_id) if board.client.exists(path)]
+
+
+def test_trash_deletes_requests_and_markers_with_the_record(board):
+    """A DEAD job's marker, a cancel and a suspend request left by older
+    releases, and a claim and running marker a broken board left: all go in
+    the trash's transaction (claim and running marker used to stay)."""
+    job_id = job_in(board, "DEAD")
+    for path in board.paths.markers(job_id)[:-1]:
+        board.client.create(path)
+    assert len(markers_of(board, job_id)) == 5
+    board.trash(job_id)
+    with pytest.raises(JobNotFound):
+        board.get(job_id)
+    assert markers_of(board, job_id) == []
+    assert [f for f in board.fsck() if f.job_id == job_id] == []
+
+
+def test_a_suspend_racing_the_trash_leaves_no_request(board, monkeypatch):
+    """The admin reads the job CLAIMED; before the request lands its holder
+    finishes it and another admin trashes it: no request is made for the
+    job that is gone (it used to be, and the suspend raised, leaving it)."""
+    job = board.post(FACTORY)
+    held = board.claim(job.uuid, "c1")
+    read = board.records.read
+
+    def racing_read(job_id, **options):
+        found = read(job_id, **options)
+        monkeypatch.setattr(board.records, "read", read)     # once
+        board.consume(held, "c1", {})
+        board.trash(job_id)
+        return found
+
+    monkeypatch.setattr(board.records, "read", racing_read)
+    with pytest.raises(JobNotFound):
+        board.suspend(job.uuid)
+    assert markers_of(board, job.uuid) == []
+
+
 def test_only_deaths_count_against_max_claims(board, zk_hosts):
     board.max_claims = 2
     job = board.post(FACTORY)

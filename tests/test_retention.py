@@ -111,6 +111,98 @@ def test_prune_by_hand(board, logbook_url, zk_hosts):
         assert board.client.get_children(f"{board.paths.finished}/{minute}") == []
 
 
+def markers_of(board: Board, job_id: str) -> list[str]:
+    """The markers naming ``job_id`` (claim, running, cancel, suspend, dead) on the board."""
+    return [path for path in board.paths.markers(job_id) if board.client.exists(path)]
+
+
+def unsound(board: Board) -> list[str]:
+    """What the repair sweep finds, but the queue entries a direct claim
+    leaves for claimers to drop."""
+    return [f.kind for f in board.fsck() if f.kind != "stale-entry"]
+
+
+def test_prune_deletes_requests_and_markers_with_the_record(board):
+    """A cancel and a suspend request that outlived the finish they raced
+    with, and the markers a broken board left, go in the prune's transaction."""
+    requested = board.post(NOOP)
+    held = board.claim(requested.uuid, "c1")
+    assert board.cancel(requested.uuid) is JobState.CLAIMED
+    assert board.suspend(requested.uuid) is JobState.CLAIMED
+    board.consume(held, "c1", {})                      # finished before it saw them
+    stray = board.post(NOOP)
+    board.consume(board.claim(stray.uuid, "c1"), "c1", {}, state=JobState.FAILED)
+    for path in (board.paths.claim(stray.uuid), board.paths.running_marker(stray.uuid),
+                 board.paths.dead_marker(stray.uuid)):
+        board.client.create(path)                      # a broken board's leftovers
+    assert (len(markers_of(board, requested.uuid)), len(markers_of(board, stray.uuid))) == (2, 3)
+    assert board.prune(0).removed == 2
+    assert markers_of(board, requested.uuid) == markers_of(board, stray.uuid) == []
+    assert unsound(board) == []
+
+
+def test_a_request_dropped_while_pruning_costs_one_more_round(board, monkeypatch):
+    """A marker read as there but gone before the transaction (the holder
+    dropped its request) fails it; the job is pruned on the next round."""
+    job = board.post(NOOP, key="k")
+    held = board.claim(job.uuid, "c1")
+    board.suspend(job.uuid)
+    board.consume(held, "c1", {})
+    read = board.retention._read_dependents
+
+    def dropped_meanwhile(job):
+        answer = read(job)
+        monkeypatch.setattr(board.retention, "_read_dependents", read)   # once
+
+        def late() -> list[str]:
+            present = answer()
+            board.drop_suspend_request(job.uuid)
+            return present
+        return late
+
+    monkeypatch.setattr(board.retention, "_read_dependents", dropped_meanwhile)
+    assert board.prune(0).removed == 1
+    assert markers_of(board, job.uuid) == [] and board.client.exists(board.paths.key("k")) is None
+    assert unsound(board) == []
+
+
+def test_a_cancel_racing_the_prune_leaves_no_request(board, monkeypatch):
+    """The admin reads the job CLAIMED; before its request lands the holder
+    finishes it and the janitor prunes it: no request is made for the job
+    that is gone (it used to be, for the repair sweep to find)."""
+    job = board.post(NOOP)
+    held = board.claim(job.uuid, "c1")
+    read = board.records.read
+
+    def racing_read(job_id, **options):
+        found = read(job_id, **options)
+        monkeypatch.setattr(board.records, "read", read)     # once
+        board.consume(held, "c1", {})
+        assert board.prune(0).removed == 1
+        return found
+
+    monkeypatch.setattr(board.records, "read", racing_read)
+    with pytest.raises(JobNotFound):
+        board.cancel(job.uuid)
+    assert markers_of(board, job.uuid) == []
+
+
+def test_the_repair_sweep_deletes_markers_of_a_pruned_job(board):
+    """Markers an older release or a crash left after the record went (a
+    cancel or suspend request made without the record check, a dead or
+    running marker, a claim) are each reported and deleted."""
+    job = board.post(NOOP)
+    board.consume(board.claim(job.uuid, "c1"), "c1", {})
+    assert board.prune(0).removed == 1
+    for path in board.paths.markers(job.uuid):
+        board.client.create(path)
+    found = sorted((f.kind, f.repaired) for f in board.fsck(repair=True)
+                   if f.kind != "stale-entry")
+    assert found == [("claim-not-running", True), ("dead-marker", True),
+                     ("stale-cancel", True), ("stray-suspend", True)]
+    assert markers_of(board, job.uuid) == [] and unsound(board) == []
+
+
 def write_layout_2(board: Board, count: int) -> list[str]:
     """A board as layout 2 left it: entries directly under {root}/queue, no
     finished index, marker 2. Returns the waiting job ids in claim order."""

@@ -9,7 +9,12 @@ suspended at once, its entry removed in the transaction that writes
 SUSPENDED; a claimed job gets a request (``{root}/suspend/{uuid}``) that its
 holder watches: it stops at the next task boundary and gives the job up into
 SUSPENDED itself (:meth:`Ownership.suspend_held
-<jobboard.board.ownership.Ownership.suspend_held>`). A request outlives a
+<jobboard.board.ownership.Ownership.suspend_held>`). A request (cancel or
+suspend) is made only in a transaction that checks the record is still at
+the CLAIMED version read, so none is ever made for a job that finished or
+went meanwhile; :meth:`Admin.trash` and the retention janitor delete a
+job's requests and markers in the transaction that deletes its record
+(:meth:`Paths.markers <jobboard.board.layout.Paths.markers>`). A request outlives a
 put-back it raced with (the holder died, or gave the job back for another
 reason): the next holder honours it before running anything, a claimer's
 orphan restore suspends instead of putting back, and the repair sweep
@@ -38,6 +43,7 @@ from jobboard.board.layout import Paths
 from jobboard.board.ownership import Ownership
 from jobboard.board.queue import QueueIndex
 from jobboard.board.records import Records
+from jobboard.board.retention import read_dependents
 from jobboard.errors import AlreadyClaimed, BoardError, InvalidTransition, MalformedData
 from jobboard.events import EventKind, Notifier
 from jobboard.serialization import dumps, loads
@@ -46,6 +52,7 @@ from jobboard.states import JobState
 log = logging.getLogger(__name__)
 
 SUSPEND_ATTEMPTS = 5    # reads of a job that keeps changing under a suspend
+TRASH_ATTEMPTS = 5      # ... under a trash
 
 
 class Admin:
@@ -70,28 +77,34 @@ class Admin:
         self.notifier = notifier
 
     def trash(self, job: Job | str) -> None:
-        """Delete a job that nobody holds, with its index entries and key.
+        """Delete a job that nobody holds, in one transaction with its key and
+        every marker naming it (:meth:`Paths.markers
+        <jobboard.board.layout.Paths.markers>`:
+        cancel and suspend requests, dead-letter marker, stray claim or
+        running marker). Its index entries are left: claimers, the promoter
+        and the retention janitor drop an entry whose record is gone.
 
         Raises:
             AlreadyClaimed: it is claimed (abandon or cancel it first).
+            JobNotFound: no such job (or it went meanwhile).
+            BoardError: it kept changing under the call; try again.
         """
         job_id = check_job_id(job if isinstance(job, str) else job.uuid)
         with _zk.translated(f"trashing job {job_id}"):
-            current, stat = self.records.read(job_id)
-            if current.state is JobState.CLAIMED:
-                raise AlreadyClaimed(job_id, self.ownership.claim_owner(job_id))
-            txn = self.client.transaction()
-            txn.delete(self.paths.job(job_id), version=stat.version)
-            if current.key is not None:
-                txn.delete(self.paths.key(current.key))
-            results = txn.commit()
-            if _zk.first_error(results) is not None:
-                # The key node may be gone already: delete the record alone.
-                self.client.delete(self.paths.job(job_id), version=stat.version)
-        # Index entries pointing at a missing record are dropped by claimers.
-        _zk.delete_quietly(self.client, self.paths.cancel_request(job_id))
-        _zk.delete_quietly(self.client, self.paths.suspend_request(job_id))
-        _zk.delete_quietly(self.client, self.paths.dead_marker(job_id))
+            for _ in range(TRASH_ATTEMPTS):
+                current, stat = self.records.read(job_id)
+                if current.state is JobState.CLAIMED:
+                    raise AlreadyClaimed(job_id, self.ownership.claim_owner(job_id))
+                dependents = read_dependents(self.client, self.paths, job_id, current.key)()
+                txn = self.client.transaction()
+                txn.delete(self.paths.job(job_id), version=stat.version)
+                for path in dependents:
+                    txn.delete(path)
+                if _zk.first_error(txn.commit()) is None:
+                    return
+                # the record changed (claimed?), or a marker or the key went
+                # meanwhile: look again
+        raise BoardError(f"job {job_id} kept changing while trashing it; try again")
 
     def retry(self, job: Job | str) -> Job:
         """Run a FAILED, CANCELLED or DEAD job again, as a new attempt: its
@@ -146,8 +159,13 @@ class Admin:
         """Cancel a job. A waiting or suspended job is removed at once (state
         CANCELLED; a suspended job's finished tasks are not reverted: nobody
         runs it); a claimed one gets a request its holder sees, stopping the
-        flow at the next task boundary and reverting it. Returns the state
-        after the call."""
+        flow at the next task boundary and reverting it (made only while the
+        record is still as read: a job that moved on meanwhile is looked at
+        again). Returns the state after the call.
+
+        Raises:
+            JobNotFound: no such job (or it went meanwhile: pruned, trashed).
+        """
         job_id = check_job_id(job if isinstance(job, str) else job.uuid)
         with _zk.translated(f"cancelling job {job_id}"):
             current, stat = self.records.read(job_id)
@@ -179,10 +197,8 @@ class Admin:
                     self.ownership.ensure_finished_minute(indexed, again=True)
                     return self.cancel(job_id)
                 raise BoardError(f"could not cancel job {job_id}: {error!r}")
-            try:
-                self.client.create(self.paths.cancel_request(job_id), b"")
-            except NodeExistsError:
-                pass
+            if not self._request(self.paths.cancel_request(job_id), job_id, stat.version):
+                return self.cancel(job_id)    # it moved on (or went) meanwhile: look again
             return JobState.CLAIMED
 
     def cancel_requested(self, job_id: str, watch=None) -> bool:
@@ -215,17 +231,45 @@ class Admin:
                 if current.state is not JobState.CLAIMED:
                     raise InvalidTransition(job_id, current.state, "suspend",
                                             "only a waiting or running job can be suspended")
-                try:
-                    self.client.retry(self.client.create, request, b"", makepath=True)
-                except NodeExistsError:
-                    pass
-                # Still held after the request landed: its holder (or, if it
-                # dies, whoever restores the job) honours it. Otherwise it
-                # moved on meanwhile: take the request back and look again.
-                if self.records.read(job_id)[0].state is JobState.CLAIMED:
+                # Made while still held: its holder (or, if it dies, whoever
+                # restores the job) honours it. Otherwise it moved on
+                # meanwhile: look again.
+                if self._request(request, job_id, stat.version):
                     return JobState.CLAIMED
-                _zk.delete_quietly(self.client, request)
         raise BoardError(f"job {job_id} kept changing while suspending it; try again")
+
+    def _request(self, path: str, job_id: str, version: int) -> bool:
+        """Make an admin's request (cancel, suspend) of a job read CLAIMED at
+        ``version``, in a transaction that checks the record is still at
+        that version: a request is never made for a job that moved on or
+        went meanwhile (finished and pruned, trashed), so none outlives its
+        record. Sent again through a connection loss (one that landed
+        finds the request there).
+
+        Returns:
+            True when the request is there (made now or before); False when
+            the record moved on or went.
+
+        Raises:
+            BoardError: ZooKeeper refused it.
+        """
+        def commit() -> list:
+            txn = self.client.transaction()
+            txn.check(self.paths.job(job_id), version)
+            txn.create(path, b"")
+            return txn.commit()
+
+        results = self.client.retry(commit)
+        error = _zk.first_error(results)
+        if isinstance(error, NoNodeError) and error is results[1]:
+            _zk.ensure(self.client, path.rsplit("/", 1)[0])   # a board made before it
+            results = self.client.retry(commit)
+            error = _zk.first_error(results)
+        if error is None or (isinstance(error, NodeExistsError) and error is results[1]):
+            return True
+        if error is results[0]:
+            return False
+        raise BoardError(f"could not make the request {path}: {error!r}")
 
     def _suspend_waiting(self, job: Job, version: int) -> bool:
         """UNCLAIMED -> SUSPENDED, its entries (and a stray request) deleted

@@ -276,6 +276,19 @@ class Paths:
     def delayed_bucket(self, bucket: DelayedBucket) -> str:
         return f"{self.delayed}/{bucket.name}"
 
+    def marker_dirs(self) -> tuple[str, ...]:
+        """The directories of per-job markers, each child named by its job's
+        id: claims, running markers, cancel and suspend requests, dead-letter
+        markers (in that order)."""
+        return (self.claims, self.running, self.cancel_requests, self.suspend_requests,
+                self.dead)
+
+    def markers(self, job_id: str) -> tuple[str, ...]:
+        """The marker paths that may name ``job_id`` (see :meth:`marker_dirs`);
+        they go with its record. Its working marker is not one: it is
+        ephemeral and belongs to a run, which drops it (or its session does)."""
+        return tuple(f"{parent}/{job_id}" for parent in self.marker_dirs())
+
     def claim(self, job_id: str) -> str:
         return f"{self.claims}/{job_id}"
 

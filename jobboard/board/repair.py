@@ -325,7 +325,7 @@ class Sweep:
     def list_markers(self) -> None:
         """List the marker directories, names grouped by their job's shard."""
         p = self.r.paths
-        for parent in (p.claims, p.running, p.dead, p.cancel_requests, p.suspend_requests):
+        for parent in p.marker_dirs():
             grouped: dict[str, set[str]] = defaultdict(set)
             for name in _zk.children(self.r.client, parent):
                 grouped[_shard_of(name)].add(name)

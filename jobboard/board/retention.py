@@ -14,8 +14,25 @@ older than the cut-off (never the whole board), and for each job:
    did not take stays on the board for the next pass;
 3. deletes, in one transaction per job (sent together, answers collected
    after), the record (at the version read: a record that changed is left),
-   its index entry and its **idempotency key**: keys expire with their
-   jobs, so a post with the key of a pruned job posts a new job.
+   its index entry, its **idempotency key** (keys expire with their jobs,
+   so a post with the key of a pruned job posts a new job) and every
+   marker naming it (:meth:`Paths.markers`: a cancel or suspend request that
+   outlived the finish it raced with, and whatever a broken board left).
+   A marker that goes between its read and the transaction (a holder
+   dropping its request, the repair sweep) costs one more round.
+
+Which znodes go with a job's record is decided here, once
+(:func:`read_dependents`), for every delete of a
+record: retention, :meth:`Admin.trash <jobboard.board.admin.Admin.trash>`
+and the quarantine of a malformed finished record. No marker can be made
+for a job once its record is gone: the admin requests are created only in
+a transaction that checks the record is still at the CLAIMED version read
+(:meth:`Admin.cancel <jobboard.board.admin.Admin.cancel>`,
+:meth:`Admin.suspend <jobboard.board.admin.Admin.suspend>`), and the
+claim, running and dead markers only with a change of the record. What an
+older release or a crash left behind anyway, the repair sweep deletes
+(``claim-not-running``, ``dead-marker``, ``stale-cancel``,
+``stray-suspend``: each judges a marker whose job is gone).
 
 DEAD jobs are not indexed and never pruned: they wait for an admin (retry
 or trash). :meth:`Board.wait <jobboard.board.Board.wait>` on a pruned job
@@ -33,7 +50,7 @@ import logging
 import re
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
@@ -49,6 +66,9 @@ log = logging.getLogger(__name__)
 
 #: ``--keep-finished`` when none is given: seven days.
 DEFAULT_KEEP_FINISHED = 7 * 24 * 3600.0
+
+#: Transactions sent for one job whose markers keep going under the pass.
+DELETE_ATTEMPTS = 3
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*")
@@ -70,6 +90,36 @@ def parse_duration(text: str | float | int) -> float:
             return float(match.group(1)) * _UNITS[match.group(2) or "s"]
     raise InvalidArgument(f"{text!r} is not a duration (like 7d, 12h, 30m, 45s or 0)",
                           argument="duration")
+
+
+def read_dependents(client: KazooClient, paths: Paths, job_id: str,
+                    key: str | None = None) -> Callable[[], list[str]]:
+    """Send the reads (pipelined) that tell which of the job's markers
+    (:meth:`Paths.markers <jobboard.board.layout.Paths.markers>`) exist and whether the idempotency ``key`` still names ``job_id``; the
+    returned call waits for the answers: the paths to delete, in the
+    transaction that deletes the record, for nothing to be left behind.
+
+    Raises (from the returned call):
+        kazoo's errors (the caller translates them).
+    """
+    markers = paths.markers(job_id)
+    pending = [client.exists_async(path) for path in markers]
+    key_path = None if key is None else paths.key(key)
+    key_read = None if key_path is None else client.get_async(key_path)
+
+    def answer() -> list[str]:
+        present = [path for path, result in zip(markers, pending)
+                   if result.get(timeout=READ_TIMEOUT) is not None]
+        if key_read is not None and key_path is not None:
+            try:
+                data, _ = key_read.get(timeout=READ_TIMEOUT)
+            except NoNodeError:       # trashed by hand, or dropped by fsck
+                data = b""
+            if data == job_id.encode():  # not a key posted again since, for another job
+                present.append(key_path)
+        return present
+
+    return answer
 
 
 @runtime_checkable
@@ -161,7 +211,9 @@ class Retention:
                 stale.append(entry)
                 continue
             except MalformedData as exc:
-                self.records.quarantine(self.paths.job(job_id), str(exc), also_delete=(entry,))
+                markers = read_dependents(self.client, self.paths, job_id)()
+                self.records.quarantine(self.paths.job(job_id), str(exc),
+                                        also_delete=(entry, *markers))
                 continue
             if (job.state not in RETAINED_STATES or job.finished_at is None
                     or int(job.finished_at // 60) != minute):
@@ -178,26 +230,35 @@ class Retention:
             kept = archive.save([(job, stat.mzxid) for job, stat in due])
             report.not_archived += sum(1 for job, _ in due if job.uuid not in kept)
             due = [(job, stat) for job, stat in due if job.uuid in kept]
-        sent = [(job, stat, self._delete_async(job, stat, with_key=True)) for job, stat in due]
+        reads = [(job, stat, self._read_dependents(job)) for job, stat in due]
+        sent = [(job, stat, self._delete_async(job, stat, dependents()))
+                for job, stat, dependents in reads]
         for job, stat, result in sent:
-            results = result.get(timeout=READ_TIMEOUT)
-            error = _zk.first_error(results)
-            if error is not None and job.key is not None and error is results[-1]:
-                # the key went already (trashed by hand, fsck): delete without it
-                results = self._delete_async(job, stat, with_key=False).get(
-                    timeout=READ_TIMEOUT)
+            for attempt in range(1, DELETE_ATTEMPTS + 1):
+                results = result.get(timeout=READ_TIMEOUT)
                 error = _zk.first_error(results)
-            if error is None:
-                report.removed += 1
-            # else the record changed (retried) since it was read, or another
-            # janitor pass took it: left as it is
+                if error is None:
+                    report.removed += 1
+                    break
+                if error is results[0] or error is results[1] or attempt == DELETE_ATTEMPTS:
+                    # the record changed (retried) since it was read, or another
+                    # janitor pass took it: left as it is
+                    break
+                # a marker or the key went meanwhile: read them again
+                result = self._delete_async(job, stat, self._read_dependents(job)())
 
-    def _delete_async(self, job: Job, stat: Any, *, with_key: bool) -> Any:
+    def _read_dependents(self, job: Job) -> Callable[[], list[str]]:
+        return read_dependents(self.client, self.paths, job.uuid, job.key)
+
+    def _delete_async(self, job: Job, stat: Any, dependents: list[str]) -> Any:
+        """Send the transaction deleting ``job``'s record (at the version of
+        ``stat``), its finished-index entry and ``dependents`` (see
+        :func:`read_dependents`); the record and the entry come first."""
         txn = self.client.transaction()
         txn.delete(self.paths.job(job.uuid), version=stat.version)
         txn.delete(self.paths.finished_entry(job.finished_at or 0.0, job.uuid))
-        if with_key and job.key is not None:
-            txn.delete(self.paths.key(job.key))
+        for path in dependents:
+            txn.delete(path)
         return txn.commit_async()
 
     def index_all(self) -> int:
