@@ -204,6 +204,23 @@ def test_poison_records_cost_only_themselves(board, fleet):
     assert entry_paths(board) == [] and board.claims() == []
 
 
+def test_an_entry_goes_with_a_record_another_moved_aside_first(board):
+    """A claimer judging a malformed record and a repair sweep moving it
+    aside race: whoever comes second still deletes the entry it was given
+    (or it would name nothing for good, skipped by that claimer)."""
+    for with_data in (True, False):
+        job = board.post(FACTORY)
+        corrupt(board, job, priority="high")
+        path = board.paths.job(job.uuid)
+        data, stat = board.client.get(path)
+        [entry] = entry_paths(board)
+        assert board.records.quarantine(path, "the sweep's")             # the record alone
+        assert entry_paths(board) == [entry]
+        late = dict(version=stat.version, data=data) if with_data else {}
+        assert not board.records.quarantine(path, "the claimer's", also_delete=(entry,), **late)
+        assert entry_paths(board) == []
+
+
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(garbage=st.one_of(

@@ -154,13 +154,15 @@ class Records:
                    data: bytes | None = None, also_delete: tuple[str, ...] = ()) -> bool:
         """Move the znode at ``path`` aside, with ``also_delete`` (its queue
         entry), in one transaction. ``version`` guards against a record that
-        changed since it was judged. True when it was moved."""
+        changed since it was judged. True when it was moved; when another
+        moved it first, ``also_delete`` is deleted all the same."""
         self.report(path, reason)
         with _zk.translated(f"quarantining {path}"):
             if data is None or version is None:
                 try:
                     data, stat = self.client.retry(self.client.get, path)
                 except NoNodeError:
+                    self._delete_quietly(also_delete)
                     return False
                 version = stat.version
             kept = data if len(data) <= QUARANTINE_KEEP_BYTES else data[:QUARANTINE_KEEP_BYTES]
@@ -180,9 +182,17 @@ class Records:
             if error is not None and also_delete and results.index(error) > 1:
                 # the entry went meanwhile: move the record alone
                 return self.quarantine(path, reason, version=version, data=data)
+            if isinstance(error, NoNodeError) and results.index(error) == 1:
+                # moved aside (or trashed) by another meanwhile: what named it
+                # goes all the same, or it would name nothing for good
+                self._delete_quietly(also_delete)
         if error is None:
             log.warning("moved %s aside (quarantine): %s", path, reason)
         return error is None
+
+    def _delete_quietly(self, paths: tuple[str, ...]) -> None:
+        for path in paths:
+            _zk.delete_quietly(self.client, path)
 
     def quarantined(self) -> dict[str, str]:
         """Records moved aside: original path -> reason."""
