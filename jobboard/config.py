@@ -201,10 +201,10 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
 
 
 def read_private_file(path: str | os.PathLike[str], what: str, *, missing_hint: str = "",
-                      limit: int = _MAX_PRIVATE_FILE) -> tuple[bytes, int]:
+                      limit: int = _MAX_PRIVATE_FILE) -> tuple[bytes, os.stat_result]:
     """The bytes of a small file holding a credential, without one trailing
-    newline (``\n`` or ``\r\n``), and the file's mode, for the caller to
-    judge. A FIFO or device put there is refused, never waited on.
+    newline (``\n`` or ``\r\n``), and the file's status (mode, owner) for
+    the caller to judge. A FIFO or device put there is refused, never waited on.
 
     Args:
         path: the file.
@@ -222,7 +222,8 @@ def read_private_file(path: str | os.PathLike[str], what: str, *, missing_hint: 
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         try:
-            mode = os.fstat(fd).st_mode
+            status = os.fstat(fd)
+            mode = status.st_mode
             if stat.S_ISDIR(mode):
                 raise ConfigError(f"{what} is a directory, not a file")
             if not stat.S_ISREG(mode):
@@ -240,7 +241,7 @@ def read_private_file(path: str | os.PathLike[str], what: str, *, missing_hint: 
         raise ConfigError(f"{what} is larger than {limit} bytes")
     if raw.endswith(b"\n"):
         raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-    return raw, mode
+    return raw, status
 
 
 def open_to_others(mode: int, *, readable_only: bool = False) -> bool:
@@ -265,7 +266,7 @@ def read_auth_file(path: str | os.PathLike[str], *,
             line. The message never contains the file's content.
     """
     bad = ConfigError(f"auth file {path} must hold one line {AUTH_FORM}")
-    raw, mode = read_private_file(path, f"auth file {path}",
+    raw, status = read_private_file(path, f"auth file {path}",
                                   missing_hint=" (--auth-file / JOBBOARD_AUTH_FILE)")
     try:
         text = raw.decode("utf-8")
@@ -274,7 +275,7 @@ def read_auth_file(path: str | os.PathLike[str], *,
     user, sep, password = text.partition(":")
     if not sep or not user or any(c in text for c in "\r\n"):
         raise bad
-    if warn is not None and open_to_others(mode, readable_only=True):
+    if warn is not None and open_to_others(status.st_mode, readable_only=True):
         warn(f"auth file {path} is readable by group or others (mode "
-             f"{stat.S_IMODE(mode):04o}); keep it private: chmod 600 {path}")
+             f"{stat.S_IMODE(status.st_mode):04o}); keep it private: chmod 600 {path}")
     return user, password

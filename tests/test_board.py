@@ -10,6 +10,7 @@ import time
 import pytest
 from kazoo.exceptions import NoAuthError
 
+from board_helpers import children_below
 from jobboard.board import Board, Claimer
 from jobboard.errors import (AlreadyClaimed, BoardError, BoardUnavailable, ClaimLost,
                              JobNotFound, NotClaimed, NotOwner, NotReady, OwnerNotFound,
@@ -177,6 +178,18 @@ def test_delayed_job_is_not_claimable_before_its_time(board):
         job = claimer.claim_next()
     assert job is not None and job.uuid == delayed.uuid
     assert time.time() >= delayed.not_before
+
+
+def test_a_delayed_job_trashed_before_its_time_leaves_no_entry(board, caplog):
+    """The promoter meets the entry of a trashed delayed job: it drops the
+    entry, and reports nothing malformed (the job is simply gone)."""
+    delayed = board.post(FACTORY, delay=0.05)
+    board.trash(delayed.uuid)
+    deadline = time.monotonic() + 10
+    while children_below(board, board.paths.delayed) and time.monotonic() < deadline:
+        board.index.promote_due()
+    assert children_below(board, board.paths.delayed) == []
+    assert board.malformed() == {} and "malformed" not in caplog.text
 
 
 def test_buckets_stay_bounded_and_ordered(board):

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from board_helpers import children_below
 from jobboard.board import Board, Claimer
 from jobboard.board.job import Job
 from jobboard.board.layout import RESTORE_BUCKET, Bucket
@@ -40,11 +41,7 @@ def restore_entries(board: Board, priority: int = 0) -> list[str]:
 
 
 def entry_paths(board: Board) -> list[str]:
-    out = []
-    for bucket in board.client.get_children(board.paths.queue):
-        parent = f"{board.paths.queue}/{bucket}"
-        out += [f"{parent}/{name}" for name in board.client.get_children(parent)]
-    return out
+    return children_below(board, board.paths.queue)
 
 
 def test_entry_names_are_never_reused(board):
@@ -153,7 +150,9 @@ def test_fsck_finds_and_repairs_every_inconsistency(zk_hosts, board):
     claimed = set()
     while (job := claimer.claim_next()) is not None:
         claimed.add(job.uuid)
-    assert {stranded.uuid, orphan.uuid, holderless.uuid, waiting.uuid} <= claimed
+    assert {stranded.uuid, orphan.uuid, holderless.uuid} <= claimed
+    # a cancel request that raced with a put-back: honoured, as the next holder would
+    assert waiting.uuid not in claimed and board.get(waiting.uuid).state is JobState.CANCELLED
     assert board.cancel_requested(waiting.uuid) is False
     assert board.post(FACTORY, key="k1").uuid != keyed.uuid
     problems = board.malformed()
@@ -219,6 +218,17 @@ def test_an_entry_goes_with_a_record_another_moved_aside_first(board):
         late = dict(version=stat.version, data=data) if with_data else {}
         assert not board.records.quarantine(path, "the claimer's", also_delete=(entry,), **late)
         assert entry_paths(board) == []
+
+
+def test_a_quarantine_whose_companion_went_takes_the_others(board):
+    """One of the znodes to delete with a malformed record went meanwhile:
+    the record goes with the others, not alone."""
+    job = board.post(FACTORY)
+    corrupt(board, job, priority="high")
+    [entry] = entry_paths(board)
+    gone = board.paths.cancel_request(job.uuid)          # never made
+    assert board.records.quarantine(board.paths.job(job.uuid), "bad", also_delete=(gone, entry))
+    assert entry_paths(board) == [] and board.paths.job(job.uuid) in board.malformed()
 
 
 @settings(max_examples=25, deadline=None,
@@ -304,11 +314,7 @@ def test_a_stray_running_marker_does_not_bring_a_finished_job_back(board):
 
 
 def finished_entries(board: Board) -> list[str]:
-    out = []
-    for minute in board.client.get_children(board.paths.finished):
-        parent = f"{board.paths.finished}/{minute}"
-        out += [f"{parent}/{name}" for name in board.client.get_children(parent)]
-    return out
+    return children_below(board, board.paths.finished)
 
 
 def finish(board: Board, state: JobState = JobState.COMPLETE) -> Job:
@@ -320,20 +326,22 @@ def finish(board: Board, state: JobState = JobState.COMPLETE) -> Job:
 
 def test_fsck_checks_and_repairs_the_finished_index(board):
     """A finished job missing from the finished index (retention would never
-    prune it) gets its entry; entries of a trashed job, of a retried one and
-    in the wrong minute are deleted; names that are not the index's are
-    moved aside. Then retention prunes every finished job."""
+    prune it) gets its entry; entries of a trashed job, of a retried one (as
+    older releases left them) and in the wrong minute are deleted; names
+    that are not the index's are moved aside. Then retention prunes every finished job."""
     paths = board.paths
     done = finish(board)
     missing = finish(board)
     board.client.delete(paths.finished_entry(missing.finished_at, missing.uuid))
     trashed = finish(board)
-    board.trash(trashed.uuid)                                  # its entry is left
+    board.trash(trashed.uuid)              # an older release left its entry: made again
+    board.client.create(paths.finished_entry(trashed.finished_at, trashed.uuid))
     moved = finish(board)
     elsewhere = paths.finished_entry(moved.finished_at - 600, moved.uuid)
     board.client.create(elsewhere, makepath=True)
     retried = finish(board, JobState.FAILED)
-    board.retry(retried.uuid)                                  # its entry is left
+    board.retry(retried.uuid)                                  # likewise
+    board.client.create(paths.finished_entry(retried.finished_at, retried.uuid))
     board.client.create(f"{paths.finished}/not-a-minute", b"?")
     odd = f"{paths.finished_minute(int(done.finished_at // 60))}/not-a-job"
     board.client.create(odd, b"?")

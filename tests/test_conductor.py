@@ -14,7 +14,7 @@ import pytest
 
 from jobboard.board import Board
 from jobboard.conductor import Conductor
-from jobboard.errors import BoardUnavailable
+from jobboard.errors import BoardError, BoardUnavailable
 from jobboard.logbook import Logbook
 from jobboard.states import AtomState, FlowState, JobState
 from jobboard.testing.flows import read_journal
@@ -146,6 +146,20 @@ def test_a_conductor_starting_during_an_outage_waits_instead_of_exiting(
             conductor.stop(graceful=False)
             assert conductor.wait(30)
             own.close()
+
+
+def test_a_conductor_refused_as_a_duplicate_leaves_the_running_one_registered(
+        board, fleet, zk_hosts, logbook_url):
+    """The same --name twice: the second is refused at registration and, on
+    its way out, does not remove the first one's registration."""
+    fleet.start("x")
+    wait_until(lambda: board.conductors(), what="the first registration")
+    second = Board.connect(zk_hosts, root="/fleet", session_timeout=2.0)
+    with Logbook(logbook_url) as logbook:
+        with pytest.raises(BoardError, match="already running"):
+            Conductor(second, logbook, name="x", allow=ALLOW).run()
+    second.close()
+    assert [c["name"] for c in board.conductors()] == ["x"]
 
 
 def test_broken_jobs_fail_once_with_the_reason(board, fleet, tmp_path, logbook_url):

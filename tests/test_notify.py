@@ -568,9 +568,15 @@ def test_conductor_refuses_an_unusable_secret_file(cli, tmp_path):
     empty = tmp_path / "empty-secret"
     empty.write_bytes(b"\n")
     empty.chmod(0o600)
-    for path, says in [(tmp_path / "missing", "does not exist"),
-                       (open_file, "chmod 600"), (empty, "is empty"),
-                       (tmp_path, "is a directory, not a file")]:
+    cases = [(tmp_path / "missing", "does not exist"), (open_file, "chmod 600"),
+             (empty, "is empty"), (tmp_path, "is a directory, not a file")]
+    if os.geteuid() == 0:         # only root may give a file away
+        foreign = tmp_path / "foreign-secret"
+        foreign.write_bytes(SECRET)
+        foreign.chmod(0o600)
+        os.chown(foreign, 12345, -1)
+        cases.append((foreign, "belongs to another user"))
+    for path, says in cases:
         line = _refusal(cli(*start, "--notify-secret-file", str(path)), 1)
         assert says in line and str(path) in line and SECRET.decode() not in line
     # a secret with nothing to sign is a usage error, from the flag or the variable

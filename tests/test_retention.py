@@ -13,6 +13,7 @@ import threading
 import pytest
 from click.testing import CliRunner
 
+from board_helpers import after_next_read, markers_of
 from jobboard.board import Board, Claimer
 from jobboard.board.layout import Bucket, Entry
 from jobboard.board.retention import parse_duration
@@ -111,11 +112,6 @@ def test_prune_by_hand(board, logbook_url, zk_hosts):
         assert board.client.get_children(f"{board.paths.finished}/{minute}") == []
 
 
-def markers_of(board: Board, job_id: str) -> list[str]:
-    """The markers naming ``job_id`` (claim, running, cancel, suspend, dead) on the board."""
-    return [path for path in board.paths.markers(job_id) if board.client.exists(path)]
-
-
 def unsound(board: Board) -> list[str]:
     """What the repair sweep finds, but the queue entries a direct claim
     leaves for claimers to drop."""
@@ -172,16 +168,12 @@ def test_a_cancel_racing_the_prune_leaves_no_request(board, monkeypatch):
     that is gone (it used to be, for the repair sweep to find)."""
     job = board.post(NOOP)
     held = board.claim(job.uuid, "c1")
-    read = board.records.read
 
-    def racing_read(job_id, **options):
-        found = read(job_id, **options)
-        monkeypatch.setattr(board.records, "read", read)     # once
+    def finish_and_prune(_job_id: str) -> None:
         board.consume(held, "c1", {})
         assert board.prune(0).removed == 1
-        return found
 
-    monkeypatch.setattr(board.records, "read", racing_read)
+    after_next_read(monkeypatch, board, finish_and_prune)
     with pytest.raises(JobNotFound):
         board.cancel(job.uuid)
     assert markers_of(board, job.uuid) == []

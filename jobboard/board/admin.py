@@ -77,12 +77,12 @@ class Admin:
         self.notifier = notifier
 
     def trash(self, job: Job | str) -> None:
-        """Delete a job that nobody holds, in one transaction with its key and
-        every marker naming it (:meth:`Paths.markers
-        <jobboard.board.layout.Paths.markers>`:
-        cancel and suspend requests, dead-letter marker, stray claim or
-        running marker). Its index entries are left: claimers, the promoter
-        and the retention janitor drop an entry whose record is gone.
+        """Delete a job that nobody holds, in one transaction with its key,
+        its entry in the finished index and every marker naming it
+        (:meth:`Paths.markers <jobboard.board.layout.Paths.markers>`: cancel
+        and suspend requests, dead-letter marker, stray claim or running
+        marker). Its queue or delayed entries are left: claimers and the
+        promoter drop an entry whose record is gone.
 
         Raises:
             AlreadyClaimed: it is claimed (abandon or cancel it first).
@@ -95,7 +95,10 @@ class Admin:
                 current, stat = self.records.read(job_id)
                 if current.state is JobState.CLAIMED:
                     raise AlreadyClaimed(job_id, self.ownership.claim_owner(job_id))
-                dependents = read_dependents(self.client, self.paths, job_id, current.key)()
+                indexed = () if current.finished_at is None else (
+                    self.paths.finished_entry(current.finished_at, job_id),)
+                dependents = read_dependents(self.client, self.paths, job_id, current.key,
+                                             also=indexed)()
                 txn = self.client.transaction()
                 txn.delete(self.paths.job(job_id), version=stat.version)
                 for path in dependents:
@@ -109,7 +112,8 @@ class Admin:
     def retry(self, job: Job | str) -> Job:
         """Run a FAILED, CANCELLED or DEAD job again, as a new attempt: its
         flow starts afresh (the logbook keeps the earlier attempts), with fresh
-        claim and death counts.
+        claim and death counts; its requests, dead-letter marker and entry in
+        the finished index go in the same transaction.
 
         Raises:
             InvalidTransition: the job is waiting, claimed or COMPLETE.
@@ -125,9 +129,12 @@ class Admin:
                                          owner=None, outcome=None, finished_at=None,
                                          not_before=None, transfer_to=None)
             record = revived.encode()
+            indexed = () if current.finished_at is None else (
+                self.paths.finished_entry(current.finished_at, job_id),)
             leftovers = [(path, stat_) for path in (self.paths.dead_marker(job_id),
                                                     self.paths.cancel_request(job_id),
-                                                    self.paths.suspend_request(job_id))
+                                                    self.paths.suspend_request(job_id),
+                                                    *indexed)
                          if (stat_ := self.client.exists(path)) is not None]
 
             def revive(txn: Any) -> None:
@@ -157,7 +164,8 @@ class Admin:
 
     def cancel(self, job: Job | str) -> JobState:
         """Cancel a job. A waiting or suspended job is removed at once (state
-        CANCELLED; a suspended job's finished tasks are not reverted: nobody
+        CANCELLED, its queue entry and any request deleted in the same
+        transaction; a suspended job's finished tasks are not reverted: nobody
         runs it); a claimed one gets a request its holder sees, stopping the
         flow at the next task boundary and reverting it (made only while the
         record is still as read: a job that moved on meanwhile is looked at
@@ -176,26 +184,33 @@ class Admin:
                                                finished_at=time.time(),
                                                outcome={"reason": "cancelled by an admin"})
                 indexed = self.ownership.index_finished(cancelled)
+                entries = (self.index.entries_of(current, stat.version)
+                           if current.state is JobState.UNCLAIMED else [])
+                # a request that raced with a put-back would outlive the job
+                requests = [(path, found) for path in (self.paths.cancel_request(job_id),
+                                                       self.paths.suspend_request(job_id))
+                            if (found := self.client.retry(self.client.exists, path))]
                 txn = self.client.transaction()
                 txn.set_data(self.paths.job(job_id), cancelled.encode(), version=stat.version)
                 if indexed is not None:
                     txn.create(indexed)
+                for entry in entries:
+                    txn.delete(entry)
+                for path, found in requests:
+                    txn.delete(path, version=found.version)
                 results = txn.commit()
                 error = _zk.first_error(results)
                 if error is None:
-                    # a suspend request that raced with a put-back would
-                    # outlive the job for nothing
-                    _zk.delete_quietly(self.client, self.paths.suspend_request(job_id))
                     self.notifier.emit(EventKind.JOB_CANCELLED, job_id=job_id,
                                        details={"state": JobState.CANCELLED.value,
                                                 "name": current.name,
                                                 "reason": "cancelled by an admin"})
                     return JobState.CANCELLED
-                if isinstance(error, BadVersionError):
-                    return self.cancel(job_id)
                 if indexed is not None and error is results[1]:   # the minute went: again
                     self.ownership.ensure_finished_minute(indexed, again=True)
                     return self.cancel(job_id)
+                if isinstance(error, (BadVersionError, NoNodeError)):
+                    return self.cancel(job_id)    # the job, an entry or a request moved on
                 raise BoardError(f"could not cancel job {job_id}: {error!r}")
             if not self._request(self.paths.cancel_request(job_id), job_id, stat.version):
                 return self.cancel(job_id)    # it moved on (or went) meanwhile: look again
@@ -371,6 +386,21 @@ class Admin:
 
         with _zk.translated(f"registering conductor {name}"):
             self.client.retry(register)
+
+    def unregister_conductor(self, name: str) -> bool:
+        """Remove a conductor's registration if this session made it (a
+        conductor refused as a duplicate must not remove the one running).
+        True when it was removed; never raises a ZooKeeper error (the
+        registration goes with its session anyway)."""
+        path = self.paths.conductor(name)
+        try:
+            _, stat = self.client.get(path)
+            if stat.ephemeralOwner != self.ownership.session_id:
+                return False
+            self.client.delete(path, version=stat.version)
+            return True
+        except Exception:  # noqa: BLE001 - gone with the session anyway
+            return False
 
     def update_conductor(self, name: str, info: dict[str, Any]) -> None:
         with _zk.translated(f"updating conductor {name}"):

@@ -50,6 +50,7 @@ from jobboard.board.ownership import Ownership
 from jobboard.board.posting import Posting
 from jobboard.board.queue import QueueIndex
 from jobboard.board.records import Records
+from jobboard.board.fixes import Fixes
 from jobboard.board.repair import Finding, Repair
 from jobboard.board.retention import OutcomeArchive, PruneReport, Retention
 from jobboard.board.security import verify_board_acl
@@ -111,8 +112,8 @@ class Board:
                                    self.notifier, max_record_bytes=max_record_bytes)
         self.admin = Admin(client, self.paths, self.records, self.index, self.ownership,
                            self.notifier)
-        self.repair = Repair(client, self.paths, self.records, self.index, self.ownership,
-                             self.admin)
+        self.repair = Repair(Fixes(client, self.paths, self.records, self.index,
+                                   self.ownership, self.admin))
         self.retention = Retention(client, self.paths, self.records)
         self._owns_client = False
         self._set_up = False
@@ -515,6 +516,9 @@ class Board:
 
     def register_conductor(self, name: str, info: dict[str, Any]) -> None:
         self.admin.register_conductor(name, info)
+
+    def unregister_conductor(self, name: str) -> bool:
+        return self.admin.unregister_conductor(name)
 
     def update_conductor(self, name: str, info: dict[str, Any]) -> None:
         self.admin.update_conductor(name, info)

@@ -191,6 +191,12 @@ class Fixes:
             return False
         return self.admin.suspend(job_id) is JobState.SUSPENDED
 
+    def apply_cancel(self, job_id: str) -> bool:
+        job, _ = self.fresh(job_id)
+        if job is None or job.state is not JobState.UNCLAIMED:
+            return False
+        return self.admin.cancel(job_id) is JobState.CANCELLED
+
     def make_dead_marker(self, job_id: str) -> bool:
         job, version = self.fresh(job_id)
         if job is None or job.state is not JobState.DEAD:

@@ -377,6 +377,9 @@ class QueueIndex:
         that its record is still at the version the entry names."""
         try:
             job, stat = self.records.read(entry.job_id)
+        except JobNotFound:    # trashed while it waited: its entry goes too
+            _zk.delete_quietly(self.client, entry_path)
+            return
         except BoardError as exc:   # not readable with our credentials: skip it
             if isinstance(exc, BoardUnavailable):
                 raise
@@ -385,9 +388,6 @@ class QueueIndex:
         except MalformedData as exc:
             self.records.quarantine(self.paths.job(entry.job_id), str(exc),
                                     also_delete=(entry_path,))
-            return
-        except JobNotFound:
-            _zk.delete_quietly(self.client, entry_path)
             return
         if not self.is_live(job, stat.version, entry.version):
             _zk.delete_quietly(self.client, entry_path)

@@ -180,8 +180,11 @@ class Records:
                 return self.quarantine(path, reason, version=version, data=data,
                                        also_delete=also_delete)
             if error is not None and also_delete and results.index(error) > 1:
-                # the entry went meanwhile: move the record alone
-                return self.quarantine(path, reason, version=version, data=data)
+                # one of them went meanwhile: move the record with the others
+                left = tuple(extra for extra in also_delete
+                             if self.client.exists(extra) is not None)
+                return self.quarantine(path, reason, version=version, data=data,
+                                       also_delete=left)
             if isinstance(error, NoNodeError) and results.index(error) == 1:
                 # moved aside (or trashed) by another meanwhile: what named it
                 # goes all the same, or it would name nothing for good

@@ -19,8 +19,7 @@ finding                    repair
                            another record version: deleted. Likewise an
                            entry of the finished index whose job is gone, not
                            finished, or finished in another minute (a retry
-                           or a trash of a finished job leaves one, which the
-                           retention janitor would also drop): deleted,
+                           or a trash of an older release left one): deleted,
                            checked against the record version judged
 ``old-layout-entry``       a live entry in a bucket of layout 1 or 2 (directly
                            under ``{root}/queue``; a poster of an older
@@ -42,7 +41,9 @@ finding                    repair
 ``dead-marker``            a dead-letter marker out of step with the record:
                            made or deleted
 ``stale-cancel``           a cancel request for a job that is not CLAIMED:
-                           deleted
+                           for an UNCLAIMED job (the request raced with a
+                           put-back) the job is cancelled, as its next holder
+                           would have done; otherwise deleted
 ``stray-suspend``          a suspend request for a job that is not CLAIMED:
                            for an UNCLAIMED job (the request raced with a
                            put-back) the job is suspended, as its next holder
@@ -102,17 +103,13 @@ from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Any, Callable, Iterator, NamedTuple
 
-from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError, NoNodeError, ZookeeperError
 
 from jobboard.board import _zk
-from jobboard.board.admin import Admin
 from jobboard.board.fixes import Fixes, finished_entry
 from jobboard.board.job import Job, is_job_id
-from jobboard.board.layout import Paths, parse_minute
-from jobboard.board.ownership import Ownership
-from jobboard.board.queue import QueueIndex
-from jobboard.board.records import PIPELINE_WINDOW, READ_TIMEOUT, Records
+from jobboard.board.layout import parse_minute
+from jobboard.board.records import PIPELINE_WINDOW, READ_TIMEOUT
 from jobboard.errors import MalformedData
 from jobboard.states import JobState
 
@@ -144,19 +141,16 @@ class Repair:
     """Checks (and repairs) one board's layout.
 
     Args:
-        client: the board's started KazooClient.
-        paths, records, index, ownership, admin: the board's collaborators.
+        fixes: the repairs, with the board's collaborators (client, paths,
+            records, queue index) the checks read through.
     """
 
-    def __init__(self, client: KazooClient, paths: Paths, records: Records,
-                 index: QueueIndex, ownership: Ownership, admin: Admin) -> None:
-        self.client = client
-        self.paths = paths
-        self.records = records
-        self.index = index
-        self.ownership = ownership
-        self.admin = admin
-        self.fixes = Fixes(client, paths, records, index, ownership, admin)
+    def __init__(self, fixes: Fixes) -> None:
+        self.fixes = fixes
+        self.client = fixes.client
+        self.paths = fixes.paths
+        self.records = fixes.records
+        self.index = fixes.index
 
     def sweep(self, *, fix: bool = False) -> list[Finding]:
         """Check every invariant; with ``fix``, repair what is broken.
@@ -456,23 +450,31 @@ class Sweep:
 
     def cancel_verdict(self, job_id: str, job: Job | None, version: int,
                        has: Callable[[str], bool]) -> Verdict | None:
-        path = self.r.paths.cancel_request(job_id)
-        if not has(path) or (job is not None and job.state is JobState.CLAIMED):
-            return None
-        return Verdict("stale-cancel", path, "its job is gone or in another state",
-                       lambda: self.fixes.drop_marker(path, job_id, _is_claimed))
+        return self.request_verdict("stale-cancel", self.r.paths.cancel_request(job_id),
+                                    job_id, job, has, ("cancel", "cancelled"),
+                                    self.fixes.apply_cancel, _is_claimed)
 
     def suspend_verdict(self, job_id: str, job: Job | None, version: int,
                         has: Callable[[str], bool]) -> Verdict | None:
-        path = self.r.paths.suspend_request(job_id)
+        return self.request_verdict("stray-suspend", self.r.paths.suspend_request(job_id),
+                                    job_id, job, has, ("suspend", "suspended"),
+                                    self.fixes.apply_suspend, _is_live)
+
+    def request_verdict(self, kind: str, path: str, job_id: str, job: Job | None,
+                        has: Callable[[str], bool], words: tuple[str, str],
+                        honour: Callable[[str], bool],
+                        belongs: Callable[[Job], bool]) -> Verdict | None:
+        """An admin's request (cancel, suspend) for a job that is not
+        CLAIMED: for a waiting job (the request raced with a put-back) it is
+        honoured, as the job's next holder would have; otherwise deleted."""
         if not has(path) or (job is not None and job.state is JobState.CLAIMED):
             return None
+        action, done = words
         if job is not None and job.state is JobState.UNCLAIMED:
-            return Verdict("stray-suspend", path, "a suspend request for a waiting job (it "
-                           "raced with a put-back): the job is suspended",
-                           lambda: self.fixes.apply_suspend(job_id))
-        return Verdict("stray-suspend", path, "a suspend request for a job that is gone or "
-                       "not running", lambda: self.fixes.drop_marker(path, job_id, _is_live))
+            return Verdict(kind, path, f"a {action} request for a waiting job (it raced "
+                           f"with a put-back): the job is {done}", lambda: honour(job_id))
+        return Verdict(kind, path, f"a {action} request for a job that is gone or not "
+                       "running", lambda: self.fixes.drop_marker(path, job_id, belongs))
 
     # -- the queue index ----------------------------------------------------------------
 

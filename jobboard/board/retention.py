@@ -93,16 +93,19 @@ def parse_duration(text: str | float | int) -> float:
 
 
 def read_dependents(client: KazooClient, paths: Paths, job_id: str,
-                    key: str | None = None) -> Callable[[], list[str]]:
+                    key: str | None = None, *, also: Sequence[str] = ()
+                    ) -> Callable[[], list[str]]:
     """Send the reads (pipelined) that tell which of the job's markers
-    (:meth:`Paths.markers <jobboard.board.layout.Paths.markers>`) exist and whether the idempotency ``key`` still names ``job_id``; the
-    returned call waits for the answers: the paths to delete, in the
-    transaction that deletes the record, for nothing to be left behind.
+    (:meth:`Paths.markers <jobboard.board.layout.Paths.markers>`) and of
+    ``also`` exist, and whether the idempotency ``key`` still names
+    ``job_id``; the returned call waits for the answers: the paths to
+    delete, in the transaction that deletes the record, for nothing to be
+    left behind.
 
     Raises (from the returned call):
         kazoo's errors (the caller translates them).
     """
-    markers = paths.markers(job_id)
+    markers = (*paths.markers(job_id), *also)
     pending = [client.exists_async(path) for path in markers]
     key_path = None if key is None else paths.key(key)
     key_read = None if key_path is None else client.get_async(key_path)

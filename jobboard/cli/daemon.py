@@ -64,8 +64,9 @@ def _notify_secret(secret_file: str | None, notify_url: str | None) -> bytes | N
     ``JOBBOARD_NOTIFY_SECRET_FILE``, or the config file) or from
     ``JOBBOARD_NOTIFY_SECRET``, the most explicit first (flag > environment
     > config file); both variables at once are refused. The variable is
-    removed from the environment once read, so task code and worker
-    processes do not inherit it.
+    removed from ``os.environ`` once read, so processes started later (the
+    process executor's workers) do not inherit it; the conductor's own
+    ``/proc/PID/environ`` keeps it: prefer the file.
 
     Raises:
         click.UsageError: a secret without ``--notify-url``.
@@ -86,7 +87,7 @@ def _notify_secret(secret_file: str | None, notify_url: str | None) -> bytes | N
         if from_env is None or source is not ParameterSource.DEFAULT_MAP:
             return preflight.read_secret_file(secret_file, "--notify-secret-file")
     assert from_env is not None      # one of the two was given (checked above)
-    return from_env.encode("utf-8")
+    return os.fsencode(from_env)     # the bytes as given, whatever their encoding
 
 
 def _live_conductors(board: Any) -> list[dict[str, Any]]:

@@ -178,16 +178,21 @@ def read_secret_file(path: str | os.PathLike[str], flag: str) -> bytes:
 
     Raises:
         ConfigError: the file is missing, not a regular file, unreadable,
-            empty, larger than :data:`MAX_SECRET_FILE` bytes, or open to
-            group or others in any way (mode ``& 077``, as ssh checks keys: a
-            secret others can read signs forgeries). The
+            empty, larger than :data:`MAX_SECRET_FILE` bytes, owned by
+            another user than this one or root, or open to group or others
+            in any way (mode ``& 077``; as ssh checks keys: a secret others
+            can read signs forgeries). The
             message names the file, never its content.
     """
     what = f"secret file {path} ({flag})"
-    secret, mode = read_private_file(path, what, limit=MAX_SECRET_FILE)
-    if open_to_others(mode):
+    secret, status = read_private_file(path, what, limit=MAX_SECRET_FILE)
+    if status.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(f"{what} belongs to another user (uid {status.st_uid}); it must "
+                          "be this user's or root's")
+    if open_to_others(status.st_mode):
         raise ConfigError(f"{what} is open to group or others (mode "
-                          f"{stat.S_IMODE(mode):04o}); keep it private: chmod 600 {path}")
+                          f"{stat.S_IMODE(status.st_mode):04o}); keep it private: chmod 600 "
+                          f"{path} (a Kubernetes secret volume: defaultMode 0400)")
     if not secret:
         raise ConfigError(f"{what} is empty; put the shared secret in it")
     return secret

@@ -374,10 +374,7 @@ class Conductor:
         self.session.close()
         if self.webhook is not None:
             self.webhook.close()     # what is queued goes out within its timeout
-        try:
-            self.board.client.delete(self.board.paths.conductor(self.name))
-        except Exception:  # noqa: BLE001 - gone with the session anyway
-            pass
+        self.board.unregister_conductor(self.name)
         log.info("conductor %s stopped", self.name)
         self._stopped.set()
 

@@ -303,9 +303,8 @@ def state_counts(board: Board) -> dict[str, Any]:
         ``{"UNCLAIMED": n, "CLAIMED": n, "DEAD": n, "FINISHED": n, "total": n,
         "delayed": n, "waiting_by_priority": {priority: n}}``; ``FINISHED``
         counts COMPLETE, FAILED and CANCELLED together (the board keeps no
-        index of those), ``UNCLAIMED`` includes the delayed jobs. The
-        waiting count is the queue index's, so a job cancelled while waiting
-        counts as UNCLAIMED until a claimer drops its entry.
+        index of those), ``UNCLAIMED`` includes the delayed jobs (the
+        waiting count is the queue index's).
     """
     depth = board.depth()
     pending = [board.client.exists_async(shard) for shard in board.paths.shards()]
