@@ -86,8 +86,11 @@ so a job posted or promoted during the sweep is never taken for a job
 without an entry.
 
 Cost: one read of every record and one listing of every index bucket, plus
-two reads for each suspect (mostly jobs that moved during the sweep); run
-by one conductor at a time (elected), every ``--fsck-interval`` seconds.
+two reads for each suspect (mostly jobs that moved during the sweep), and a
+second listing of the queue index when a waiting job still looks
+unqueued after its re-read (on a busy board, most sweeps: a job posted or
+put back while the index was listed); run by one conductor at a time
+(elected), every ``--fsck-interval`` seconds.
 
 How it fails: ZooKeeper unreachable raises
 :class:`~jobboard.errors.BoardUnavailable` (what was repaired stays
