@@ -233,3 +233,29 @@ def test_a_fenced_write_waiting_on_a_take_over_is_refused(logbook_url, logbook):
     assert held == [True, False], "the old owner's write got through an open take-over"
     assert isinstance(outcome["write"], StaleOwner), outcome
     assert after.result == "first"
+
+
+@pytest.mark.parametrize("logbook_url", ["postgresql"], indirect=True)
+def test_a_holder_paused_mid_write_does_not_hold_its_successor(logbook, logbook_url):
+    """A holder stops inside a write (SIGSTOP, a hung host) with the logbook
+    row locked. PostgreSQL ends its idle transaction (the server-side bound
+    every logbook connection sets; 1 s here, 15 s by default), so the
+    successor takes over; the old holder's next write is refused by the
+    fence, on a fresh connection."""
+    from sqlalchemy import text
+
+    with logbook._engine.connect() as conn:                  # the defaults, set by us
+        assert conn.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "15s"
+        assert conn.execute(text("SHOW lock_timeout")).scalar() == "30s"
+    logbook.take_over("paused", 1, "old")
+    logbook.save_flow("paused", "f", FlowState.RUNNING, token=1)
+    short = logbook_url + "%20-c%20idle_in_transaction_session_timeout%3D1000"
+    with Logbook(short) as old:                               # the URL's own wins
+        stuck = old._engine.connect()
+        stuck.begin()
+        stuck.execute(text("UPDATE logbooks SET owner = owner WHERE job_id = 'paused'"))
+        logbook.take_over("paused", 2, "successor")        # waits for the server's bound
+        assert logbook.current_token("paused") == 2
+        with pytest.raises(StaleOwner):
+            old.save_flow("paused", "f", FlowState.SUCCESS, token=1)
+        stuck.invalidate()

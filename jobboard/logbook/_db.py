@@ -21,6 +21,11 @@ an outage). :data:`DEFAULT_TIMEOUTS`, for the logbook's own calls:
   keepalives, 5 s idle + 3 probes 2 s apart, for a server that vanished while
   we wait for it);
 - a free pooled connection: 10 s (``pool_timeout``);
+- PostgreSQL, on the server: a row lock waited for 30 s at most
+  (``lock_timeout``), and a session idle inside a transaction for 15 s
+  ended (``idle_in_transaction_session_timeout``: a holder paused or hung
+  mid-write loses its transaction, which is retried on its next write and
+  fenced if a successor took over, instead of blocking that successor);
 - SQLite: 5 s busy timeout on a locked file.
 
 :data:`PROBE_TIMEOUTS` (3 s each) bound ``Logbook.check()``;
@@ -62,17 +67,19 @@ class Timeouts:
     write: float = 30.0
     pool: float = 10.0
     sqlite_busy: float = 5.0
+    idle_in_transaction: float = 15.0
 
 
 DEFAULT_TIMEOUTS = Timeouts()
 PROBE_TIMEOUTS = Timeouts(connect=3.0, read=3.0, write=3.0, pool=3.0, sqlite_busy=3.0)
-MIGRATE_TIMEOUTS = Timeouts(read=600.0, write=600.0)
+MIGRATE_TIMEOUTS = Timeouts(read=600.0, write=600.0, idle_in_transaction=600.0)
 MIGRATION_LOCK_TIMEOUT = 120
 SQLITE_BUSY_TIMEOUT_MS = int(DEFAULT_TIMEOUTS.sqlite_busy * 1000)
 
 # PostgreSQL SQLSTATEs worth another try: serialization failure, deadlock,
-# admin shutdown / crash shutdown / cannot connect now, too many connections.
-_PG_TRANSIENT = {"40001", "40P01", "57P01", "57P02", "57P03", "53300"}
+# admin shutdown / crash shutdown / cannot connect now, too many connections,
+# a lock not granted within lock_timeout.
+_PG_TRANSIENT = {"40001", "40P01", "57P01", "57P02", "57P03", "53300", "55P03"}
 # MySQL / MariaDB error codes: lock wait timeout, deadlock, too many
 # connections, can't connect, server gone away, lost connection.
 _MYSQL_TRANSIENT = {1205, 1213, 1040, 2002, 2003, 2006, 2013, 2055}
@@ -207,6 +214,17 @@ def _connect_args(url: str, timeouts: Timeouts) -> dict[str, Any]:
                 "tcp_user_timeout": int(timeouts.read * 1000),
                 "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
                 "keepalives_count": 3}
+        # Server-side bounds: a row lock waited for at most as long as a reply,
+        # and a session idle inside a transaction (its process paused or hung
+        # mid-write) ended, so its locks do not hold the job's next writer.
+        # The URL's own options come after these, so theirs win.
+        given = parsed.query.get("options", ())
+        given = [given] if isinstance(given, str) else list(given)
+        return {**{key: value for key, value in args.items() if key not in parsed.query},
+                "options": " ".join([
+                    f"-c lock_timeout={int(timeouts.read * 1000)}",
+                    "-c idle_in_transaction_session_timeout="
+                    f"{int(timeouts.idle_in_transaction * 1000)}", *given])}
     elif backend in ("mysql", "mariadb") and driver in ("pymysql", "mysqldb"):
         args = {"connect_timeout": max(1, round(timeouts.connect)),
                 "read_timeout": max(1, round(timeouts.read)),
