@@ -145,6 +145,17 @@ def test_save_atoms_writes_all_or_nothing(logbook):
     assert {x.state for x in atoms.values()} == {AtomState.PENDING}
 
 
+def test_take_over_returns_the_saved_flow_and_none_for_a_new_logbook(logbook):
+    """A new logbook has no flow (the upsert says it created the row, and
+    nothing is read); taking over a saved one, by the same holder or a newer
+    one, returns its flow with its atoms."""
+    assert logbook.take_over("job-9", 1, "a", name="n") is None
+    logbook.save_flow("job-9", "f", FlowState.RUNNING, token=1, atoms=[AtomDetail(name="t")])
+    for token, owner in ((1, "a"), (2, "b")):
+        flow = logbook.take_over("job-9", token, owner)
+        assert flow is not None and flow.state is FlowState.RUNNING and list(flow.atoms) == ["t"]
+
+
 def test_save_flow_updates_in_place(logbook):
     _started(logbook)
     logbook.save_atom("job-1", AtomDetail(name="a"), token=10)

@@ -90,8 +90,10 @@ def test_no_old_write_lands_after_a_take_over(logbook_url, logbook):
 
 
 def test_take_over_when_an_older_holder_creates_the_logbook_meanwhile(logbook, logbook_url):
-    """The newer holder's UPDATE finds no row; before it looks again, an older
-    holder creates the logbook and commits. The newer one must still win."""
+    """An older holder creates the logbook and commits while the newer one
+    takes over: just before its upsert (PostgreSQL), or between its UPDATE
+    that found no row and its next look (the statements of other databases).
+    The newer one must still win."""
     if not logbook_url.startswith("postgresql"):
         pytest.skip("SQLite serializes writers and MySQL's gap lock makes the "
                     "older creator wait: only READ COMMITTED interleaves here")
@@ -99,7 +101,8 @@ def test_take_over_when_an_older_holder_creates_the_logbook_meanwhile(logbook, l
     injected = []
 
     def create_meanwhile(conn, cursor, statement, *args) -> None:
-        if not injected and statement.lstrip().upper().startswith("SELECT LOGBOOKS.TOKEN"):
+        if not injected and statement.lstrip().upper().startswith(
+                ("SELECT LOGBOOKS.TOKEN", "INSERT INTO LOGBOOKS")):
             injected.append(True)
             older.take_over("fresh", 7, "owner-7")
 
@@ -217,7 +220,8 @@ def test_a_fenced_write_waiting_on_a_take_over_is_refused(logbook_url, logbook):
     writer = threading.Thread(target=write, daemon=True)
 
     def hold(conn, cursor, statement, *args) -> None:
-        if not held and statement.lstrip().upper().startswith("UPDATE LOGBOOKS"):
+        if not held and statement.lstrip().upper().startswith(
+                ("UPDATE LOGBOOKS", "INSERT INTO LOGBOOKS")):      # the take-over
             held.append(True)
             writer.start()
             held.append(written.wait(_BLOCKED_WINDOW))  # must wait for our commit

@@ -52,7 +52,9 @@ from collections.abc import Sequence
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import (Connection, Engine, bindparam, case, delete, exc as sa_exc, insert,
-                        select, update)
+                        literal_column, null, select, update)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.pool import NullPool
 
 from jobboard import serialization
@@ -245,7 +247,8 @@ class Logbook:
                                   argument="attempt")
 
         def step(conn: Connection) -> FlowDetail | None:
-            self._take_over(conn, job_id, token, owner, name, attempt)
+            if self._take_over(conn, job_id, token, owner, name, attempt):
+                return None       # created here: nothing saved yet
             flows = _flows_from_rows(job_id, conn.execute(_CURRENT_FLOW_QUERY,
                                                           {"j": job_id}).all())
             return flows[0] if flows else None
@@ -389,13 +392,22 @@ class Logbook:
     # -- steps (each runs inside one transaction) ----------------------------
 
     def _take_over(self, conn: Connection, job_id: str, token: int, owner: str,
-                   name: str, attempt: int) -> None:
+                   name: str, attempt: int) -> bool:
+        """Create or take the logbook row; True when it was created here
+        (known for sure: it has no flow yet)."""
         now = _now()
-        take = _TAKE_OVER_NAMED if name else _TAKE_OVER
         params = {"j": job_id, "t": token, "o": owner, "v_now": now, "a": attempt, "n": name}
+        upsert = _TAKE_OVER_UPSERTS.get((conn.dialect.name, bool(name)))
+        if upsert is not None:   # one statement creates or takes the row, or leaves it
+            row = conn.execute(upsert, params).first()
+            if row is not None:
+                return bool(row[1])
+            current = _token_row(conn, job_id)
+            raise StaleOwner(job_id, token, None if current is None else current[0])
+        take = _TAKE_OVER_NAMED if name else _TAKE_OVER
         while True:
             if conn.execute(take, params).rowcount:
-                return
+                return False
             current = _token_row(conn, job_id)
             if current is None:
                 break
@@ -409,6 +421,7 @@ class Logbook:
         conn.execute(insert(LOGBOOKS).values(
             job_id=job_id, name=name, owner=owner, token=token, attempt=attempt,
             created_at=now, updated_at=now))
+        return True
 
     def _fence(self, conn: Connection, job_id: str, token: int, now: datetime) -> None:
         """Check ``token`` is current and lock the logbook row until commit."""
@@ -690,6 +703,39 @@ def _take_over_statement(named: bool) -> Any:
 
 _TAKE_OVER = _take_over_statement(False)
 _TAKE_OVER_NAMED = _take_over_statement(True)
+
+
+def _take_over_upsert(dialect_insert: Any, named: bool, created: Any) -> Any:
+    """The take-over as one INSERT ... ON CONFLICT DO UPDATE (PostgreSQL,
+    SQLite): a new logbook is created, an older holder's row is taken
+    (the attempt only moves forward), a newer holder's row is left alone
+    (no row returned: the caller says StaleOwner). It returns the token and
+    ``created``: whether the row was inserted (NULL where the database
+    cannot tell)."""
+    now = bindparam("v_now", type_=LOGBOOKS.c.updated_at.type)
+    statement = dialect_insert(LOGBOOKS).values(
+        job_id=_j(), name=bindparam("n"), owner=bindparam("o"), token=bindparam("t"),
+        attempt=bindparam("a"), created_at=now, updated_at=now)
+    new = statement.excluded
+    values: dict[str, Any] = {
+        "token": new.token, "owner": new.owner, "updated_at": new.updated_at,
+        "attempt": case((LOGBOOKS.c.attempt < new.attempt, new.attempt),
+                        else_=LOGBOOKS.c.attempt)}
+    if named:
+        values["name"] = new.name
+    return statement.on_conflict_do_update(
+        index_elements=[LOGBOOKS.c.job_id], set_=values,
+        where=LOGBOOKS.c.token.is_(None) | (LOGBOOKS.c.token <= new.token)
+    ).returning(LOGBOOKS.c.token, created)
+
+
+_TAKE_OVER_UPSERTS: dict[tuple[str, bool], Any] = {
+    (dialect, named): _take_over_upsert(dialect_insert, named, created)
+    for dialect, dialect_insert, created in (
+        # a row inserted by this transaction has no deleting/locking xid yet
+        ("postgresql", postgresql_insert, literal_column("xmax = 0")),
+        ("sqlite", sqlite_insert, null()))
+    for named in (False, True)}
 _TOKEN_ROW = select(LOGBOOKS.c.token).where(LOGBOOKS.c.job_id == _j())
 # The logbook's current attempt and that attempt's flow (id, created_at), if any.
 _CURRENT_FLOW = (
