@@ -5,7 +5,9 @@ fresh PostgreSQL schema (``jobboard.testing.databases``), the way the engine
 does: a handful of atoms, each moving PENDING -> RUNNING -> SUCCESS with a
 small result; then the same number of task boundaries the way the engine
 saves them, one ``save_atoms`` transaction holding a task's SUCCESS and the
-next task's RUNNING. A backend that cannot be reached is reported, not fatal.
+next task's RUNNING; then as many take-overs of new logbooks (what a
+conductor does first for every job), with the client's CPU time per call. A
+backend that cannot be reached is reported, not fatal.
 
     python -m bench.logbook [--saves N] [--json]
 """
@@ -53,6 +55,11 @@ def measure(url: str, saves: int) -> dict[str, Any]:
             nxt.state, nxt.result = AtomState.RUNNING, None
             book.save_atoms("bench-job", [done, nxt], token=1)
         boundaries = saves / (time.perf_counter() - started_pairs)
+        cpu, started_takes = time.process_time(), time.perf_counter()
+        for n in range(saves):
+            book.take_over(f"bench-new-{n}", 1, "bench", name="bench")
+        take_overs = saves / (time.perf_counter() - started_takes)
+        take_over_cpu = (time.process_time() - cpu) / saves
     latencies.sort()
     return {
         "saves": saves,
@@ -62,6 +69,8 @@ def measure(url: str, saves: int) -> dict[str, Any]:
         "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 3),
         "atoms_stored": stored,
         "boundaries_per_second": round(boundaries, 1),
+        "take_overs_per_second": round(take_overs, 1),
+        "take_over_cpu_us": round(take_over_cpu * 1e6),
     }
 
 
@@ -94,7 +103,9 @@ def main() -> None:
               f"({figures['saves']} saves in {figures['seconds']} s, "
               f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms); "
               f"{figures['boundaries_per_second']:,.1f} task boundaries/s "
-              f"(SUCCESS + next RUNNING in one save_atoms)")
+              f"(SUCCESS + next RUNNING in one save_atoms); "
+              f"{figures['take_overs_per_second']:,.1f} take-overs of a new logbook/s "
+              f"({figures['take_over_cpu_us']} us of client CPU each)")
 
 
 if __name__ == "__main__":
