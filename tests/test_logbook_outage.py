@@ -44,7 +44,7 @@ from jobboard.testing.databases import DatabaseUnavailable, isolated_database, s
 from jobboard.testing.journal_flows import read_runs
 from jobboard.testing.proxy import TcpProxy
 from jobboard.testing.waiting import wait_until
-from jobboard.testing.zookeeper import free_port
+from jobboard.testing.zookeeper import free_ports
 
 pytestmark = [pytest.mark.outage, pytest.mark.slow]
 
@@ -120,7 +120,7 @@ def states(board: Board, job_ids: list[str]) -> Counter:
 def test_jobs_survive_a_logbook_outage(postgres_url, zk_hosts, tmp_path):
     install_audit(postgres_url)
     journal = str(tmp_path / "journal")
-    ports = {name: free_port() for name in ("c1", "c2")}
+    ports = dict(zip(("c1", "c2"), free_ports(2)))
     with TcpProxy(make_url(postgres_url).host or "127.0.0.1",
                   make_url(postgres_url).port or 5432) as proxy, \
             Board.connect(zk_hosts, root=ROOT, session_timeout=10.0) as board:

@@ -70,3 +70,14 @@ def test_a_frozen_server_stops_when_told_to():
     finally:
         server.destroy()
     assert processes_using(server.data_dir) == []
+
+
+def test_free_ports_are_distinct():
+    """An ensemble needs 9 ports at once; picked one by one, the kernel may
+    hand out the same one twice and the servers refuse the config (CI met
+    "Invalid config, exiting abnormally")."""
+    from jobboard.testing.zookeeper import free_ports
+
+    for _ in range(20):
+        ports = free_ports(9)
+        assert len(set(ports)) == 9

@@ -64,9 +64,21 @@ def find_classpath() -> str:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: all are held while they are picked (a
+    port picked, released and picked again would be the same one twice,
+    which an ensemble's config refuses)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def four_letter(port: int, word: str, timeout: float = 1.0, host: str = "127.0.0.1") -> str:
@@ -275,7 +287,8 @@ class ZooKeeperEnsemble:
     """A quorum of servers on loopback (3 by default), for failover tests."""
 
     def __init__(self, size: int = 3, *, tick_time: int = 100, fsync: bool = False) -> None:
-        peers = [(free_port(), free_port(), free_port()) for _ in range(size)]
+        ports = free_ports(3 * size)
+        peers = [tuple(ports[3 * n:3 * n + 3]) for n in range(size)]
         self.members = [
             ZooKeeperServer(port=client, tick_time=tick_time, fsync=fsync,
                             peers=peers, server_id=number)
