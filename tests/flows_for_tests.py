@@ -153,14 +153,11 @@ from collections.abc import Iterable as _Iterable
 
 from jobboard.engine.controllers import ForEach
 from jobboard.engine.flows import Flow, Link
+from jobboard.testing.flows import append_line
 
 
 def _line(journal: str, line: str) -> None:
-    fd = _os.open(journal, _os.O_WRONLY | _os.O_APPEND | _os.O_CREAT, 0o644)
-    try:
-        _os.write(fd, (line + "\n").encode())
-    finally:
-        _os.close(fd)
+    append_line(journal, line)
     if _os.environ.get("KILL_AT") == line:
         _os.kill(_os.getpid(), _signal.SIGKILL)
 

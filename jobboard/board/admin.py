@@ -40,7 +40,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from jobboard.board import _zk
 from jobboard.board.job import Job, check_job_id
 from jobboard.board.layout import Paths
-from jobboard.board.ownership import Ownership
+from jobboard.board.ownership import Ownership, finished_entry
 from jobboard.board.queue import QueueIndex
 from jobboard.board.records import Records
 from jobboard.board.retention import read_dependents
@@ -95,10 +95,9 @@ class Admin:
                 current, stat = self.records.read(job_id)
                 if current.state is JobState.CLAIMED:
                     raise AlreadyClaimed(job_id, self.ownership.claim_owner(job_id))
-                indexed = () if current.finished_at is None else (
-                    self.paths.finished_entry(current.finished_at, job_id),)
+                entry = finished_entry(self.paths, current)
                 dependents = read_dependents(self.client, self.paths, job_id, current.key,
-                                             also=indexed)()
+                                             also=() if entry is None else (entry,))()
                 txn = self.client.transaction()
                 txn.delete(self.paths.job(job_id), version=stat.version)
                 for path in dependents:
@@ -129,13 +128,12 @@ class Admin:
                                          owner=None, outcome=None, finished_at=None,
                                          not_before=None, transfer_to=None)
             record = revived.encode()
-            indexed = () if current.finished_at is None else (
-                self.paths.finished_entry(current.finished_at, job_id),)
+            entry = finished_entry(self.paths, current)
             leftovers = [(path, stat_) for path in (self.paths.dead_marker(job_id),
                                                     self.paths.cancel_request(job_id),
-                                                    self.paths.suspend_request(job_id),
-                                                    *indexed)
-                         if (stat_ := self.client.exists(path)) is not None]
+                                                    self.paths.suspend_request(job_id), entry)
+                         if path is not None
+                         and (stat_ := self.client.exists(path)) is not None]
 
             def revive(txn: Any) -> None:
                 txn.set_data(self.paths.job(job_id), record, version=stat.version)

@@ -24,19 +24,12 @@ from jobboard.board import _zk
 from jobboard.board.admin import Admin
 from jobboard.board.job import Job, is_job_id
 from jobboard.board.layout import Paths
-from jobboard.board.ownership import RETAINED_STATES, Ownership
+from jobboard.board.ownership import Ownership, finished_entry
 from jobboard.board.queue import QueueIndex
 from jobboard.board.records import Records
 from jobboard.states import JobState
 
 MOVE_ASIDE_DEPTH = 4
-
-
-def finished_entry(paths: Paths, job: Job) -> str | None:
-    """The finished-index entry ``job`` has (None: it needs none, e.g. DEAD)."""
-    if job.state not in RETAINED_STATES or job.finished_at is None:
-        return None
-    return paths.finished_entry(job.finished_at, job.uuid)
 
 
 class Fixes:

@@ -40,6 +40,14 @@ log = logging.getLogger(__name__)
 #: jobs wait for an admin (retry or trash).
 RETAINED_STATES = frozenset({JobState.COMPLETE, JobState.FAILED, JobState.CANCELLED})
 
+
+def finished_entry(paths: Paths, job: Job) -> str | None:
+    """The finished-index entry ``job`` has (None: it needs none, e.g. DEAD)."""
+    if job.state not in RETAINED_STATES or job.finished_at is None:
+        return None
+    return paths.finished_entry(job.finished_at, job.uuid)
+
+
 CONSUME_ATTEMPTS = 5
 HANDOFF_POLL = 0.5     # seconds between two looks at a waiting hand-off's abort()
 
@@ -325,10 +333,9 @@ class Ownership:
         """The finished-index entry of a job that is finishing now (see
         :mod:`jobboard.board.layout`), its minute's directory made sure of;
         None for a state the retention janitor never removes (DEAD)."""
-        if job.state not in RETAINED_STATES or job.finished_at is None:
-            return None
-        path = self.paths.finished_entry(job.finished_at, job.uuid)
-        self.ensure_finished_minute(path)
+        path = finished_entry(self.paths, job)
+        if path is not None:
+            self.ensure_finished_minute(path)
         return path
 
     def ensure_finished_minute(self, entry: str, *, again: bool = False) -> None:

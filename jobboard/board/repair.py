@@ -109,9 +109,10 @@ from typing import Any, Callable, Iterator, NamedTuple
 from kazoo.exceptions import NoAuthError, NoNodeError, ZookeeperError
 
 from jobboard.board import _zk
-from jobboard.board.fixes import Fixes, finished_entry
+from jobboard.board.fixes import Fixes
 from jobboard.board.job import Job, is_job_id
 from jobboard.board.layout import parse_minute
+from jobboard.board.ownership import finished_entry
 from jobboard.board.records import PIPELINE_WINDOW, READ_TIMEOUT
 from jobboard.errors import MalformedData
 from jobboard.states import JobState
