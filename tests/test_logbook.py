@@ -399,3 +399,62 @@ def test_postgres_down_stays_transient_and_a_missing_database_does_not():
     assert isinstance(unavailable, LogbookUnavailable) and "pw" not in str(unavailable)
     config = translate(absent, "take_over", "postgresql+psycopg://u:pw@h/nope")
     assert type(config) is LogbookError and "cannot use logbook database" in str(config)
+
+
+def test_postgresql_atom_update_finds_the_atom_by_its_whole_key(logbook):
+    """The engine's hot write, planned as a prepared statement's generic plan
+    is (what the server keeps once a connection has run it a few times), on a
+    nearly empty logbook: the atom is looked up by (flow id, name), never by
+    its name alone, which would read every job's atom of that name."""
+    if logbook._engine.dialect.name != "postgresql":
+        pytest.skip("the statement is PostgreSQL's")
+    from sqlalchemy.dialects import postgresql
+
+    from jobboard.logbook.store import _FENCED_UPDATES
+
+    _started(logbook)
+    logbook.save_atom("job-1", AtomDetail(name="a"), token=10)
+    compiled = _FENCED_UPDATES["postgresql"].compile(
+        dialect=postgresql.dialect(paramstyle="numeric_dollar"))
+    values = {"j": "'job-1'", "t": "10", "n": "'a'", "v_now": "now()", "v_kind": "'task'",
+              "v_state": "'SUCCESS'", "v_result": "NULL", "v_failure": "NULL",
+              "v_revert_failure": "NULL", "v_attempts": "1", "v_meta": "NULL",
+              "v_version": "'1'", "v_started_at": "NULL", "v_finished_at": "NULL"}
+    arguments = ", ".join(values[name] for name in compiled.positiontup)
+    with logbook._engine.connect() as conn:
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        conn.exec_driver_sql(f"PREPARE fenced AS {compiled.string}")
+        plan = "\n".join(row[0] for row in conn.exec_driver_sql(
+            f"EXPLAIN EXECUTE fenced({arguments})"))
+        conn.rollback()
+    atom_scans = [line for line in plan.splitlines() if "on atomdetails" in line]
+    assert atom_scans and all("Index Scan" in line for line in atom_scans[1:]), plan
+    key = plan.split("uq_atomdetails_flow_id", 1)[1]
+    assert "flow_id = $" in key.split("\n")[1] and "name" in key.split("\n")[1], plan
+
+
+def test_pool_keeps_a_connection_per_writer(logbook_url):
+    """A conductor's slots write at once; each keeps its pooled connection
+    (beyond the pool's size every write would open and close one)."""
+    import threading
+
+    with Logbook(logbook_url, auto_upgrade=True, pool_size=8) as book:
+        for n in range(8):
+            _started(book, f"job-{n}")
+        opened = []
+        event.listen(book._engine, "connect", lambda *_: opened.append(1))
+        barrier = threading.Barrier(8, timeout=20)
+
+        def write(n: int) -> None:
+            for _ in range(3):
+                barrier.wait()
+                book.save_atom(f"job-{n}", AtomDetail(name="a"), token=10)
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not any(thread.is_alive() for thread in threads)
+        assert len(opened) <= 8
+        assert all(len(book.load_flow(f"job-{n}").atoms) == 1 for n in range(8))

@@ -231,7 +231,8 @@ def conductor(name: str | None, concurrency: int, metrics_port: int | None,
                 "one that just died is listed until its session expires); pick another --name")
         from jobboard.cli.logbook_access import open_logbook
 
-        store = open_logbook(conn.logbook, notifier=board.notifier)
+        # A connection per slot, and two for the duties (retention, repair).
+        store = open_logbook(conn.logbook, notifier=board.notifier, pool_size=concurrency + 2)
         if log_events:
             from jobboard.notify import LogPublisher
 

@@ -233,11 +233,15 @@ def _connect_args(url: str, timeouts: Timeouts) -> dict[str, Any]:
 
 
 def make_engine(url: str, options: dict[str, Any] | None = None, *,
-                timeouts: Timeouts = DEFAULT_TIMEOUTS) -> Engine:
+                timeouts: Timeouts = DEFAULT_TIMEOUTS, pool_size: int | None = None) -> Engine:
     """An engine with bounded timeouts (see the module docstring); SQLite
     files get WAL and a busy timeout so threads and processes share them.
     ``options`` (keyword arguments of ``create_engine``) win over these
     defaults; their ``connect_args`` are merged into the driver's timeouts.
+    ``pool_size``: the connections a connection pool keeps open (SQLAlchemy's
+    default, 5, when None); beyond them, up to 10 more are opened when needed
+    and closed again on return, a new connection (on PostgreSQL, a new server
+    process) for each.
 
     No pre-ping: it would cost a round trip on every checkout, on the hot
     path. A pooled connection that died (server restart, idle cut) fails its
@@ -255,6 +259,8 @@ def make_engine(url: str, options: dict[str, Any] | None = None, *,
     kwargs["connect_args"] = connect_args
     if "poolclass" not in options and (backend != "sqlite" or is_sqlite_file(url)):
         kwargs["pool_timeout"] = timeouts.pool          # a QueuePool
+        if pool_size is not None:
+            kwargs["pool_size"] = pool_size
     if backend in ("mysql", "mariadb"):
         kwargs["pool_recycle"] = 3600
     kwargs.update(options)

@@ -122,6 +122,10 @@ class Logbook:
         retry_attempts: attempts per call on transient database errors.
         retry_max_delay: seconds after which a call stops retrying.
         engine_options: extra keyword arguments for ``sqlalchemy.create_engine``.
+        pool_size: database connections kept open; at least the number of
+            threads that write at once (a conductor keeps one per slot and
+            two more), else each write beyond them opens a new connection.
+            None: SQLAlchemy's default (5).
         notifier: where each write is told as a ``logbook.write`` event (op,
             seconds, ok, fenced); a conductor passes its board's, so the
             metrics time the writes and count the fenced ones.
@@ -134,7 +138,7 @@ class Logbook:
 
     def __init__(self, url: str = "sqlite:///jobboard.db", *, auto_upgrade: bool | None = None,
                  retry_attempts: int = 6, retry_max_delay: float = 20.0,
-                 engine_options: dict | None = None,
+                 engine_options: dict | None = None, pool_size: int | None = None,
                  notifier: Notifier | None = None) -> None:
         self.url = url
         self.notifier = notifier
@@ -146,7 +150,7 @@ class Logbook:
         self.fenced_writes = 0
         self._lock = threading.Lock()
         try:
-            self._engine = _db.make_engine(url, engine_options)
+            self._engine = _db.make_engine(url, engine_options, pool_size=pool_size)
         except (sa_exc.SQLAlchemyError, ImportError, ValueError) as exc:
             raise LogbookError(f"cannot use logbook URL {_db.safe_url(url)}: {exc}") from exc
         if auto_upgrade is None:
@@ -777,16 +781,25 @@ _ATOM_UPDATE_BY_NAME = (
 def _postgresql_fenced_update() -> Any:
     """One statement: a data-modifying CTE runs the fence (the logbook row's
     UPDATE, whose lock is held to the commit as before) and the atom UPDATE
-    joins on what it returned; under READ COMMITTED a take-over committed
-    meanwhile makes the fence re-check the new row version and match nothing."""
+    finds its flow through what it returned; under READ COMMITTED a take-over
+    committed meanwhile makes the fence re-check the new row version and
+    match nothing (the flow id is then NULL: no atom matches).
+
+    The flow id is a scalar subquery, not a join, so the atom is always found
+    by its whole unique key (flow id, name). As a join, the plan made while
+    the tables were nearly empty scanned every atom of that name; a prepared
+    statement keeps its generic plan until the table is analyzed, so the
+    scan grew with the table (without autovacuum, for good)."""
     fence = (update(LOGBOOKS)
              .where(LOGBOOKS.c.job_id == _j(), LOGBOOKS.c.token == bindparam("t"))
              .values(updated_at=bindparam("v_now"))
              .returning(LOGBOOKS.c.attempt)
              .cte("fence"))
+    flow_id = (select(FLOWS.c.id)
+               .where(FLOWS.c.job_id == _j(), FLOWS.c.attempt == fence.c.attempt)
+               .scalar_subquery())
     return (update(ATOMS)
-            .where(ATOMS.c.flow_id == FLOWS.c.id, FLOWS.c.job_id == _j(),
-                   FLOWS.c.attempt == fence.c.attempt, ATOMS.c.name == bindparam("n"))
+            .where(ATOMS.c.flow_id == flow_id, ATOMS.c.name == bindparam("n"))
             .values(_atom_set())
             .add_cte(fence))
 
