@@ -49,7 +49,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from collections.abc import Sequence
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 from sqlalchemy import (Connection, Engine, bindparam, case, delete, exc as sa_exc, insert,
                         literal_column, null, select, update)
@@ -403,7 +403,7 @@ class Logbook:
         params = {"j": job_id, "t": token, "o": owner, "v_now": now, "a": attempt, "n": name}
         upsert = _TAKE_OVER_UPSERTS.get((conn.dialect.name, bool(name)))
         if upsert is not None:   # one statement creates or takes the row, or leaves it
-            row = conn.execute(upsert, params).first()
+            row = _run(conn, upsert, params).first()
             if row is not None:
                 return bool(row[1])
             current = _token_row(conn, job_id)
@@ -429,30 +429,35 @@ class Logbook:
 
     def _fence(self, conn: Connection, job_id: str, token: int, now: datetime) -> None:
         """Check ``token`` is current and lock the logbook row until commit."""
-        if conn.execute(_FENCE, {"j": job_id, "t": token, "v_now": now}).rowcount:
-            return
-        current = _token_row(conn, job_id)
-        if current is None:
-            raise LogbookNotFound(job_id)
-        raise StaleOwner(job_id, token, current[0])
+        if not conn.execute(_FENCE, {"j": job_id, "t": token, "v_now": now}).rowcount:
+            _refuse(conn, job_id, token)
 
     def _save_flow(self, conn: Connection, job_id: str, name: str, state: FlowState,
                    token: int, packed_meta: bytes, meta: dict) -> tuple[FlowDetail, int | None]:
         """Fence, then insert or update the current attempt's flow; also gives
         the id of a flow created here (it has no atoms yet), else None."""
         now = _now()
-        self._fence(conn, job_id, token, now)
-        # The fence holds the logbook row's lock: its attempt cannot move now.
-        attempt, flow_id, created_at = conn.execute(_CURRENT_FLOW, {"j": job_id}).one()
         values = {"f_name": name, "f_state": state.value, "f_meta": packed_meta, "v_now": now}
-        new_id = None
-        if flow_id is None:
-            created = now
-            new_id = conn.execute(_FLOW_INSERT, {**values, "j": job_id, "a": attempt}
-                                  ).inserted_primary_key[0]
+        upsert = _FLOW_UPSERTS.get(conn.dialect.name)
+        if upsert is not None:
+            row = _run(conn, upsert, {**values, "j": job_id, "t": token}).first()
+            if row is None:
+                _refuse(conn, job_id, token)
+            flow_id, attempt, created_at, inserted = row
+            new_id = flow_id if inserted else None
+            created = now if inserted else _utc(created_at)
         else:
-            created = _utc(created_at)
-            conn.execute(_FLOW_UPDATE, {**values, "f_id": flow_id})
+            self._fence(conn, job_id, token, now)
+            # The fence holds the logbook row's lock: its attempt cannot move now.
+            attempt, flow_id, created_at = conn.execute(_CURRENT_FLOW, {"j": job_id}).one()
+            new_id = None
+            if flow_id is None:
+                created = now
+                new_id = conn.execute(_FLOW_INSERT, {**values, "j": job_id, "a": attempt}
+                                      ).inserted_primary_key[0]
+            else:
+                created = _utc(created_at)
+                conn.execute(_FLOW_UPDATE, {**values, "f_id": flow_id})
         detail = FlowDetail(job_id=job_id, name=name, state=state, meta=dict(meta),
                             created_at=created, updated_at=now, attempt=attempt)
         return detail, new_id
@@ -553,10 +558,23 @@ class Logbook:
 
     def _retrying(self, op: str, call: Callable[[], T], *,
                   retry_if: Callable[[BaseException], bool] = _db.is_transient) -> T:
-        policy = database_retry(retry_if, attempts=self.retry_attempts,
-                                max_delay=self.retry_max_delay)
         try:
-            return policy(call)
+            try:
+                return call()     # the usual case, without building a retry policy
+            except Exception as exc:
+                if self.retry_attempts < 2 or not retry_if(exc):
+                    raise
+                first: Exception | None = exc
+
+            def again() -> T:
+                # The policy's first attempt is the one that just failed.
+                nonlocal first
+                if first is not None:
+                    failed, first = first, None
+                    raise failed
+                return call()
+            return database_retry(retry_if, attempts=self.retry_attempts,
+                                  max_delay=self.retry_max_delay)(again)
         except JobBoardError:
             raise
         except (sa_exc.SQLAlchemyError, OSError) as exc:
@@ -629,6 +647,32 @@ def _unique(atoms: Sequence[AtomDetail]) -> list[AtomDetail]:
 def _token_row(conn: Connection, job_id: str) -> Any:
     """The logbook's (token,) row, or None when there is no logbook."""
     return conn.execute(_TOKEN_ROW, {"j": job_id}).first()
+
+
+_DRIVER_SQL: dict[tuple[int, str], str] = {}
+
+
+def _run(conn: Connection, statement: Any, params: Any) -> Any:
+    """Execute one of the prebuilt hot-path statements below. On PostgreSQL
+    its SQL is compiled once and handed to the driver: SQLAlchemy's own
+    per-call work (the statement's cache key, its parameters) cost more than
+    the driver's. Their parameters need no conversion there."""
+    if conn.dialect.name != "postgresql":
+        return conn.execute(statement, params)
+    key = (id(statement), conn.dialect.driver)
+    sql = _DRIVER_SQL.get(key)
+    if sql is None:
+        sql = _DRIVER_SQL[key] = str(statement.compile(dialect=conn.dialect))
+    return conn.exec_driver_sql(sql, params)
+
+
+def _refuse(conn: Connection, job_id: str, token: int) -> NoReturn:
+    """Why a fenced write matched no logbook row: there is none, or a newer
+    token holds it."""
+    current = _token_row(conn, job_id)
+    if current is None:
+        raise LogbookNotFound(job_id)
+    raise StaleOwner(job_id, token, current[0])
 
 
 # -- the atom write statements, built once (SQLAlchemy caches their SQL) --------
@@ -761,6 +805,38 @@ _FLOW_INSERT = insert(FLOWS).values({
     **_flow_values(), FLOWS.c.job_id: _j(), FLOWS.c.attempt: bindparam("a"),
     FLOWS.c.created_at: bindparam("v_now", type_=FLOWS.c.created_at.type)})
 _FLOW_UPDATE = update(FLOWS).where(FLOWS.c.id == bindparam("f_id")).values(_flow_values())
+
+
+def _postgresql_flow_upsert() -> Any:
+    """The fence and the flow's insert-or-update in one statement: the fence
+    (the logbook row's UPDATE, locked to the commit) returns the current
+    attempt, whose flow is inserted or, when it exists, updated. It returns
+    the flow's id, attempt, created_at and whether it was inserted here; no
+    row when the fence matched nothing."""
+    fence = (update(LOGBOOKS)
+             .where(LOGBOOKS.c.job_id == _j(), LOGBOOKS.c.token == bindparam("t"))
+             .values(updated_at=bindparam("v_now"))
+             .returning(LOGBOOKS.c.attempt)
+             .cte("fence"))
+    now = bindparam("v_now", type_=FLOWS.c.updated_at.type)
+    row = select(_j(), fence.c.attempt, bindparam("f_name", type_=FLOWS.c.name.type),
+                 bindparam("f_state", type_=FLOWS.c.state.type),
+                 bindparam("f_meta", type_=FLOWS.c.meta.type), now, now)
+    statement = postgresql_insert(FLOWS).from_select(
+        ["job_id", "attempt", "name", "state", "meta", "created_at", "updated_at"], row)
+    new = statement.excluded
+    return (statement
+            .on_conflict_do_update(
+                index_elements=[FLOWS.c.job_id, FLOWS.c.attempt],
+                set_={"name": new.name, "state": new.state, "meta": new.meta,
+                      "updated_at": new.updated_at})
+            .returning(FLOWS.c.id, FLOWS.c.attempt, FLOWS.c.created_at,
+                       literal_column("xmax = 0"))
+            .add_cte(fence))
+
+
+# SQLite and MySQL: the fence, the current flow, then its INSERT or UPDATE.
+_FLOW_UPSERTS: dict[str, Any] = {"postgresql": _postgresql_flow_upsert()}
 _FLOW_ATOMS_NAMED = _flow_atoms(True)
 _FLOW_ATOMS_ALL = _flow_atoms(False)
 _ATOM_UPDATE_BY_ID = update(ATOMS).where(ATOMS.c.id == bindparam("a_id")).values(_atom_set())
@@ -836,8 +912,8 @@ def _fenced_update(conn: Connection, params: list[dict[str, Any]]) -> int:
             return 0
         statement = _ATOM_UPDATE_BY_NAME
     if len(params) == 1 or not conn.dialect.supports_sane_multi_rowcount:
-        return sum(conn.execute(statement, p).rowcount for p in params)
-    return conn.execute(statement, params).rowcount
+        return sum(_run(conn, statement, p).rowcount for p in params)
+    return _run(conn, statement, params).rowcount
 
 
 def _take_over_retryable(exc: BaseException) -> bool:
