@@ -153,6 +153,31 @@ def test_thread_kill_replaces_the_thread_and_leaves_a_straggler(tmp_path):
     executor.shutdown()
 
 
+def test_a_conductors_idle_thread_pool_serves_the_next_job_and_a_stranded_one_does_not(
+        tmp_path):
+    from jobboard.conductor.executors import Executors
+
+    executors = Executors("thread", concurrency=2, task_width=1)
+    first = executors.acquire()
+    assert first.execute(Noop("a"), {}).result(5) is None
+    assert wait_until(lambda: first.idle, 5)
+    executors.release(first)
+    assert executors.acquire() is first                  # no new threads for the next job
+    journal = FileJournal(tmp_path)
+    hung = first.execute(Hang("hung", journal, seconds=1.0), {})
+    assert journal.wait_for("started:hung")
+    first.interrupt(hung, kill=True)
+    executors.release(first)                             # a straggler: not handed out again
+    second = executors.acquire()
+    assert second is not first and not first.idle
+    assert hung.result(5) == "woke"
+    executors.release(second)
+    executors.shutdown()
+    assert not second.idle                               # shut down with the conductor
+    executors.release(executors.acquire())               # a job ending after the stop
+    assert executors.acquire() is not second
+
+
 def test_process_task_locks_are_held_by_the_parent_while_it_runs(processes, tmp_path):
     locker = RecordingLocker()
     journal = FileJournal(tmp_path)

@@ -160,6 +160,13 @@ class ThreadExecutor(Executor):
         return self._submit(task, observer, call_revert, task, arguments, result, failures)
 
     @property
+    def idle(self) -> bool:
+        """Open, and no call queued, running or left to finish as a straggler:
+        ready to serve another job as if new."""
+        with self._lock:
+            return not self._closed and not self._calls
+
+    @property
     def stragglers(self) -> int:
         """Threads still running a call that was interrupted with kill."""
         with self._lock:
