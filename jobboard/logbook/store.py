@@ -478,8 +478,8 @@ class Logbook:
         params = [{**row, "j": job_id, "t": token, "n": atom.name, "v_now": now}
                   for atom, row in zip(atoms, rows)]
         if new_flow is not None:
-            conn.execute(insert(ATOMS), [_new_atom_row(new_flow, atom, values, now)
-                                         for atom, values in zip(atoms, params)])
+            _run(conn, _ATOM_INSERT, [_new_atom_row(new_flow, atom, values, now)
+                                      for atom, values in zip(atoms, params)])
             return
         if all(atom.created_at is not None for atom in atoms):
             if _fenced_update(conn, params) == len(params):
@@ -516,7 +516,7 @@ class Logbook:
                 atom.created_at = _utc(known[1])
             atom.updated_at = now
         if inserts:
-            conn.execute(insert(ATOMS), inserts)
+            _run(conn, _ATOM_INSERT, inserts)
         if updates:
             conn.execute(_ATOM_UPDATE_BY_ID, updates)
 
@@ -839,6 +839,9 @@ def _postgresql_flow_upsert() -> Any:
 _FLOW_UPSERTS: dict[str, Any] = {"postgresql": _postgresql_flow_upsert()}
 _FLOW_ATOMS_NAMED = _flow_atoms(True)
 _FLOW_ATOMS_ALL = _flow_atoms(False)
+# Every column but the id, by its name (the rows of _new_atom_row).
+_ATOM_INSERT = insert(ATOMS).values({column: bindparam(column.key, type_=column.type)
+                                     for column in ATOMS.c if column.key != "id"})
 _ATOM_UPDATE_BY_ID = update(ATOMS).where(ATOMS.c.id == bindparam("a_id")).values(_atom_set())
 _FENCE = (update(LOGBOOKS)
           .where(LOGBOOKS.c.job_id == _j(), LOGBOOKS.c.token == bindparam("t"))
