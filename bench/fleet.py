@@ -19,8 +19,9 @@ file per system. What is measured, per system, in this order:
    ``post`` with one logbook per job); then K conductor processes start
    (``python -m jobboard conductor`` / a TaskFlow ``nonblocking`` conductor
    with ``max_simultaneous_jobs`` = C);
-3. every 250 ms the benchmark samples jobs done, the conductors' CPU seconds
-   (``/proc``) and ZooKeeper's ``zk_packets_received`` (``mntr``, minus the
+3. every 250 ms the benchmark samples jobs done, the CPU seconds (``/proc``)
+   of the conductors, of the ZooKeeper server and of PostgreSQL's processes,
+   how busy the machine is, and ZooKeeper's ``zk_packets_received`` (``mntr``, minus the
    benchmark's own session, from ``cons``), until all N are done or the
    budget is spent; the clock starts at the first claim seen. Sampling
    costs the machine the fleet runs on: at 50 ms it took most of a core
@@ -29,8 +30,10 @@ file per system. What is measured, per system, in this order:
 
 Reported: jobs/s over the steady window (from 10 % to 90 % of the jobs
 done) and over the whole run (first claim to last job), efficiency = steady
-jobs/s over the ideal K x C / (T x MS), CPU seconds and ZooKeeper requests
-per job over the steady window, logbook transactions per job
+jobs/s over the ideal K x C / (T x MS), CPU seconds per job (the
+conductors'; ZooKeeper's and PostgreSQL's, which the two systems' runs pay
+alike) and ZooKeeper requests per job over the steady window, the share of
+the machine's CPU busy then, logbook transactions per job
 (``xact_commit`` from before the conductors start to after they exit:
 start-up and shutdown included; TaskFlow's posting, which writes its
 logbooks, is before and not counted; SQLite: n/a).
@@ -189,6 +192,9 @@ class Sample:
     done: int
     active: int
     cpu_s: float
+    zk_cpu_s: float | None
+    pg_cpu_s: float
+    jiffies: tuple[int, int]
     zk_packets: int | None
     own_packets: int
 
@@ -212,6 +218,7 @@ def run_fleet(side: Side, case: Case, jobs: int, zk: ZooKeeperServer, db_url: st
             processes.append(spawn(side.command(name), workdir / f"{name}.log", env=env))
         own = side.own_sessions()
         last_cpu = {p.pid: 0.0 for p in processes}
+        postgres_seen: dict[int, float] = {}
         observer_began = time.process_time()
         began = time.monotonic()
         while time.monotonic() - began < budget:
@@ -220,8 +227,12 @@ def run_fleet(side: Side, case: Case, jobs: int, zk: ZooKeeperServer, db_url: st
                 value = probes.cpu_seconds(process.pid)
                 if value is not None and process.poll() is None:
                     last_cpu[process.pid] = value
+            zk_pid = zk.process.pid if zk.process is not None else None
             samples.append(Sample(time.monotonic() - began, done, active,
                                   sum(last_cpu.values()),
+                                  None if zk_pid is None else probes.cpu_seconds(zk_pid),
+                                  probes.postgres_cpu_seconds(postgres_seen),
+                                  probes.machine_jiffies(),
                                   probes.zk_packets_received(zk.port),
                                   probes.session_packets(zk.port, own)))
             if done >= jobs:
@@ -279,6 +290,12 @@ def summarize(samples: list[Sample], jobs: int, case: Case) -> dict[str, Any]:
     ideal = case.ideal_jobs_per_s
     out["efficiency"] = None if ideal is None else round(out["jobs_per_s"] / ideal, 3)
     out["cpu_s_per_job"] = round((high.cpu_s - low.cpu_s) / done, 4)
+    if high.zk_cpu_s is not None and low.zk_cpu_s is not None:
+        out["zk_cpu_s_per_job"] = round((high.zk_cpu_s - low.zk_cpu_s) / done, 4)
+    if case.logbook == "postgresql":
+        out["pg_cpu_s_per_job"] = round((high.pg_cpu_s - low.pg_cpu_s) / done, 4)
+    busy, total = (h - l for h, l in zip(high.jiffies, low.jiffies))
+    out["machine_busy"] = round(busy / total, 3) if total > 0 else None
     if high.zk_packets is not None and low.zk_packets is not None:
         conductors = (high.zk_packets - low.zk_packets) - (high.own_packets - low.own_packets)
         out["zk_requests_per_job"] = round(conductors / done, 1)
@@ -360,6 +377,7 @@ def run_case(case: Case, *, taskflow: str | None, budget: float) -> dict[str, An
 
 def _brief(row: dict[str, Any]) -> str:
     keys = ("jobs_per_s", "jobs_per_s_overall", "efficiency", "cpu_s_per_job",
+            "zk_cpu_s_per_job", "pg_cpu_s_per_job", "machine_busy",
             "zk_requests_per_job", "logbook_xacts_per_job", "done", "ended")
     return ", ".join(f"{key}={row.get(key)}" for key in keys)
 
@@ -394,19 +412,24 @@ def _fmt(value: Any) -> str:
 
 def system_cells(row: dict[str, Any], case: Case) -> list[str]:
     if "skipped" in row:
-        return [row["skipped"]] + [""] * 6
+        return [row["skipped"]] + [""] * 8
     efficiency = row.get("efficiency")
     cells = [_fmt(row.get("jobs_per_s")), _fmt(row.get("jobs_per_s_overall")),
              "n/a (no-op)" if case.ideal_jobs_per_s is None else (
                  "—" if efficiency is None else f"{efficiency * 100:.1f}%"),
-             _fmt(row.get("cpu_s_per_job")), _fmt(row.get("zk_requests_per_job")),
+             _fmt(row.get("cpu_s_per_job")),
+             f"{_fmt(row.get('zk_cpu_s_per_job'))} / "
+             + ("n/a" if case.logbook == "sqlite" else _fmt(row.get("pg_cpu_s_per_job"))),
+             "—" if row.get("machine_busy") is None else f"{row['machine_busy'] * 100:.0f}%",
+             _fmt(row.get("zk_requests_per_job")),
              "n/a" if case.logbook == "sqlite" else _fmt(row.get("logbook_xacts_per_job")),
              f"{row.get('done', 0)}/{row.get('jobs')} ({row.get('ended')})"]
     return cells
 
 
 HEADER = ["case", "system", "jobs/s (steady)", "jobs/s (whole run)", "efficiency",
-          "CPU s/job", "ZK requests/job", "logbook xacts/job", "done"]
+          "CPU s/job", "ZooKeeper / PostgreSQL CPU s/job", "machine busy",
+          "ZK requests/job", "logbook xacts/job", "done"]
 
 
 def markdown(document: dict[str, Any]) -> str:

@@ -1,7 +1,12 @@
 """What the fleet benchmark (:mod:`bench.fleet`) reads, and the raw floor.
 
 - CPU seconds of a live process (user + system, all its threads) from
-  ``/proc/PID/stat``; ``None`` once the process is gone.
+  ``/proc/PID/stat``; ``None`` once the process is gone. PostgreSQL's: the
+  sum over the processes of the server on this machine (postmaster,
+  backends, WAL writer) seen at any sample, each at its last reading, so a
+  backend that starts and exits between two samples is missed (the
+  logbook's pool keeps its connections).
+- How busy the machine was: the non-idle share of ``/proc/stat``'s jiffies.
 - ZooKeeper requests: ``zk_packets_received`` of the ``mntr`` four-letter
   word, and, from ``cons``, the packets sent by given sessions (the
   benchmark's own observer), so that those can be taken out.
@@ -47,6 +52,35 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     # fields[0] is the state (field 3 of stat(5)); utime and stime are 14, 15.
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def postgres_cpu_seconds(seen: dict[int, float]) -> float:
+    """CPU seconds of PostgreSQL's processes here: ``seen`` (pid -> CPU
+    seconds, kept by the caller across calls) is brought up to date with
+    every live server process, a process gone keeping its last reading, and
+    the sum returned; it only grows."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as handle:
+                if handle.read().strip() != "postgres":
+                    continue
+        except OSError:
+            continue
+        value = cpu_seconds(int(entry))
+        if value is not None:
+            seen[int(entry)] = value
+    return sum(seen.values())
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of every CPU since boot (``/proc/stat``; idle
+    and iowait count as not busy)."""
+    with open("/proc/stat") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
 
 
 def zk_packets_received(port: int) -> int | None:

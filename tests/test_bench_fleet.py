@@ -25,16 +25,21 @@ def test_ideal_and_efficiency_from_the_steady_window():
     assert case.ideal_jobs_per_s == pytest.approx(2 * 8 * 1000 / 60)
     assert _case(step_ms=0).ideal_jobs_per_s is None
     # 100 jobs: claims start at t=1, 10 done at t=2, 90 done at t=6, all at t=7.
-    samples = [fleet.Sample(0.0, 0, 0, 1.0, 100, 0),
-               fleet.Sample(1.0, 0, 16, 1.5, 110, 2),
-               fleet.Sample(2.0, 10, 16, 2.0, 200, 4),
-               fleet.Sample(6.0, 90, 10, 6.0, 1000, 12),
-               fleet.Sample(7.0, 100, 0, 7.0, 1100, 14)]
+    # (t, done, active, conductors' CPU s, ZooKeeper's, PostgreSQL's, machine
+    # (busy, total) jiffies, ZooKeeper packets, our own packets)
+    samples = [fleet.Sample(0.0, 0, 0, 1.0, 0.5, 3.0, (0, 0), 100, 0),
+               fleet.Sample(1.0, 0, 16, 1.5, 0.6, 3.1, (100, 200), 110, 2),
+               fleet.Sample(2.0, 10, 16, 2.0, 0.8, 3.2, (250, 400), 200, 4),
+               fleet.Sample(6.0, 90, 10, 6.0, 2.4, 5.6, (1000, 1200), 1000, 12),
+               fleet.Sample(7.0, 100, 0, 7.0, 2.5, 5.7, (1100, 1400), 1100, 14)]
     out = fleet.summarize(samples, 100, case)
     assert out["jobs_per_s"] == 20.0                     # 80 jobs in 4 s
     assert out["jobs_per_s_overall"] == round(100 / 6, 1)
     assert out["efficiency"] == round(20.0 / case.ideal_jobs_per_s, 3)
     assert out["cpu_s_per_job"] == 0.05                   # 4 CPU s / 80 jobs
+    assert out["zk_cpu_s_per_job"] == 0.02                # 1.6 s / 80 jobs
+    assert out["pg_cpu_s_per_job"] == 0.03                # 2.4 s / 80 jobs
+    assert out["machine_busy"] == round(750 / 800, 3)
     assert out["zk_requests_per_job"] == 9.9              # (800 - 8 own) / 80
     assert fleet.summarize([], 100, case) == {"done": 0}
 
@@ -44,6 +49,28 @@ def test_cpu_seconds_of_a_live_and_a_gone_process():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait(timeout=30)
     assert probes.cpu_seconds(child.pid) is None
+
+
+def test_postgres_cpu_and_machine_busy_grow_with_work():
+    try:
+        manager = probes.dedicated_postgres(postgres_base_url())
+        url = manager.__enter__()
+    except DatabaseUnavailable as exc:
+        skip_or_fail(exc)
+    seen: dict[int, float] = {}
+    try:
+        conn = probes._pg_connect(url)
+        try:
+            before, jiffies = probes.postgres_cpu_seconds(seen), probes.machine_jiffies()
+            conn.execute("SELECT count(*) FROM generate_series(1, 3000000)")
+            after, later = probes.postgres_cpu_seconds(seen), probes.machine_jiffies()
+        finally:
+            conn.close()
+    finally:
+        manager.__exit__(None, None, None)
+    assert after - before >= 0.05                  # the query's backend, read while it lives
+    assert probes.postgres_cpu_seconds(seen) >= after   # its exit takes nothing back
+    assert later[0] > jiffies[0] and later[1] > jiffies[1] and later[1] >= later[0]
 
 
 def test_zookeeper_counters_count_our_session(zk_server):
