@@ -15,7 +15,7 @@ import pytest
 from executor_flows import (SIGKILL, Echo, Exit, FileJournal, Hang, Noop, Pid, RaiseBase,
                             ReturnsUnpicklable, Unpicklable, Wait)
 from flows_for_tests import RecordingLocker
-from jobboard.engine import SerialExecutor, ThreadExecutor
+from jobboard.engine import SerialExecutor, Task, ThreadExecutor
 from jobboard.engine.locking import LockedTask
 from jobboard.engine.processes import ProcessExecutor
 from jobboard.errors import (InvalidArgument, LockTimeout, NotPicklable, TaskInterrupted,
@@ -176,6 +176,43 @@ def test_a_conductors_idle_thread_pool_serves_the_next_job_and_a_stranded_one_do
     assert not second.idle                               # shut down with the conductor
     executors.release(executors.acquire())               # a job ending after the stop
     assert executors.acquire() is not second
+
+
+class _Gate(Task):
+    """Says it started, then waits for the test's go (at most 10 s)."""
+
+    def __init__(self, name: str, go: threading.Event) -> None:
+        super().__init__(name)
+        self.go = go
+        self.started = threading.Event()
+
+    def execute(self) -> str:
+        self.started.set()
+        self.go.wait(10)
+        return self.name
+
+
+def test_a_thread_pool_keeps_its_width_across_jobs_after_a_queue_and_a_kill():
+    """More calls than threads (one queued) must not leave the pool counting
+    a thread as idle that it does not have: the next job's kill then starts
+    no replacement, and its next call waits behind a hung one."""
+    executor = ThreadExecutor(2)
+    go = threading.Event()
+    first = [_Gate(f"a{n}", go) for n in range(3)]
+    futures = [executor.execute(task, {}) for task in first]
+    assert first[0].started.wait(5) and first[1].started.wait(5)
+    go.set()
+    assert [f.result(5) for f in futures] == ["a0", "a1", "a2"]
+    assert wait_until(lambda: executor.idle, 5)
+    hold = threading.Event()
+    hung = [_Gate(f"h{n}", hold) for n in range(2)]
+    running = [executor.execute(task, {}) for task in hung]
+    assert all(task.started.wait(5) for task in hung)
+    executor.interrupt(running[0], kill=True)
+    assert executor.execute(Noop("next"), {}).result(5) is None   # the width is kept
+    hold.set()
+    assert [f.result(5) for f in running] == ["h0", "h1"]
+    executor.shutdown()
 
 
 def test_process_task_locks_are_held_by_the_parent_while_it_runs(processes, tmp_path):

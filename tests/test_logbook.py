@@ -6,7 +6,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import event, text, update
+from sqlalchemy import event, exc as sa_exc, text, update
 
 import jobboard.logbook as logbook_pkg
 from jobboard.errors import (LogbookError, LogbookNotFound, LogbookSchemaError,
@@ -371,9 +371,23 @@ def test_dropped_connection_is_retried(logbook_url, pre_ping):
         assert book.load_flow("job-1").atoms["after-drop"].result == 1
 
 
-def test_is_transient_classifies():
-    from sqlalchemy import exc as sa_exc
+def test_a_slow_failed_first_attempt_counts_against_the_retry_bound(tmp_path):
+    """No new attempt starts past retry_max_delay from the first one, also
+    when the first one (run before any retry policy exists) was slow."""
+    calls = []
 
+    def slow_transient_failure() -> None:
+        calls.append(1)
+        time.sleep(0.6)          # an attempt that used up its driver timeout
+        raise sa_exc.OperationalError("UPDATE", {}, Exception("database is locked"))
+
+    with Logbook(f"sqlite:///{tmp_path}/x.db", retry_max_delay=0.5) as book:
+        with pytest.raises(LogbookUnavailable):
+            book._retrying("save_atom", slow_transient_failure)
+    assert len(calls) == 1
+
+
+def test_is_transient_classifies():
     locked = sa_exc.OperationalError("UPDATE", {}, Exception("database is locked"))
     missing = sa_exc.OperationalError("SELECT", {}, Exception("no such table: logbooks"))
     assert is_transient(locked) and not is_transient(missing)

@@ -146,7 +146,11 @@ class ThreadExecutor(Executor):
         self._lock = threading.Lock()
         self._calls: dict[Future[Any], _ThreadCall] = {}
         self._threads: set[threading.Thread] = set()   # counted against the width
+        # Every queued call is spoken for: by an idle thread (taken off _idle
+        # when it was queued), by the thread started for it, or, when the
+        # width was all busy, by the next thread to finish (_backlog).
         self._idle = 0
+        self._backlog = 0
         self._closed = False
         self._names = itertools.count(1)
 
@@ -181,10 +185,12 @@ class ThreadExecutor(Executor):
                 raise RuntimeError("ThreadExecutor is shut down")
             self._calls[future] = call
             self._queue.put(call)
-            if self._idle == 0 and len(self._threads) < self.width:
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self.width:
                 self._start_thread()
             else:
-                self._idle = max(0, self._idle - 1)
+                self._backlog += 1
         return future
 
     def _start_thread(self) -> None:
@@ -203,27 +209,34 @@ class ThreadExecutor(Executor):
                 return
             with self._lock:
                 call.thread = me
-            self._run(call)
+            outcome = self._run(call)
             with self._lock:
+                # Before the outcome is told: whoever waits for it finds this
+                # executor idle once it was the last call.
                 self._calls.pop(call.future, None)
-                if call.detached:
-                    log.warning("task %s: interrupted thread finished at last",
-                                call.control.task)
-                    return            # replaced already; not counted any more
-                self._idle += 1
+                if not call.detached:
+                    if self._backlog:
+                        self._backlog -= 1    # a queued call is ours next
+                    else:
+                        self._idle += 1
+            if outcome is not None:
+                settle(call.future, **outcome)
+            if call.detached:
+                log.warning("task %s: interrupted thread finished at last", call.control.task)
+                return            # replaced already; not counted any more
 
     @staticmethod
-    def _run(call: _ThreadCall) -> None:
+    def _run(call: _ThreadCall) -> dict[str, Any] | None:
+        """Run the call; its outcome for ``settle``, None when it was
+        cancelled before it started."""
         if not call.future.set_running_or_notify_cancel():
-            return
+            return None
         notify_started(call.observer, call.control.task)
         try:
             with running(call.control):
-                result = call.func(*call.args)
+                return {"result": call.func(*call.args)}
         except BaseException as exc:  # noqa: BLE001 - SystemExit & co. fail the task only
-            settle(call.future, error=exc)
-        else:
-            settle(call.future, result=result)
+            return {"error": exc}
 
     def interrupt(self, future: "Future[Any]", *, kill: bool = False) -> bool:
         with self._lock:
@@ -240,8 +253,10 @@ class ThreadExecutor(Executor):
                 log.warning("task %s: its thread cannot be killed; left to finish on "
                             "its own (straggler), a new thread takes its place",
                             call.control.task)
-                if self._idle == 0 and not self._closed:
+                if self._backlog and not self._closed:
+                    self._backlog -= 1      # the new thread takes a queued call
                     self._start_thread()
+                # Otherwise the next call starts it (the width has room now).
             return True
 
     def shutdown(self, wait: bool = True) -> None:

@@ -558,6 +558,7 @@ class Logbook:
 
     def _retrying(self, op: str, call: Callable[[], T], *,
                   retry_if: Callable[[BaseException], bool] = _db.is_transient) -> T:
+        started = time.monotonic()
         try:
             try:
                 return call()     # the usual case, without building a retry policy
@@ -573,8 +574,10 @@ class Logbook:
                     failed, first = first, None
                     raise failed
                 return call()
+            # Its time counts against the bound as if the policy had run it.
+            spent = time.monotonic() - started
             return database_retry(retry_if, attempts=self.retry_attempts,
-                                  max_delay=self.retry_max_delay)(again)
+                                  max_delay=self.retry_max_delay - spent)(again)
         except JobBoardError:
             raise
         except (sa_exc.SQLAlchemyError, OSError) as exc:
@@ -649,20 +652,24 @@ def _token_row(conn: Connection, job_id: str) -> Any:
     return conn.execute(_TOKEN_ROW, {"j": job_id}).first()
 
 
-_DRIVER_SQL: dict[tuple[int, str], str] = {}
+_DRIVER_SQL: dict[tuple[int, str, str], str] = {}
 
 
 def _run(conn: Connection, statement: Any, params: Any) -> Any:
-    """Execute one of the prebuilt hot-path statements below. On PostgreSQL
-    its SQL is compiled once and handed to the driver: SQLAlchemy's own
-    per-call work (the statement's cache key, its parameters) cost more than
-    the driver's. Their parameters need no conversion there."""
-    if conn.dialect.name != "postgresql":
+    """Execute one of the prebuilt hot-path statements below (module
+    constants). On PostgreSQL its SQL is compiled once and handed to the
+    driver: SQLAlchemy's own per-call work (the statement's cache key, its
+    parameters) cost more than the driver's, and these parameters need no
+    conversion there. An engine that renames schemas per execution
+    (``schema_translate_map``) goes through SQLAlchemy, which applies it."""
+    dialect = conn.dialect
+    if dialect.name != "postgresql" or "schema_translate_map" in conn.get_execution_options():
         return conn.execute(statement, params)
-    key = (id(statement), conn.dialect.driver)
+    key = (id(statement), dialect.driver, dialect.paramstyle)
     sql = _DRIVER_SQL.get(key)
     if sql is None:
-        sql = _DRIVER_SQL[key] = str(statement.compile(dialect=conn.dialect))
+        # for_executemany: no implicit RETURNING of an INSERT's new ids.
+        sql = _DRIVER_SQL[key] = str(statement.compile(dialect=dialect, for_executemany=True))
     return conn.exec_driver_sql(sql, params)
 
 
