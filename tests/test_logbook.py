@@ -418,8 +418,8 @@ def test_postgres_down_stays_transient_and_a_missing_database_does_not():
 def test_postgresql_atom_update_finds_the_atom_by_its_whole_key(logbook):
     """The engine's hot write, planned as a prepared statement's generic plan
     is (what the server keeps once a connection has run it a few times), on a
-    nearly empty logbook: the atom is looked up by (flow id, name), never by
-    its name alone, which would read every job's atom of that name."""
+    nearly empty logbook: the atom is looked up by (flow id, name), never
+    found by scanning (the join this replaced read the whole atom table)."""
     if logbook._engine.dialect.name != "postgresql":
         pytest.skip("the statement is PostgreSQL's")
     from sqlalchemy.dialects import postgresql

@@ -873,7 +873,7 @@ def _postgresql_fenced_update() -> Any:
 
     The flow id is a scalar subquery, not a join, so the atom is always found
     by its whole unique key (flow id, name). As a join, the plan made while
-    the tables were nearly empty scanned every atom of that name; a prepared
+    the tables were nearly empty read the whole atom table; a prepared
     statement keeps its generic plan until the table is analyzed, so the
     scan grew with the table (without autovacuum, for good)."""
     fence = (update(LOGBOOKS)
