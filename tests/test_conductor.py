@@ -169,7 +169,7 @@ def test_broken_jobs_fail_once_with_the_reason(board, fleet, tmp_path, logbook_u
     raising = board.post("jobboard.testing.flows:broken")
     bad_args = board.post("jobboard.testing.flows:needs_args", args={"wrong": 1})
     good = board.post(FIVE, args={"journal": journal})
-    fleet.start("c1")
+    fleet.start("c1", refusal_backoff=0.2)      # the 5 refusals in a second, not 20
     reasons = {}
     for job in (missing, raising, bad_args):
         outcome = board.wait(job.uuid, timeout=60)

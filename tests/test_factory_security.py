@@ -252,8 +252,10 @@ def test_conductor_refuses_hostile_jobs_and_keeps_serving(zk_hosts, sqlite_url, 
 
         conductor_board = Board.connect(zk_hosts, root="/fleet", session_timeout=4.0)
         logbook = Logbook(sqlite_url)
+        # A short refusal backoff: the jobs outside --allow are parked after
+        # their 5 refusals in a second, not in 20.
         conductor = Conductor(conductor_board, logbook, name="guard", concurrency=2,
-                              allow=ALLOW_BOTH)
+                              allow=ALLOW_BOTH, refusal_backoff=0.2)
         thread = threading.Thread(target=conductor.run, daemon=True)
         thread.start()
         try:
@@ -286,7 +288,8 @@ def test_conductor_process_survives_hostile_jobs(zk_hosts, sqlite_url, markers, 
         with open(log_path, "w") as log_file:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "jobboard", "conductor", "--name", "guard-proc",
-                 "--allow", "hostile_flows", "--session-timeout", "2"],
+                 "--allow", "hostile_flows", "--session-timeout", "2",
+                 "--refusal-backoff", "0.2"],
                 env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
         try:
             assert_hostile_failed(board, posted)
