@@ -51,23 +51,28 @@ def test_cpu_seconds_of_a_live_and_a_gone_process():
     assert probes.cpu_seconds(child.pid) is None
 
 
-def test_postgres_cpu_and_machine_busy_grow_with_work():
+@pytest.fixture
+def dedicated_pg():
+    """The URL of a PostgreSQL database made for the test (skips locally
+    without a server, fails under CI=true)."""
     try:
         manager = probes.dedicated_postgres(postgres_base_url())
         url = manager.__enter__()
     except DatabaseUnavailable as exc:
         skip_or_fail(exc)
+    yield url
+    manager.__exit__(None, None, None)
+
+
+def test_postgres_cpu_and_machine_busy_grow_with_work(dedicated_pg):
     seen: dict[int, float] = {}
+    conn = probes._pg_connect(dedicated_pg)
     try:
-        conn = probes._pg_connect(url)
-        try:
-            before, jiffies = probes.postgres_cpu_seconds(seen), probes.machine_jiffies()
-            conn.execute("SELECT count(*) FROM generate_series(1, 3000000)")
-            after, later = probes.postgres_cpu_seconds(seen), probes.machine_jiffies()
-        finally:
-            conn.close()
+        before, jiffies = probes.postgres_cpu_seconds(seen), probes.machine_jiffies()
+        conn.execute("SELECT count(*) FROM generate_series(1, 3000000)")
+        after, later = probes.postgres_cpu_seconds(seen), probes.machine_jiffies()
     finally:
-        manager.__exit__(None, None, None)
+        conn.close()
     assert after - before >= 0.05                  # the query's backend, read while it lives
     assert probes.postgres_cpu_seconds(seen) >= after   # its exit takes nothing back
     assert later[0] > jiffies[0] and later[1] > jiffies[1] and later[1] >= later[0]
@@ -86,20 +91,12 @@ def test_zookeeper_counters_count_our_session(zk_server):
     assert probes.session_packets(port, {12345}) == 0
 
 
-def test_pg_transactions_are_counted_in_a_dedicated_database():
-    try:
-        manager = probes.dedicated_postgres(postgres_base_url())
-        url = manager.__enter__()
-    except DatabaseUnavailable as exc:
-        skip_or_fail(exc)
-    try:
-        before = probes.pg_xact_commit(url)
-        rate = probes.pg_commits_per_s(url, 2, seconds=0.5)
-        after = probes.pg_xact_commit(url)
-        assert rate > 0
-        assert after - before >= rate * 0.5 * 0.5   # the inserts, at least
-    finally:
-        manager.__exit__(None, None, None)
+def test_pg_transactions_are_counted_in_a_dedicated_database(dedicated_pg):
+    before = probes.pg_xact_commit(dedicated_pg)
+    rate = probes.pg_commits_per_s(dedicated_pg, 2, seconds=0.5)
+    after = probes.pg_xact_commit(dedicated_pg)
+    assert rate > 0
+    assert after - before >= rate * 0.5 * 0.5   # the inserts, at least
 
 
 def test_kazoo_multi_floor(zk_server):
