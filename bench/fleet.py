@@ -219,6 +219,7 @@ def run_fleet(side: Side, case: Case, jobs: int, zk: ZooKeeperServer, db_url: st
         own = side.own_sessions()
         last_cpu = {p.pid: 0.0 for p in processes}
         postgres_seen: dict[int, float] = {}
+        zk_pid = zk.process.pid if zk.process is not None else None
         observer_began = time.process_time()
         began = time.monotonic()
         while time.monotonic() - began < budget:
@@ -227,7 +228,6 @@ def run_fleet(side: Side, case: Case, jobs: int, zk: ZooKeeperServer, db_url: st
                 value = probes.cpu_seconds(process.pid)
                 if value is not None and process.poll() is None:
                     last_cpu[process.pid] = value
-            zk_pid = zk.process.pid if zk.process is not None else None
             samples.append(Sample(time.monotonic() - began, done, active,
                                   sum(last_cpu.values()),
                                   None if zk_pid is None else probes.cpu_seconds(zk_pid),

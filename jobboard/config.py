@@ -267,7 +267,7 @@ def read_auth_file(path: str | os.PathLike[str], *,
     """
     bad = ConfigError(f"auth file {path} must hold one line {AUTH_FORM}")
     raw, status = read_private_file(path, f"auth file {path}",
-                                  missing_hint=" (--auth-file / JOBBOARD_AUTH_FILE)")
+                                    missing_hint=" (--auth-file / JOBBOARD_AUTH_FILE)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

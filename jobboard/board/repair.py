@@ -638,6 +638,7 @@ class Sweep:
         return Verdict("dangling-key", path, f"points to {job_id[:40]!r}, which has no job "
                        "posted with this key", lambda: self.fixes.drop_key(path, job_id))
 
+
 def _shard_of(name: str) -> str:
     """The shard of the job a marker names ("" when the name is no job id)."""
     return name[:2] if is_job_id(name) else ""
