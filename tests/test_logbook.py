@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -445,6 +446,96 @@ def test_postgresql_atom_update_finds_the_atom_by_its_whole_key(logbook):
     assert atom_scans and all("Index Scan" in line for line in atom_scans[1:]), plan
     key = plan.split("uq_atomdetails_flow_id", 1)[1]
     assert "flow_id = $" in key.split("\n")[1] and "name" in key.split("\n")[1], plan
+
+
+@pytest.mark.parametrize("count", [1, 3])
+@pytest.mark.parametrize("name", ["update_atoms", "update_flow_and_atoms",
+                                  "INSERT_FLOW_AND_ATOMS"])
+def test_postgresql_one_statement_writes_find_rows_by_their_keys(logbook, name, count):
+    """The same for the one-statement writes (``_postgresql``): under a
+    generic plan on a nearly empty logbook, no table is scanned and every
+    atom saved before is found by its whole key."""
+    if logbook._engine.dialect.name != "postgresql":
+        pytest.skip("the statement is PostgreSQL's")
+    import re
+
+    from jobboard.logbook import _postgresql
+
+    _started(logbook)
+    for n in range(count):
+        logbook.save_atom("job-1", AtomDetail(name=f"a{n}"), token=10)
+    sql = _postgresql.INSERT_FLOW_AND_ATOMS if name == "INSERT_FLOW_AND_ATOMS" \
+        else _postgresql.update_atoms(count, name == "update_flow_and_atoms")
+    params = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
+    numbered = re.sub(r"%\((\w+)\)s", lambda m: f"${params.index(m.group(1)) + 1}", sql)
+    values = {"j": "'job-1'", "t": "10", "v_now": "now()", "f_name": "'f'",
+              "f_state": "'RUNNING'", "names": "ARRAY['a0']", "a_kind": "ARRAY['task']",
+              **{f"n{n}": f"'a{n}'" for n in range(count)}}
+    arguments = ", ".join(values.get(p, "NULL") for p in params)
+    with logbook._engine.connect() as conn:
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        conn.exec_driver_sql(f"PREPARE one AS {numbered}".replace("%%", "%"))
+        plan = "\n".join(row[0] for row in conn.exec_driver_sql(
+            f"EXPLAIN EXECUTE one({arguments})"))
+        conn.rollback()
+    assert "Seq Scan" not in plan, plan
+    if name != "INSERT_FLOW_AND_ATOMS":
+        lookups = [line for line in plan.splitlines() if "Index Cond: (" in line
+                   and "flow_id" in line]
+        assert len(lookups) == 2 * count, plan          # every EXISTS and UPDATE
+        assert all("name" in line for line in lookups), plan
+
+
+def test_postgresql_usual_writes_are_one_statement_in_autocommit(logbook):
+    """A job run's usual writes on PostgreSQL cost one statement each and no
+    transaction (one round trip: no BEGIN, no COMMIT)."""
+    if logbook._engine.dialect.name != "postgresql":
+        pytest.skip("one-statement writes are PostgreSQL's")
+    seen: list[tuple[str, bool]] = []
+
+    def record(conn, cursor, statement, *args) -> None:
+        seen.append((statement.split(None, 1)[0].upper(),
+                     conn.connection.driver_connection.autocommit))
+
+    event.listen(logbook._engine, "before_cursor_execute", record)
+    a, b = AtomDetail(name="a", state=AtomState.RUNNING), AtomDetail(name="b")
+    writes = {
+        "take-over": lambda: logbook.take_over("job", 1, "c", name="f"),
+        "new flow with its atoms": lambda: logbook.save_flow(
+            "job", "f", FlowState.RUNNING, token=1, atoms=[a, b]),
+        "atoms saved before": lambda: logbook.save_atoms(
+            "job", [replace(a, state=AtomState.SUCCESS), replace(b, state=AtomState.RUNNING)],
+            token=1),
+        "flow and atoms saved before": lambda: logbook.save_flow(
+            "job", "f", FlowState.SUCCESS, token=1,
+            atoms=[replace(b, state=AtomState.SUCCESS)]),
+        "flow alone": lambda: logbook.save_flow("job", "f", FlowState.SUCCESS, token=1),
+    }
+    for what, write in writes.items():
+        seen.clear()
+        write()
+        assert len(seen) == 1 and seen[0][1], (what, seen)
+    event.remove(logbook._engine, "before_cursor_execute", record)
+    flow = logbook.load_flow("job")
+    assert flow.state is FlowState.SUCCESS
+    assert [(n, x.state) for n, x in flow.atoms.items()] == [
+        ("a", AtomState.SUCCESS), ("b", AtomState.SUCCESS)]
+
+
+def test_a_write_of_atoms_one_of_which_is_gone_saves_them_all(logbook):
+    """An atom row deleted behind the store's back: on PostgreSQL the one-
+    statement write updates none of the atoms (all or nothing), and the
+    transaction after it inserts the missing one and updates the other."""
+    _started(logbook, "job")
+    a, b = AtomDetail(name="a"), AtomDetail(name="b")
+    logbook.save_atoms("job", [a, b], token=10)
+    with logbook._engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM atomdetails WHERE name = 'b'")
+    logbook.save_atoms("job", [replace(a, state=AtomState.SUCCESS),
+                               replace(b, state=AtomState.RUNNING)], token=10)
+    atoms = logbook.load_flow("job").atoms
+    assert (atoms["a"].state, atoms["b"].state) == (AtomState.SUCCESS, AtomState.RUNNING)
+    assert list(atoms) == ["a", "b"]
 
 
 def test_pool_keeps_a_connection_per_writer(logbook_url):

@@ -4,9 +4,13 @@ including while it races the take-over from another thread."""
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from jobboard.errors import StaleOwner
 from jobboard.logbook import AtomDetail, Logbook
@@ -148,21 +152,31 @@ def _is_atom_write(statement: str) -> bool:
     return head.startswith(("WITH", "UPDATE ATOMDETAILS"))
 
 
-# The two tests below hold one side of the race open and check that the other
+# The tests below hold one side of the race open and check that the other
 # side does NOT get through within a window: there is no event for "still
 # blocked", so a bounded wait on the other side's completion is the probe.
 _BLOCKED_WINDOW = 1.0
 
 
+def _in_transactions(*books: Logbook) -> None:
+    """Every write as a transaction (SQLite's and MySQL's way; PostgreSQL's
+    one-statement writes commit as they return, so nothing is in flight
+    between their statement and a commit: the tests after these hold them
+    inside the statement instead)."""
+    for book in books:
+        book._one_statement_writes = False
+
+
 def test_a_take_over_waits_for_a_fenced_write_in_flight(logbook_url, logbook):
-    """The old owner's one-statement fenced write has run but not committed:
-    a take-over must wait for its commit (the fence's row lock), so the new
-    owner's first read after the take-over already sees the write."""
+    """The old owner's fenced write has run but not committed: a take-over
+    must wait for its commit (the fence's row lock), so the new owner's first
+    read after the take-over already sees the write."""
     logbook.take_over("job", 1, "old")
     logbook.save_flow("job", "f", FlowState.RUNNING, token=1)
     atom = AtomDetail(name="a", state=AtomState.RUNNING)
     logbook.save_atom("job", atom, token=1)         # known now: the next save is the hot path
     other = Logbook(logbook_url, auto_upgrade=False)
+    _in_transactions(logbook, other)
     taken = threading.Event()
     seen: dict[str, object] = {}
     held = []
@@ -203,6 +217,7 @@ def test_a_fenced_write_waiting_on_a_take_over_is_refused(logbook_url, logbook):
     atom = AtomDetail(name="a", state=AtomState.RUNNING, result="first")
     logbook.save_atom("job", atom, token=1)
     other = Logbook(logbook_url, auto_upgrade=False)
+    _in_transactions(logbook, other)
     outcome: dict[str, object] = {}
     written = threading.Event()
     held = []
@@ -239,6 +254,111 @@ def test_a_fenced_write_waiting_on_a_take_over_is_refused(logbook_url, logbook):
     assert after.result == "first"
 
 
+@contextmanager
+def _stalled(logbook: Logbook, table: str, when: str) -> Iterator[Callable[[], None]]:
+    """Stall a PostgreSQL statement inside itself: a trigger on ``table``
+    waits, for a row matching ``when``, on an advisory lock held here (the
+    statement has run its earlier parts, such as the fence, and holds their
+    locks). Yields a function that waits until a statement is stalled; the
+    lock is let go on leaving."""
+    holder = logbook._engine.connect()
+    holder.execute(text("SELECT pg_advisory_lock(4242)"))
+    with logbook._engine.begin() as conn:
+        conn.execute(text("CREATE FUNCTION stall() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                          "BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NEW; END $$"))
+        conn.execute(text(f"CREATE TRIGGER stall BEFORE UPDATE ON {table} FOR EACH ROW "
+                          f"WHEN ({when}) EXECUTE FUNCTION stall()"))
+
+    def stalled() -> None:
+        deadline = time.monotonic() + 10
+        while holder.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = "
+                                  "'advisory' AND NOT granted")).scalar() == 0:
+            assert time.monotonic() < deadline, "no statement reached the trigger"
+            time.sleep(0.01)
+
+    try:
+        yield stalled
+    finally:
+        holder.execute(text("SELECT pg_advisory_unlock(4242)"))
+        holder.close()
+        with logbook._engine.begin() as conn:
+            conn.execute(text(f"DROP TRIGGER stall ON {table}"))
+            conn.execute(text("DROP FUNCTION stall()"))
+
+
+@pytest.mark.parametrize("logbook_url", ["postgresql"], indirect=True)
+def test_a_take_over_waits_for_a_one_statement_write_in_flight(logbook_url, logbook):
+    """PostgreSQL's one-statement atom write, stopped after its fence and
+    before its atom UPDATE: a take-over waits for the statement to end (the
+    fence's row lock), and its first read sees the write."""
+    logbook.take_over("job", 1, "old")
+    logbook.save_flow("job", "f", FlowState.RUNNING, token=1)
+    atom = AtomDetail(name="a", state=AtomState.RUNNING)
+    logbook.save_atom("job", atom, token=1)
+    other = Logbook(logbook_url, auto_upgrade=False)
+    taken = threading.Event()
+    seen: dict[str, object] = {}
+
+    def take_over() -> None:
+        other.take_over("job", 2, "new")
+        taken.set()
+        seen["a"] = other.load_flow("job").atoms["a"].state
+
+    taker = threading.Thread(target=take_over, daemon=True)
+    writer = threading.Thread(target=logbook.save_atom, daemon=True,
+                              args=("job", replace(atom, state=AtomState.SUCCESS)),
+                              kwargs={"token": 1})
+    with _stalled(logbook, "atomdetails", "NEW.state = 'SUCCESS'") as stalled:
+        writer.start()
+        stalled()
+        taker.start()
+        blocked = not taken.wait(_BLOCKED_WINDOW)
+    writer.join(30)
+    taker.join(30)
+    other.close()
+    assert blocked, "the take-over got through a write in flight"
+    assert taken.is_set() and seen["a"] is AtomState.SUCCESS
+    assert logbook.fenced_writes == 0
+
+
+@pytest.mark.parametrize("logbook_url", ["postgresql"], indirect=True)
+def test_a_one_statement_write_waiting_on_a_take_over_is_refused(logbook_url, logbook):
+    """The reverse, PostgreSQL's one-statement take-over stopped inside its
+    statement with the logbook row locked: the old owner's one-statement
+    write waits for it, then is refused."""
+    logbook.take_over("job", 1, "old")
+    logbook.save_flow("job", "f", FlowState.RUNNING, token=1)
+    atom = AtomDetail(name="a", state=AtomState.RUNNING, result="first")
+    logbook.save_atom("job", atom, token=1)
+    other = Logbook(logbook_url, auto_upgrade=False)
+    outcome: dict[str, object] = {}
+    written = threading.Event()
+
+    def write() -> None:
+        try:
+            logbook.save_atom("job", replace(atom, result="stale"), token=1)
+            outcome["write"] = "landed"
+        except StaleOwner as exc:
+            outcome["write"] = exc
+        finally:
+            written.set()
+
+    taker = threading.Thread(target=other.take_over, args=("job", 2, "new"), daemon=True)
+    writer = threading.Thread(target=write, daemon=True)
+    with _stalled(logbook, "logbooks", "NEW.token = 2") as stalled:
+        taker.start()
+        stalled()
+        writer.start()
+        blocked = not written.wait(_BLOCKED_WINDOW)
+    taker.join(30)
+    writer.join(30)
+    after = other.load_flow("job").atoms["a"]
+    other.close()
+    assert blocked, "the old owner's write got through an open take-over"
+    assert isinstance(outcome["write"], StaleOwner), outcome
+    assert after.result == "first"
+
+
 @pytest.mark.parametrize("logbook_url", ["postgresql"], indirect=True)
 def test_a_holder_paused_mid_write_does_not_hold_its_successor(logbook, logbook_url):
     """A holder stops inside a write (SIGSTOP, a hung host) with the logbook
@@ -246,7 +366,6 @@ def test_a_holder_paused_mid_write_does_not_hold_its_successor(logbook, logbook_
     every logbook connection sets; 1 s here, 15 s by default), so the
     successor takes over; the old holder's next write is refused by the
     fence, on a fresh connection."""
-    from sqlalchemy import text
 
     with logbook._engine.connect() as conn:                  # the defaults, set by us
         assert conn.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "15s"

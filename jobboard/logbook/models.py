@@ -22,12 +22,15 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "LogBookRow", "FlowDetailRow", "AtomDetailRow", "Blob", "Timestamp",
-           "JOB_ID_LENGTH", "NAME_LENGTH"]
+           "JOB_ID_LENGTH", "NAME_LENGTH", "VALUE_COLUMNS"]
 
 JOB_ID_LENGTH = 64
 NAME_LENGTH = 255
 STATE_LENGTH = 32
 VERSION_LENGTH = 64
+#: The atom columns a write sets, besides its name and timestamps.
+VALUE_COLUMNS = ("kind", "state", "result", "failure", "revert_failure", "attempts", "meta",
+                 "version", "started_at", "finished_at")
 
 # MySQL: a plain BLOB stops at 64 KiB; DATETIME drops fractions of a second.
 Blob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")

@@ -12,9 +12,16 @@ returned. Under READ COMMITTED (PostgreSQL, and MySQL's locking reads) a
 fence that waited for a take-over's lock re-reads the committed row and
 matches nothing; SQLite has one writer at a time.
 
-The hot path (an atom saved before, ``created_at`` known) is one statement
-per atom with the fence folded in: on PostgreSQL a data-modifying CTE (the
-fence's UPDATE ... RETURNING attempt) joined by the atom UPDATE; on MySQL a
+On PostgreSQL (psycopg) a job run's usual writes are one statement each, run
+in autocommit, one round trip (``_postgresql``): the take-over; a new flow
+with its new atoms; atoms saved before (``created_at`` known), with or
+without their flow; a flow alone. Each does all of its write or nothing,
+fence included; one that wrote nothing (a stale token, a row missing) is
+followed by the transaction below, which decides.
+
+The transaction's hot path (an atom saved before) is one statement per atom
+with the fence folded in: on PostgreSQL a data-modifying CTE (the fence's
+UPDATE ... RETURNING attempt) joined by the atom UPDATE; on MySQL a
 multi-table UPDATE of the logbook row and the atom; on SQLite the fence and
 the UPDATE run in-process, two statements. ``save_atoms`` sends the
 statements of several atoms at once (one executemany) and commits once.
@@ -30,8 +37,8 @@ one). ``take_over(..., attempt=n)`` moves the logbook forward to attempt
 logbook's current attempt, resolved by a subquery inside their own
 statement. Earlier attempts are kept: ``attempts()`` lists them all.
 
-How it fails: each public call is one transaction on a pooled connection of
-its own (thread-safe), retried on transient errors (``_db.is_transient``) with
+How it fails: each public call is one transaction (or one-statement write) on
+a pooled connection of its own (thread-safe), retried on transient errors (``_db.is_transient``) with
 ``jobboard.retry.database_retry``, every database wait bounded (see ``_db``);
 a database that stays down raises ``LogbookUnavailable``, a missing or older
 schema ``LogbookSchemaError``, any other database error ``LogbookError``. A
@@ -61,8 +68,8 @@ from jobboard import serialization
 from jobboard.errors import (InvalidArgument, JobBoardError, LogbookError, LogbookNotFound,
                              StaleOwner)
 from jobboard.events import EventKind, Notifier
-from jobboard.logbook import _db
-from jobboard.logbook.models import AtomDetailRow, FlowDetailRow, LogBookRow
+from jobboard.logbook import _db, _postgresql
+from jobboard.logbook.models import VALUE_COLUMNS, AtomDetailRow, FlowDetailRow, LogBookRow
 from jobboard.logbook.records import AtomDetail, Failure, FlowDetail, LogBookInfo
 from jobboard.retry import database_retry
 from jobboard.states import AtomState, FlowState
@@ -72,6 +79,8 @@ __all__ = ["Logbook"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# What a one-statement write returns when it wrote nothing (the transaction runs).
+_MISSED: Any = object()
 
 _DELETE_BATCH = 500
 
@@ -153,6 +162,12 @@ class Logbook:
             self._engine = _db.make_engine(url, engine_options, pool_size=pool_size)
         except (sa_exc.SQLAlchemyError, ImportError, ValueError) as exc:
             raise LogbookError(f"cannot use logbook URL {_db.safe_url(url)}: {exc}") from exc
+        dialect = self._engine.dialect
+        #: PostgreSQL through psycopg: the usual writes are one statement in
+        #: autocommit (see ``_postgresql``; its SQL names the tables as is).
+        self._one_statement_writes = (
+            dialect.name == "postgresql" and dialect.driver == "psycopg"
+            and "schema_translate_map" not in self._engine.get_execution_options())
         if auto_upgrade is None:
             auto_upgrade = _db.is_sqlite_file(url)
         if auto_upgrade:
@@ -235,7 +250,8 @@ class Logbook:
         """Become the logbook's writer: create it if absent and record
         ``(token, owner)`` unless a newer token already holds it. Returns the
         flow of the current attempt with its atoms (None when it saved none),
-        read in the same transaction.
+        read once the take-over holds: every write of an older holder is in
+        it, and none lands after it.
 
         An ``attempt`` above the logbook's current one moves the logbook to
         it: later writes go to that attempt's flow, which starts empty
@@ -257,7 +273,10 @@ class Logbook:
                                                           {"j": job_id}).all())
             return flows[0] if flows else None
 
-        return self._write("take_over", job_id, token, step, retry_if=_take_over_retryable)
+        # In autocommit on PostgreSQL: once the take-over statement commits,
+        # an older token's write is refused, so the read after it misses none.
+        return self._write("take_over", job_id, token, step, retry_if=_take_over_retryable,
+                           fast=step)
 
     def save_flow(self, job_id: str, name: str, state: FlowState, *, token: int,
                   meta: dict | None = None, atoms: Sequence[AtomDetail] = ()) -> FlowDetail:
@@ -284,7 +303,15 @@ class Logbook:
                 self._save_atoms(conn, job_id, unique, rows, token, new_flow=created)
             return flow
 
-        return self._write("save_flow", job_id, token, step)
+        fast: Callable[[Connection], FlowDetail] | None = None
+        if not unique:
+            fast = step        # the flow's upsert is one statement
+        elif all(atom.created_at is None for atom in unique) \
+                or all(atom.created_at is not None for atom in unique):
+            def fast(conn: Connection) -> FlowDetail:
+                return self._save_flow_in_one(conn, job_id, name, state, token, packed,
+                                              meta or {}, unique, rows)
+        return self._write("save_flow", job_id, token, step, fast=fast)
 
     def save_atom(self, job_id: str, atom: AtomDetail, *, token: int) -> None:
         """Insert or update the atom (by name) in the flow of the job's current
@@ -320,8 +347,12 @@ class Logbook:
         if not unique:
             return
         rows = [_atom_values(atom) for atom in unique]
+        fast = None
+        if all(atom.created_at is not None for atom in unique):
+            def fast(conn: Connection) -> Any:
+                return self._update_atoms_in_one(conn, job_id, unique, rows, token)
         self._write("save_atom", job_id, token,
-                    lambda c: self._save_atoms(c, job_id, unique, rows, token))
+                    lambda c: self._save_atoms(c, job_id, unique, rows, token), fast=fast)
 
     def delete(self, job_id: str) -> bool:
         """Remove a job's logbook, every attempt's flow and atoms. Returns
@@ -520,6 +551,50 @@ class Logbook:
         if updates:
             conn.execute(_ATOM_UPDATE_BY_ID, updates)
 
+    # -- one-statement steps (PostgreSQL, autocommit; see _postgresql) ---------
+
+    @staticmethod
+    def _update_atoms_in_one(conn: Connection, job_id: str, atoms: list[AtomDetail],
+                             rows: list[dict[str, Any]], token: int) -> Any:
+        """Update the (saved before) atoms, all or none; None, or _MISSED."""
+        now = _now()
+        params = {"j": job_id, "t": token, "v_now": now,
+                  **_postgresql.atom_params([atom.name for atom in atoms], rows)}
+        row = conn.exec_driver_sql(_postgresql.update_atoms(len(atoms), False), params).first()
+        if row is None or row[0] != len(atoms):
+            return _MISSED
+        for atom in atoms:
+            atom.updated_at = now
+        return None
+
+    @staticmethod
+    def _save_flow_in_one(conn: Connection, job_id: str, name: str, state: FlowState,
+                          token: int, packed_meta: bytes, meta: dict,
+                          atoms: list[AtomDetail], rows: list[dict[str, Any]]) -> Any:
+        """Insert a new flow with its new atoms, or update the flow and its
+        saved atoms (whichever ``atoms`` are: all new or all saved before),
+        all or nothing; the flow, or _MISSED."""
+        now = _now()
+        names = [atom.name for atom in atoms]
+        params = {"j": job_id, "t": token, "v_now": now, "f_name": name,
+                  "f_state": state.value, "f_meta": packed_meta}
+        new = atoms[0].created_at is None
+        if new:
+            row = conn.exec_driver_sql(_postgresql.INSERT_FLOW_AND_ATOMS,
+                                       {**params, **_postgresql.atom_arrays(names, rows)}).first()
+        else:
+            row = conn.exec_driver_sql(_postgresql.update_atoms(len(atoms), True),
+                                       {**params, **_postgresql.atom_params(names, rows)}).first()
+        if row is None or row[-1] != len(atoms):
+            return _MISSED
+        for atom in atoms:
+            if new:
+                atom.created_at = now
+            atom.updated_at = now
+        return FlowDetail(job_id=job_id, name=name, state=state, meta=dict(meta),
+                          created_at=now if new else _utc(row[2]), updated_at=now,
+                          attempt=row[1])
+
     @staticmethod
     def _delete_jobs(conn: Connection, job_ids: list[str],
                      older_than: datetime | None = None) -> int:
@@ -548,12 +623,25 @@ class Logbook:
     # -- transactions, retries, translation -----------------------------------
 
     def _transaction(self, op: str, step: Callable[[Connection], T], *,
-                     retry_if: Callable[[BaseException], bool] = _db.is_transient) -> T:
+                     retry_if: Callable[[BaseException], bool] = _db.is_transient,
+                     fast: Callable[[Connection], T] | None = None) -> T:
         """Run ``step`` in one transaction (committed on return), retried as a
-        whole on transient errors."""
+        whole on transient errors. ``fast``, on PostgreSQL: one statement (or
+        statements each safe alone) to try first in autocommit; when it
+        returns _MISSED it wrote nothing, and ``step`` runs."""
+        if not self._one_statement_writes:
+            fast = None
+
         def attempt() -> T:
-            with self._engine.begin() as conn:
-                return step(conn)
+            with self._engine.connect() as conn:
+                if fast is not None:
+                    with _postgresql.autocommit(conn):
+                        done = fast(conn)
+                    if done is not _MISSED:
+                        return done
+                result = step(conn)
+                conn.commit()
+                return result
         return self._retrying(op, attempt, retry_if=retry_if)
 
     def _retrying(self, op: str, call: Callable[[], T], *,
@@ -588,11 +676,12 @@ class Logbook:
             raise
 
     def _write(self, op: str, job_id: str, token: int, step: Callable[[Connection], T], *,
-               retry_if: Callable[[BaseException], bool] = _db.is_transient) -> T:
+               retry_if: Callable[[BaseException], bool] = _db.is_transient,
+               fast: Callable[[Connection], T] | None = None) -> T:
         started = time.perf_counter()
         ok = fenced = False
         try:
-            result = self._transaction(op, step, retry_if=retry_if)
+            result = self._transaction(op, step, retry_if=retry_if, fast=fast)
             ok = True
             return result
         except StaleOwner:
@@ -684,8 +773,6 @@ def _refuse(conn: Connection, job_id: str, token: int) -> NoReturn:
 
 # -- the atom write statements, built once (SQLAlchemy caches their SQL) --------
 
-_VALUE_COLUMNS = ("kind", "state", "result", "failure", "revert_failure", "attempts", "meta",
-                  "version", "started_at", "finished_at")
 # More names than this: read every atom of the flow instead of an IN list.
 _NAMES_PER_QUERY = 200
 
@@ -712,12 +799,12 @@ def _new_atom_row(flow_id: int, atom: AtomDetail, values: dict[str, Any],
     """The INSERT row of a new atom (whose ``created_at`` becomes ``now``)."""
     atom.created_at = atom.updated_at = now
     return {"flow_id": flow_id, "name": atom.name, "created_at": now, "updated_at": now,
-            **{col: values[f"v_{col}"] for col in _VALUE_COLUMNS}}
+            **{col: values[f"v_{col}"] for col in VALUE_COLUMNS}}
 
 
 def _atom_set() -> dict[Any, Any]:
     values: dict[Any, Any] = {ATOMS.c[col]: bindparam(f"v_{col}", type_=ATOMS.c[col].type)
-                              for col in _VALUE_COLUMNS}
+                              for col in VALUE_COLUMNS}
     values[ATOMS.c.updated_at] = bindparam("v_now", type_=ATOMS.c.updated_at.type)
     return values
 
