@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import event, exc as sa_exc, text, update
 
+from driver_log import logged_logbook
 import jobboard.logbook as logbook_pkg
 from jobboard.errors import (LogbookError, LogbookNotFound, LogbookSchemaError,
                              LogbookUnavailable, MalformedData, StaleOwner)
@@ -353,13 +354,19 @@ def _connection_id(book: Logbook) -> tuple[str, int]:
         return dialect, conn.execute(text(query)).scalar()
 
 
+@pytest.mark.parametrize("saved_before", [False, True], ids=["new-atom", "saved-atom"])
 @pytest.mark.parametrize("pre_ping", [True, False], ids=["pre-ping", "retry"])
-def test_dropped_connection_is_retried(logbook_url, pre_ping):
+def test_dropped_connection_is_retried(logbook_url, pre_ping, saved_before):
+    """Also on PostgreSQL's one-statement write (an atom saved before), which
+    runs on the driver's connection itself."""
     if logbook_url.startswith("sqlite"):
         pytest.skip("SQLite has no server connection to drop")
     options = {"pool_size": 1, "max_overflow": 0, "pool_pre_ping": pre_ping}
     with Logbook(logbook_url, auto_upgrade=True, engine_options=options) as book:
         _started(book)
+        atom = AtomDetail(name="after-drop", result=0)
+        if saved_before:
+            book.save_atom("job-1", atom, token=10)
         dialect, backend = _connection_id(book)
         with Logbook(logbook_url, auto_upgrade=False) as admin, \
                 admin._engine.connect() as conn:
@@ -367,7 +374,7 @@ def test_dropped_connection_is_retried(logbook_url, pre_ping):
                     else f"KILL {int(backend)}")
             conn.execute(text(kill), {"b": backend})
             conn.commit()
-        book.save_atom("job-1", AtomDetail(name="after-drop", result=1), token=10)
+        book.save_atom("job-1", replace(atom, result=1), token=10)
         assert _connection_id(book)[1] != backend
         assert book.load_flow("job-1").atoms["after-drop"].result == 1
 
@@ -450,7 +457,7 @@ def test_postgresql_atom_update_finds_the_atom_by_its_whole_key(logbook):
 
 @pytest.mark.parametrize("count", [1, 3])
 @pytest.mark.parametrize("name", ["update_atoms", "update_flow_and_atoms",
-                                  "INSERT_FLOW_AND_ATOMS"])
+                                  "insert_flow_and_atoms"])
 def test_postgresql_one_statement_writes_find_rows_by_their_keys(logbook, name, count):
     """The same for the one-statement writes (``_postgresql``): under a
     generic plan on a nearly empty logbook, no table is scanned and every
@@ -464,13 +471,12 @@ def test_postgresql_one_statement_writes_find_rows_by_their_keys(logbook, name, 
     _started(logbook)
     for n in range(count):
         logbook.save_atom("job-1", AtomDetail(name=f"a{n}"), token=10)
-    sql = _postgresql.INSERT_FLOW_AND_ATOMS if name == "INSERT_FLOW_AND_ATOMS" \
+    sql = _postgresql.insert_flow_and_atoms(count) if name == "insert_flow_and_atoms" \
         else _postgresql.update_atoms(count, name == "update_flow_and_atoms")
     params = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
     numbered = re.sub(r"%\((\w+)\)s", lambda m: f"${params.index(m.group(1)) + 1}", sql)
     values = {"j": "'job-1'", "t": "10", "v_now": "now()", "f_name": "'f'",
-              "f_state": "'RUNNING'", "names": "ARRAY['a0']", "a_kind": "ARRAY['task']",
-              **{f"n{n}": f"'a{n}'" for n in range(count)}}
+              "f_state": "'RUNNING'", **{f"n{n}": f"'a{n}'" for n in range(count)}}
     arguments = ", ".join(values.get(p, "NULL") for p in params)
     with logbook._engine.connect() as conn:
         conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
@@ -479,44 +485,42 @@ def test_postgresql_one_statement_writes_find_rows_by_their_keys(logbook, name, 
             f"EXPLAIN EXECUTE one({arguments})"))
         conn.rollback()
     assert "Seq Scan" not in plan, plan
-    if name != "INSERT_FLOW_AND_ATOMS":
+    if name != "insert_flow_and_atoms":
         lookups = [line for line in plan.splitlines() if "Index Cond: (" in line
                    and "flow_id" in line]
         assert len(lookups) == 2 * count, plan          # every EXISTS and UPDATE
         assert all("name" in line for line in lookups), plan
 
 
-def test_postgresql_usual_writes_are_one_statement_in_autocommit(logbook):
+def test_postgresql_usual_writes_are_one_statement_in_autocommit(logbook_url):
     """A job run's usual writes on PostgreSQL cost one statement each and no
     transaction (one round trip: no BEGIN, no COMMIT)."""
-    if logbook._engine.dialect.name != "postgresql":
+    if not logbook_url.startswith("postgresql"):
         pytest.skip("one-statement writes are PostgreSQL's")
-    seen: list[tuple[str, bool]] = []
-
-    def record(conn, cursor, statement, *args) -> None:
-        seen.append((statement.split(None, 1)[0].upper(),
-                     conn.connection.driver_connection.autocommit))
-
-    event.listen(logbook._engine, "before_cursor_execute", record)
     a, b = AtomDetail(name="a", state=AtomState.RUNNING), AtomDetail(name="b")
-    writes = {
-        "take-over": lambda: logbook.take_over("job", 1, "c", name="f"),
-        "new flow with its atoms": lambda: logbook.save_flow(
-            "job", "f", FlowState.RUNNING, token=1, atoms=[a, b]),
-        "atoms saved before": lambda: logbook.save_atoms(
-            "job", [replace(a, state=AtomState.SUCCESS), replace(b, state=AtomState.RUNNING)],
-            token=1),
-        "flow and atoms saved before": lambda: logbook.save_flow(
-            "job", "f", FlowState.SUCCESS, token=1,
-            atoms=[replace(b, state=AtomState.SUCCESS)]),
-        "flow alone": lambda: logbook.save_flow("job", "f", FlowState.SUCCESS, token=1),
-    }
-    for what, write in writes.items():
-        seen.clear()
-        write()
-        assert len(seen) == 1 and seen[0][1], (what, seen)
-    event.remove(logbook._engine, "before_cursor_execute", record)
-    flow = logbook.load_flow("job")
+    book, log = logged_logbook(logbook_url)
+    with book:
+        writes = {
+            "take-over": lambda: book.take_over("job", 1, "c", name="f"),
+            "new flow with its atoms": lambda: book.save_flow(
+                "job", "f", FlowState.RUNNING, token=1, atoms=[a, b]),
+            "atoms saved before": lambda: book.save_atoms(
+                "job", [replace(a, state=AtomState.SUCCESS),
+                        replace(b, state=AtomState.RUNNING)], token=1),
+            "flow and atoms saved before": lambda: book.save_flow(
+                "job", "f", FlowState.SUCCESS, token=1,
+                atoms=[replace(b, state=AtomState.SUCCESS)]),
+            "flow alone": lambda: book.save_flow("job", "f", FlowState.SUCCESS, token=1),
+        }
+        for what, write in writes.items():
+            log.clear()
+            write()
+            expected = [("INSERT" if what == "take-over" else "WITH", True)]
+            assert (log.statements, log.commits) == (expected, 0), what
+        log.clear()
+        book.take_over("job", 2, "d", name="f")         # resumed: the flow is read after it
+        assert log.statements == [("INSERT", True), ("SELECT", True)]
+        flow = book.load_flow("job")
     assert flow.state is FlowState.SUCCESS
     assert [(n, x.state) for n, x in flow.atoms.items()] == [
         ("a", AtomState.SUCCESS), ("b", AtomState.SUCCESS)]

@@ -5,8 +5,8 @@ SQLite, PostgreSQL and MySQL."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import event
 
+from driver_log import logged_logbook
 from jobboard.errors import InvalidArgument, LogbookError, StaleOwner
 from jobboard.logbook import AtomDetail, Logbook
 from jobboard.states import AtomState, FlowState
@@ -129,29 +129,23 @@ def test_delete_removes_every_attempt(logbook):
     assert logbook.attempts("job") == []
 
 
-def test_save_atom_hot_path_is_one_fenced_statement(logbook):
+def test_save_atom_hot_path_is_one_fenced_statement(logbook, logbook_url):
     """An atom saved before: one statement carrying the fence (a CTE on
-    PostgreSQL, a multi-table UPDATE on MySQL; SQLite runs the fence and the
-    update in-process), no pre-ping, no read; the attempt is resolved inside
-    the statement, so it lands in the current attempt's flow."""
+    PostgreSQL, in autocommit; a multi-table UPDATE on MySQL; SQLite runs the
+    fence and the update in-process), no pre-ping, no read; the attempt is
+    resolved inside the statement, so it lands in the current attempt's flow."""
     _run_attempt(logbook, 3, 1, FlowState.FAILURE, "first")
     logbook.take_over("job", 4, "b", attempt=2)
     logbook.save_flow("job", "provision", FlowState.RUNNING, token=4)
     atom = AtomDetail(name="a", state=AtomState.RUNNING)
     logbook.save_atom("job", atom, token=4)                # first save: read + insert
-    statements: list[str] = []
-
-    def count(_conn, _cursor, statement, *_args):
-        statements.append(statement.split()[0].upper())
-
-    event.listen(logbook._engine, "before_cursor_execute", count)
-    try:
+    book, log = logged_logbook(logbook_url)
+    with book:
         atom.state = AtomState.SUCCESS
-        logbook.save_atom("job", atom, token=4)
-    finally:
-        event.remove(logbook._engine, "before_cursor_execute", count)
+        book.save_atom("job", atom, token=4)
     dialect = logbook._engine.dialect.name
-    expected = {"postgresql": ["WITH"], "sqlite": ["UPDATE", "UPDATE"]}.get(dialect, ["UPDATE"])
-    assert statements == expected
+    expected = {"postgresql": [("WITH", True)], "sqlite": [("UPDATE", False)] * 2
+                }.get(dialect, [("UPDATE", False)])
+    assert log.statements == expected
     assert logbook.load_flow("job").atoms["a"].state is AtomState.SUCCESS
     assert "a" not in logbook.load_flow("job", attempt=1).atoms

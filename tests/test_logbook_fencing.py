@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import event, text
 
+from driver_log import logged_logbook
 from jobboard.errors import StaleOwner
 from jobboard.logbook import AtomDetail, Logbook
 from jobboard.states import AtomState, FlowState
@@ -102,19 +103,20 @@ def test_take_over_when_an_older_holder_creates_the_logbook_meanwhile(logbook, l
         pytest.skip("SQLite serializes writers and MySQL's gap lock makes the "
                     "older creator wait: only READ COMMITTED interleaves here")
     older = Logbook(logbook_url)
+    newer, log = logged_logbook(logbook_url)
     injected = []
 
-    def create_meanwhile(conn, cursor, statement, *args) -> None:
+    def create_meanwhile(statement: str) -> None:
         if not injected and statement.lstrip().upper().startswith(
                 ("SELECT LOGBOOKS.TOKEN", "INSERT INTO LOGBOOKS")):
             injected.append(True)
             older.take_over("fresh", 7, "owner-7")
 
-    event.listen(logbook._engine, "before_cursor_execute", create_meanwhile)
+    log.before = create_meanwhile
     try:
-        logbook.take_over("fresh", 8, "owner-8")
+        newer.take_over("fresh", 8, "owner-8")
     finally:
-        event.remove(logbook._engine, "before_cursor_execute", create_meanwhile)
+        newer.close()
         older.close()
     assert injected
     info = logbook.get_logbook("fresh")

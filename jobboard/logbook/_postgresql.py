@@ -11,7 +11,7 @@ is safe:
 - :func:`update_atoms` writes only when every named atom exists in the
   current attempt's flow (each atom's UPDATE is conditioned on all of them
   being found);
-- :data:`INSERT_FLOW_AND_ATOMS` inserts the atoms only with the flow it
+- :func:`insert_flow_and_atoms` inserts the atoms only with the flow it
   inserts, and inserts no flow when the attempt has one
   (``ON CONFLICT DO NOTHING``).
 
@@ -27,9 +27,9 @@ reads is found by equality on a whole unique key with a parameter (the
 logbook by job id, the flow by job id and attempt, an atom by flow id and
 name), the one shape whose plan stays an index lookup: an update of n atoms
 is n such UPDATEs in one statement (its text made once per n), not a join,
-which a plan for small tables does by reading the whole atom table. The new
-atoms of a new flow are inserted from arrays (``unnest``), which reads no
-table.
+which a plan for small tables does by reading the whole atom table.
+Parameters are scalars, one per column and atom (psycopg dumps a list
+parameter element by element, several times slower).
 """
 
 from __future__ import annotations
@@ -39,12 +39,11 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Engine, exc as sa_exc
 
 from jobboard.logbook.models import VALUE_COLUMNS
 
-__all__ = ["INSERT_FLOW_AND_ATOMS", "atom_arrays", "atom_params", "autocommit",
-           "update_atoms"]
+__all__ = ["atom_params", "autocommit", "insert_flow_and_atoms", "update_atoms"]
 
 _TYPES = {"kind": "varchar", "state": "varchar", "result": "bytea", "failure": "bytea",
           "revert_failure": "bytea", "attempts": "integer", "meta": "bytea",
@@ -89,7 +88,8 @@ def update_atoms(count: int, with_flow: bool) -> str:
 
 
 def atom_params(names: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The parameters of :func:`update_atoms`: ``n<i>`` and ``v<i>_<column>``
+    """The parameters of :func:`update_atoms` and :func:`insert_flow_and_atoms`:
+    ``n<i>`` and ``v<i>_<column>``
     from the ``v_<column>`` values of each row."""
     params: dict[str, Any] = {}
     for i, (name, row) in enumerate(zip(names, rows)):
@@ -99,16 +99,18 @@ def atom_params(names: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[st
     return params
 
 
-_NEW = "new AS (SELECT * FROM unnest(%(names)s::varchar[], {arrays}) WITH ORDINALITY " \
-       "AS new(name, {columns}, position))".format(
-           arrays=", ".join(f"%(a_{c})s::{_TYPES[c]}[]" for c in VALUE_COLUMNS),
-           columns=", ".join(VALUE_COLUMNS))
-
-#: Insert the current attempt's flow with its (new) atoms, in the order
-#: given (parameters of :func:`atom_arrays`); nothing when the attempt has a
-#: flow: returns the flow's (id, attempt, atoms inserted), or no row.
-INSERT_FLOW_AND_ATOMS = f"""WITH {_FENCE},
-{_NEW},
+@lru_cache(maxsize=None)
+def insert_flow_and_atoms(count: int) -> str:
+    """Insert the current attempt's flow with ``count`` new atoms (parameters
+    of :func:`atom_params`), in the order given; nothing when the attempt
+    has a flow: returns the flow's (id, attempt, atoms inserted), or no
+    row."""
+    rows = ", ".join(
+        "(" + ", ".join([str(i), f"%(n{i})s::varchar"]
+                        + [f"%(v{i}_{c})s::{_TYPES[c]}" for c in VALUE_COLUMNS]) + ")"
+        for i in range(count))
+    columns = ", ".join(VALUE_COLUMNS)
+    return f"""WITH {_FENCE},
 flow AS (
     INSERT INTO flowdetails (job_id, attempt, name, state, meta, created_at, updated_at)
     SELECT %(j)s, fence.attempt, %(f_name)s, %(f_state)s, %(f_meta)s, %(v_now)s, %(v_now)s
@@ -116,37 +118,45 @@ flow AS (
     ON CONFLICT (job_id, attempt) DO NOTHING
     RETURNING id, attempt),
 atoms AS (
-    INSERT INTO atomdetails (flow_id, name, {", ".join(VALUE_COLUMNS)}, created_at, updated_at)
+    INSERT INTO atomdetails (flow_id, name, {columns}, created_at, updated_at)
     SELECT flow.id, new.name, {", ".join(f"new.{c}" for c in VALUE_COLUMNS)},
         %(v_now)s, %(v_now)s
-    FROM flow, new ORDER BY new.position
+    FROM flow, (VALUES {rows}) AS new(position, name, {columns})
+    ORDER BY new.position
     RETURNING 1)
 SELECT id, attempt, (SELECT count(*) FROM atoms) FROM flow"""
 
 
-def atom_arrays(names: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The parameters of :data:`INSERT_FLOW_AND_ATOMS`: ``names``, and
-    ``a_<column>`` from the ``v_<column>`` values of each row, one array per
-    column."""
-    arrays: dict[str, Any] = {"names": list(names)}
-    for column in VALUE_COLUMNS:
-        key = f"v_{column}"
-        arrays[f"a_{column}"] = [row[key] for row in rows]
-    return arrays
-
-
 @contextmanager
-def autocommit(conn: Connection) -> Iterator[None]:
-    """Run ``conn``'s statements in autocommit (psycopg sends no BEGIN and
-    no COMMIT), then end SQLAlchemy's transaction (no round trip: the driver
-    has none open) and give the connection back in its usual mode."""
-    driver = conn.connection.driver_connection
-    driver.autocommit = True
+def autocommit(engine: Engine) -> Iterator[Any]:
+    """One of ``engine``'s pooled connections, as the psycopg connection
+    itself, in autocommit (psycopg sends no BEGIN and no COMMIT); the
+    statements go straight to the driver (SQLAlchemy's own work per
+    statement costs about as much as psycopg's). Errors are raised as
+    SQLAlchemy's (what the store's retries and translation read); a
+    connection that is gone or broke mid-statement leaves the pool."""
+    dialect = engine.dialect
+    error = dialect.loaded_dbapi.Error
+    pooled: Any = None
     try:
-        yield
-        conn.commit()
+        pooled = engine.raw_connection()
+        driver = pooled.driver_connection
+        driver.autocommit = True
+        yield driver
+    except error as exc:
+        gone = pooled is not None and dialect.is_disconnect(exc, pooled.driver_connection, None)
+        if gone:
+            # As SQLAlchemy does on a disconnect: this connection and every
+            # pooled one opened before it are replaced (the server restarted,
+            # say), so a retry does not meet the next dead one.
+            engine.pool._invalidate(pooled, exc)
+        raise sa_exc.DBAPIError.instance(None, None, exc, error, connection_invalidated=gone,
+                                         dialect=dialect) from exc
     finally:
-        try:
-            driver.autocommit = False
-        except Exception:     # a connection that broke mid-statement: not reused
-            conn.invalidate()
+        if pooled is not None:
+            if pooled.is_valid:
+                try:
+                    pooled.driver_connection.autocommit = False
+                except error:
+                    pooled.invalidate()
+            pooled.close()

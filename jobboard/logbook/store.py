@@ -58,7 +58,7 @@ from datetime import datetime, timedelta, timezone
 from collections.abc import Sequence
 from typing import Any, Callable, NoReturn, TypeVar
 
-from sqlalchemy import (Connection, Engine, bindparam, case, delete, exc as sa_exc, insert,
+from sqlalchemy import (Connection, Dialect, Engine, bindparam, case, delete, exc as sa_exc, insert,
                         literal_column, null, select, update)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -273,10 +273,11 @@ class Logbook:
                                                           {"j": job_id}).all())
             return flows[0] if flows else None
 
-        # In autocommit on PostgreSQL: once the take-over statement commits,
-        # an older token's write is refused, so the read after it misses none.
+        def fast(driver: Any) -> Any:
+            return self._take_over_in_one(driver, job_id, token, owner, name, attempt)
+
         return self._write("take_over", job_id, token, step, retry_if=_take_over_retryable,
-                           fast=step)
+                           fast=fast)
 
     def save_flow(self, job_id: str, name: str, state: FlowState, *, token: int,
                   meta: dict | None = None, atoms: Sequence[AtomDetail] = ()) -> FlowDetail:
@@ -303,15 +304,13 @@ class Logbook:
                 self._save_atoms(conn, job_id, unique, rows, token, new_flow=created)
             return flow
 
-        fast: Callable[[Connection], FlowDetail] | None = None
-        if not unique:
-            fast = step        # the flow's upsert is one statement
-        elif all(atom.created_at is None for atom in unique) \
-                or all(atom.created_at is not None for atom in unique):
-            def fast(conn: Connection) -> FlowDetail:
-                return self._save_flow_in_one(conn, job_id, name, state, token, packed,
-                                              meta or {}, unique, rows)
-        return self._write("save_flow", job_id, token, step, fast=fast)
+        def in_one(driver: Any) -> Any:
+            return self._save_flow_in_one(driver, job_id, name, state, token, packed,
+                                          meta or {}, unique, rows)
+
+        all_new_or_none = len({atom.created_at is None for atom in unique}) < 2
+        return self._write("save_flow", job_id, token, step,
+                           fast=in_one if all_new_or_none else None)
 
     def save_atom(self, job_id: str, atom: AtomDetail, *, token: int) -> None:
         """Insert or update the atom (by name) in the flow of the job's current
@@ -347,12 +346,13 @@ class Logbook:
         if not unique:
             return
         rows = [_atom_values(atom) for atom in unique]
-        fast = None
-        if all(atom.created_at is not None for atom in unique):
-            def fast(conn: Connection) -> Any:
-                return self._update_atoms_in_one(conn, job_id, unique, rows, token)
+        def in_one(driver: Any) -> Any:
+            return self._update_atoms_in_one(driver, job_id, unique, rows, token)
+
+        saved_before = all(atom.created_at is not None for atom in unique)
         self._write("save_atom", job_id, token,
-                    lambda c: self._save_atoms(c, job_id, unique, rows, token), fast=fast)
+                    lambda c: self._save_atoms(c, job_id, unique, rows, token),
+                    fast=in_one if saved_before else None)
 
     def delete(self, job_id: str) -> bool:
         """Remove a job's logbook, every attempt's flow and atoms. Returns
@@ -551,41 +551,63 @@ class Logbook:
         if updates:
             conn.execute(_ATOM_UPDATE_BY_ID, updates)
 
-    # -- one-statement steps (PostgreSQL, autocommit; see _postgresql) ---------
+    # -- one-statement steps (PostgreSQL; see _postgresql) ---------------------
+    # Each takes the psycopg connection, in autocommit, and returns _MISSED
+    # when it wrote nothing: the transaction then runs and decides.
+
+    def _take_over_in_one(self, driver: Any, job_id: str, token: int, owner: str, name: str,
+                          attempt: int) -> Any:
+        """The take-over's upsert, then (a logbook that existed) the read of
+        its current flow. Once the take-over has committed, an older token's
+        write is refused, so the read misses none of them."""
+        params = {"j": job_id, "t": token, "o": owner, "v_now": _now(), "a": attempt,
+                  "n": name}
+        dialect = self._engine.dialect
+        row = driver.execute(_driver_sql(_TAKE_OVER_UPSERTS["postgresql", bool(name)], dialect),
+                             params).fetchone()
+        if row is None:
+            return _MISSED            # a newer holder: the transaction says which
+        if row[1]:
+            return None               # created here: nothing saved yet
+        flows = _flows_from_rows(job_id, driver.execute(
+            _driver_sql(_CURRENT_FLOW_QUERY, dialect), {"j": job_id}).fetchall())
+        return flows[0] if flows else None
 
     @staticmethod
-    def _update_atoms_in_one(conn: Connection, job_id: str, atoms: list[AtomDetail],
+    def _update_atoms_in_one(driver: Any, job_id: str, atoms: list[AtomDetail],
                              rows: list[dict[str, Any]], token: int) -> Any:
-        """Update the (saved before) atoms, all or none; None, or _MISSED."""
+        """Update the (saved before) atoms, all or none."""
         now = _now()
         params = {"j": job_id, "t": token, "v_now": now,
                   **_postgresql.atom_params([atom.name for atom in atoms], rows)}
-        row = conn.exec_driver_sql(_postgresql.update_atoms(len(atoms), False), params).first()
+        row = driver.execute(_postgresql.update_atoms(len(atoms), False), params).fetchone()
         if row is None or row[0] != len(atoms):
             return _MISSED
         for atom in atoms:
             atom.updated_at = now
         return None
 
-    @staticmethod
-    def _save_flow_in_one(conn: Connection, job_id: str, name: str, state: FlowState,
+    def _save_flow_in_one(self, driver: Any, job_id: str, name: str, state: FlowState,
                           token: int, packed_meta: bytes, meta: dict,
                           atoms: list[AtomDetail], rows: list[dict[str, Any]]) -> Any:
         """Insert a new flow with its new atoms, or update the flow and its
-        saved atoms (whichever ``atoms`` are: all new or all saved before),
-        all or nothing; the flow, or _MISSED."""
+        saved atoms (``atoms`` are all new or all saved before; none: the
+        flow's own upsert), all or nothing; the flow as stored."""
         now = _now()
         names = [atom.name for atom in atoms]
         params = {"j": job_id, "t": token, "v_now": now, "f_name": name,
                   "f_state": state.value, "f_meta": packed_meta}
-        new = atoms[0].created_at is None
-        if new:
-            row = conn.exec_driver_sql(_postgresql.INSERT_FLOW_AND_ATOMS,
-                                       {**params, **_postgresql.atom_arrays(names, rows)}).first()
+        new = bool(atoms) and atoms[0].created_at is None
+        if not atoms:
+            row = driver.execute(_driver_sql(_FLOW_UPSERTS["postgresql"], self._engine.dialect),
+                                 params).fetchone()
+            new = row is not None and row[3]
         else:
-            row = conn.exec_driver_sql(_postgresql.update_atoms(len(atoms), True),
-                                       {**params, **_postgresql.atom_params(names, rows)}).first()
-        if row is None or row[-1] != len(atoms):
+            statement = _postgresql.insert_flow_and_atoms(len(atoms)) if new \
+                else _postgresql.update_atoms(len(atoms), True)
+            row = driver.execute(statement, {**params, **_postgresql.atom_params(names, rows)}
+                                 ).fetchone()
+        if row is None or (atoms and row[-1] != len(atoms)):
             return _MISSED
         for atom in atoms:
             if new:
@@ -624,24 +646,23 @@ class Logbook:
 
     def _transaction(self, op: str, step: Callable[[Connection], T], *,
                      retry_if: Callable[[BaseException], bool] = _db.is_transient,
-                     fast: Callable[[Connection], T] | None = None) -> T:
+                     fast: Callable[[Any], T] | None = None) -> T:
         """Run ``step`` in one transaction (committed on return), retried as a
-        whole on transient errors. ``fast``, on PostgreSQL: one statement (or
-        statements each safe alone) to try first in autocommit; when it
-        returns _MISSED it wrote nothing, and ``step`` runs."""
+        whole on transient errors. ``fast``, on PostgreSQL: a one-statement
+        write (statements each safe alone) to try first, given the psycopg
+        connection in autocommit; when it returns _MISSED it wrote nothing,
+        and ``step`` runs."""
         if not self._one_statement_writes:
             fast = None
 
         def attempt() -> T:
-            with self._engine.connect() as conn:
-                if fast is not None:
-                    with _postgresql.autocommit(conn):
-                        done = fast(conn)
-                    if done is not _MISSED:
-                        return done
-                result = step(conn)
-                conn.commit()
-                return result
+            if fast is not None:
+                with _postgresql.autocommit(self._engine) as driver:
+                    done = fast(driver)
+                if done is not _MISSED:
+                    return done
+            with self._engine.begin() as conn:
+                return step(conn)
         return self._retrying(op, attempt, retry_if=retry_if)
 
     def _retrying(self, op: str, call: Callable[[], T], *,
@@ -677,7 +698,7 @@ class Logbook:
 
     def _write(self, op: str, job_id: str, token: int, step: Callable[[Connection], T], *,
                retry_if: Callable[[BaseException], bool] = _db.is_transient,
-               fast: Callable[[Connection], T] | None = None) -> T:
+               fast: Callable[[Any], T] | None = None) -> T:
         started = time.perf_counter()
         ok = fenced = False
         try:
@@ -744,6 +765,16 @@ def _token_row(conn: Connection, job_id: str) -> Any:
 _DRIVER_SQL: dict[tuple[int, str, str], str] = {}
 
 
+def _driver_sql(statement: Any, dialect: Dialect) -> str:
+    """A prebuilt statement's SQL for the driver, compiled once
+    (``for_executemany``: no implicit RETURNING of an INSERT's new ids)."""
+    key = (id(statement), dialect.driver, dialect.paramstyle)
+    sql = _DRIVER_SQL.get(key)
+    if sql is None:
+        sql = _DRIVER_SQL[key] = str(statement.compile(dialect=dialect, for_executemany=True))
+    return sql
+
+
 def _run(conn: Connection, statement: Any, params: Any) -> Any:
     """Execute one of the prebuilt hot-path statements below (module
     constants). On PostgreSQL its SQL is compiled once and handed to the
@@ -754,12 +785,7 @@ def _run(conn: Connection, statement: Any, params: Any) -> Any:
     dialect = conn.dialect
     if dialect.name != "postgresql" or "schema_translate_map" in conn.get_execution_options():
         return conn.execute(statement, params)
-    key = (id(statement), dialect.driver, dialect.paramstyle)
-    sql = _DRIVER_SQL.get(key)
-    if sql is None:
-        # for_executemany: no implicit RETURNING of an INSERT's new ids.
-        sql = _DRIVER_SQL[key] = str(statement.compile(dialect=dialect, for_executemany=True))
-    return conn.exec_driver_sql(sql, params)
+    return conn.exec_driver_sql(_driver_sql(statement, dialect), params)
 
 
 def _refuse(conn: Connection, job_id: str, token: int) -> NoReturn:
