@@ -77,6 +77,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 from jobboard.engine.calls import Call, Inflight
@@ -219,7 +220,6 @@ class Engine:
         self._halts = 0            # cancel(revert=False) calls: stop a revert too
         self._guard = threading.Lock()
         self._calls = Inflight(heartbeat_interval)
-        self._observed: bool | None = None      # the executor takes observer=
         self._started = False
         self.atoms: dict[str, AtomDetail] = {}
         self._provided: dict[str, dict[str, Any]] = {}
@@ -421,16 +421,9 @@ class Engine:
     def _submit(self, executor: Executor, name: str, phase: str, task: Task,
                 *args: Any) -> Future[Any]:
         """Hand one call to the executor, listed in ``self._calls``."""
-        if self._observed is None:
-            try:
-                params = inspect.signature(executor.execute).parameters
-                self._observed = "observer" in params or any(
-                    p.kind is p.VAR_KEYWORD for p in params.values())
-            except (TypeError, ValueError):
-                self._observed = False
         call = self._calls.new(name, phase, self._timeout_of(name))
         method = executor.execute if phase == "execute" else executor.revert
-        if self._observed:
+        if _takes_observer(getattr(executor.execute, "__func__", executor.execute)):
             future = method(task, *args, observer=call)
         else:                              # an executor from before observers
             call.started()
@@ -667,3 +660,14 @@ class Engine:
         state = detail.state
         return Outcome(state, self._results(), None if state == FlowState.SUCCESS else failure,
                        reverted=state == FlowState.CANCELLED)
+
+
+@lru_cache(maxsize=64)
+def _takes_observer(execute: Callable[..., Any]) -> bool:
+    """Whether an executor's ``execute`` takes ``observer=`` (executors
+    written before observers do not); asked once per executor class."""
+    try:
+        params = inspect.signature(execute).parameters
+    except (TypeError, ValueError):
+        return False
+    return "observer" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

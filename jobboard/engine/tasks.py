@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from jobboard.engine.control import current as _current_call
@@ -37,11 +38,31 @@ __all__ = ["Task", "FunctionTask", "task", "call_execute", "call_revert",
 #: ``version`` of it: run it again, keep the result, or fail the job.
 VERSION_POLICIES = ("rerun", "keep", "fail")
 
+
 def _signature(func: Callable[..., Any]) -> tuple[dict[str, bool], bool]:
-    """(param -> has_default, accepts **kwargs) for ``func``'s keyword-passable params."""
+    """(param -> has_default, accepts **kwargs) for ``func``'s keyword-passable
+    params; a method's is read once per function (a flow factory builds the
+    same tasks for every job)."""
+    function = getattr(func, "__func__", None)
+    if function is None:
+        return _parameters(func, bound=False)
+    try:
+        params, var_kw = _method_parameters(function)
+    except TypeError:           # not hashable
+        return _parameters(func, bound=False)
+    return dict(params), var_kw
+
+
+@lru_cache(maxsize=1024)
+def _method_parameters(function: Callable[..., Any]) -> tuple[dict[str, bool], bool]:
+    return _parameters(function, bound=True)
+
+
+def _parameters(func: Callable[..., Any], *, bound: bool) -> tuple[dict[str, bool], bool]:
     params: dict[str, bool] = {}
     var_kw = False
-    for p in inspect.signature(func).parameters.values():
+    parameters = list(inspect.signature(func).parameters.values())
+    for p in parameters[1:] if bound else parameters:
         if p.kind is p.VAR_KEYWORD:
             var_kw = True
         elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
