@@ -542,6 +542,24 @@ def test_a_write_of_atoms_one_of_which_is_gone_saves_them_all(logbook):
     assert list(atoms) == ["a", "b"]
 
 
+def test_a_flow_of_many_atoms_is_saved_and_updated(logbook):
+    """More atoms than one statement takes (PostgreSQL's MAX_ATOMS): the
+    same writes, through the transaction."""
+    from jobboard.logbook._postgresql import MAX_ATOMS
+
+    logbook.take_over("job", 1, "c")
+    atoms = [AtomDetail(name=f"t{n}") for n in range(MAX_ATOMS + 5)]
+    logbook.save_flow("job", "f", FlowState.RUNNING, token=1, atoms=atoms)
+    for atom in atoms:
+        atom.state = AtomState.SUCCESS
+    logbook.save_atoms("job", atoms, token=1)
+    logbook.save_flow("job", "f", FlowState.SUCCESS, token=1, atoms=atoms[:MAX_ATOMS])
+    flow = logbook.load_flow("job")
+    assert flow.state is FlowState.SUCCESS
+    assert list(flow.atoms) == [atom.name for atom in atoms]
+    assert {atom.state for atom in flow.atoms.values()} == {AtomState.SUCCESS}
+
+
 def test_pool_keeps_a_connection_per_writer(logbook_url):
     """A conductor's slots write at once; each keeps its pooled connection
     (beyond the pool's size every write would open and close one)."""

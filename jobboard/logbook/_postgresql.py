@@ -43,7 +43,11 @@ from sqlalchemy import Engine, exc as sa_exc
 
 from jobboard.logbook.models import VALUE_COLUMNS
 
-__all__ = ["atom_params", "autocommit", "insert_flow_and_atoms", "update_atoms"]
+__all__ = ["MAX_ATOMS", "atom_params", "autocommit", "insert_flow_and_atoms", "update_atoms"]
+
+#: A write of more atoms than this takes the transaction (the statements grow
+#: with the count: 11 parameters per atom, one text cached per count).
+MAX_ATOMS = 32
 
 _TYPES = {"kind": "varchar", "state": "varchar", "result": "bytea", "failure": "bytea",
           "revert_failure": "bytea", "attempts": "integer", "meta": "bytea",
@@ -60,7 +64,7 @@ _FLOW = """flow AS (
     WHERE flowdetails.job_id = %(j)s AND flowdetails.attempt = fence.attempt)"""
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=2 * MAX_ATOMS)
 def update_atoms(count: int, with_flow: bool) -> str:
     """Update ``count`` atoms saved before (parameters of :func:`atom_params`)
     and, ``with_flow``, the current attempt's flow, all or nothing: returns
@@ -99,7 +103,7 @@ def atom_params(names: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[st
     return params
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=MAX_ATOMS)
 def insert_flow_and_atoms(count: int) -> str:
     """Insert the current attempt's flow with ``count`` new atoms (parameters
     of :func:`atom_params`), in the order given; nothing when the attempt

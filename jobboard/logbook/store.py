@@ -308,9 +308,10 @@ class Logbook:
             return self._save_flow_in_one(driver, job_id, name, state, token, packed,
                                           meta or {}, unique, rows)
 
-        all_new_or_none = len({atom.created_at is None for atom in unique}) < 2
+        one_statement = len(unique) <= _postgresql.MAX_ATOMS \
+            and len({atom.created_at is None for atom in unique}) < 2   # all new, or none
         return self._write("save_flow", job_id, token, step,
-                           fast=in_one if all_new_or_none else None)
+                           fast=in_one if one_statement else None)
 
     def save_atom(self, job_id: str, atom: AtomDetail, *, token: int) -> None:
         """Insert or update the atom (by name) in the flow of the job's current
@@ -349,10 +350,11 @@ class Logbook:
         def in_one(driver: Any) -> Any:
             return self._update_atoms_in_one(driver, job_id, unique, rows, token)
 
-        saved_before = all(atom.created_at is not None for atom in unique)
+        one_statement = len(unique) <= _postgresql.MAX_ATOMS \
+            and all(atom.created_at is not None for atom in unique)
         self._write("save_atom", job_id, token,
                     lambda c: self._save_atoms(c, job_id, unique, rows, token),
-                    fast=in_one if saved_before else None)
+                    fast=in_one if one_statement else None)
 
     def delete(self, job_id: str) -> bool:
         """Remove a job's logbook, every attempt's flow and atoms. Returns
