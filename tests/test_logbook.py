@@ -535,11 +535,47 @@ def test_a_write_of_atoms_one_of_which_is_gone_saves_them_all(logbook):
     logbook.save_atoms("job", [a, b], token=10)
     with logbook._engine.begin() as conn:
         conn.exec_driver_sql("DELETE FROM atomdetails WHERE name = 'b'")
+    if logbook._one_statement_writes:
+        from jobboard.logbook import _postgresql
+        from jobboard.logbook.store import _atom_values
+
+        changed = [replace(a, state=AtomState.SUCCESS), replace(b, state=AtomState.RUNNING)]
+        params = {"j": "job", "t": 10, "v_now": datetime.now(timezone.utc),
+                  **_postgresql.atom_params(["a", "b"], [_atom_values(x) for x in changed])}
+        with _postgresql.autocommit(logbook._engine) as driver:
+            row = driver.execute(_postgresql.update_atoms(2, False), params).fetchone()
+        assert row == (0,)
+        assert logbook.load_flow("job").atoms["a"].state is AtomState.PENDING
     logbook.save_atoms("job", [replace(a, state=AtomState.SUCCESS),
                                replace(b, state=AtomState.RUNNING)], token=10)
     atoms = logbook.load_flow("job").atoms
     assert (atoms["a"].state, atoms["b"].state) == (AtomState.SUCCESS, AtomState.RUNNING)
     assert list(atoms) == ["a", "b"]
+
+
+def test_a_dead_connection_replaces_the_pooled_ones_opened_before_it(logbook_url):
+    """Every pooled connection died (a database restart): the first write to
+    meet a dead one replaces them all, so its one retry gets a live one."""
+    if not logbook_url.startswith("postgresql"):
+        pytest.skip("the one-statement writes are PostgreSQL's")
+    options = {"pool_size": 2, "max_overflow": 0}
+    with Logbook(logbook_url, auto_upgrade=True, retry_attempts=2,
+                 engine_options=options) as book:
+        _started(book)
+        atom = AtomDetail(name="a")
+        book.save_atom("job-1", atom, token=10)
+        first, second = book._engine.connect(), book._engine.connect()
+        pids = [conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+                for conn in (first, second)]
+        first.close()
+        second.close()
+        with Logbook(logbook_url, auto_upgrade=False) as admin, \
+                admin._engine.connect() as conn:
+            for pid in pids:
+                conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+            conn.commit()
+        book.save_atom("job-1", replace(atom, result=1), token=10)
+        assert book.load_flow("job-1").atoms["a"].result == 1
 
 
 def test_a_flow_of_many_atoms_is_saved_and_updated(logbook):

@@ -49,6 +49,56 @@ def test_stale_token_is_refused(logbook):
     assert logbook.load_flow("job").atoms["a"].result == "new"
 
 
+def test_every_shape_of_write_is_refused_to_a_stale_token(logbook):
+    """Each write PostgreSQL makes in one statement (a new flow with its new
+    atoms, atoms saved before, a flow with atoms saved before) is refused
+    whole to a superseded token, and leaves nothing behind."""
+    logbook.take_over("job", 1, "old")
+    logbook.take_over("job", 2, "new")
+    with pytest.raises(StaleOwner):
+        logbook.save_flow("job", "f", FlowState.RUNNING, token=1, atoms=[AtomDetail(name="a")])
+    assert logbook.load_flow("job") is None
+    saved = AtomDetail(name="a", state=AtomState.RUNNING)
+    logbook.save_flow("job", "f", FlowState.RUNNING, token=2, atoms=[saved])
+    logbook.take_over("job", 3, "newest")
+    stale = replace(saved, state=AtomState.SUCCESS, result="stale")
+    with pytest.raises(StaleOwner):
+        logbook.save_atoms("job", [stale], token=2)
+    with pytest.raises(StaleOwner):
+        logbook.save_flow("job", "f", FlowState.SUCCESS, token=2, atoms=[stale])
+    flow = logbook.load_flow("job")
+    assert flow.state is FlowState.RUNNING
+    assert (flow.atoms["a"].state, flow.atoms["a"].result) == (AtomState.RUNNING, None)
+
+
+@pytest.mark.parametrize("logbook_url", ["postgresql"], indirect=True)
+def test_a_take_over_does_not_return_a_newer_holders_flow(logbook_url, logbook):
+    """A newer holder takes over (a new attempt) and finishes between this
+    take-over's own statement and its read of the flow (PostgreSQL's two
+    statements in autocommit; elsewhere one transaction, whose lock keeps the
+    newer holder out): this one is refused, not handed the newer holder's
+    finished flow as its own."""
+    logbook.take_over("job", 1, "old", name="f")
+    logbook.save_flow("job", "f", FlowState.RUNNING, token=1)
+    newer = Logbook(logbook_url, auto_upgrade=False)
+    taker, log = logged_logbook(logbook_url)
+
+    def newer_holder_meanwhile(statement: str) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and log.before is not None:
+            log.before = None
+            newer.take_over("job", 3, "newer", name="f", attempt=2)
+            newer.save_flow("job", "f", FlowState.SUCCESS, token=3)
+
+    log.before = newer_holder_meanwhile
+    try:
+        with pytest.raises(StaleOwner):
+            taker.take_over("job", 2, "taker", name="f")
+    finally:
+        taker.close()
+        newer.close()
+    assert log.before is None, "the read after the take-over never came"
+
+
 def test_no_old_write_lands_after_a_take_over(logbook_url, logbook):
     """Several threads of the old owner write in a loop (so some writes are in
     flight at any moment) while another Logbook takes over with a newer token."""

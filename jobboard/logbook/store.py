@@ -561,7 +561,9 @@ class Logbook:
                           attempt: int) -> Any:
         """The take-over's upsert, then (a logbook that existed) the read of
         its current flow. Once the take-over has committed, an older token's
-        write is refused, so the read misses none of them."""
+        write is refused, so the read misses none of them; the read is of
+        the logbook held by ``token``, so a newer holder come meanwhile is
+        not mistaken for ours (the transaction then says StaleOwner)."""
         params = {"j": job_id, "t": token, "o": owner, "v_now": _now(), "a": attempt,
                   "n": name}
         dialect = self._engine.dialect
@@ -571,8 +573,11 @@ class Logbook:
             return _MISSED            # a newer holder: the transaction says which
         if row[1]:
             return None               # created here: nothing saved yet
-        flows = _flows_from_rows(job_id, driver.execute(
-            _driver_sql(_CURRENT_FLOW_QUERY, dialect), {"j": job_id}).fetchall())
+        rows = driver.execute(_driver_sql(_HELD_FLOW_QUERY, dialect),
+                              {"j": job_id, "t": token}).fetchall()
+        if not rows:
+            return _MISSED            # taken over again since
+        flows = _flows_from_rows(job_id, [row for row in rows if row[0] is not None])
         return flows[0] if flows else None
 
     @staticmethod
@@ -915,6 +920,15 @@ _CURRENT_FLOW = (
     .where(LOGBOOKS.c.job_id == _j()))
 _CURRENT_FLOW_QUERY = _FLOW_QUERY.where(FLOWS.c.job_id == _j(),
                                         FLOWS.c.attempt == _attempt_now())
+# The same, of the logbook while ``token`` holds it: no row when it does not,
+# a row of NULL flow columns when its current attempt has no flow yet.
+_HELD_FLOW_QUERY = (
+    select(*_FLOW_QUERY.selected_columns).select_from(
+        LOGBOOKS.outerjoin(FLOWS, (FLOWS.c.job_id == LOGBOOKS.c.job_id)
+                           & (FLOWS.c.attempt == LOGBOOKS.c.attempt))
+        .outerjoin(ATOMS, ATOMS.c.flow_id == FLOWS.c.id))
+    .where(LOGBOOKS.c.job_id == _j(), LOGBOOKS.c.token == bindparam("t"))
+    .order_by(ATOMS.c.id))
 
 
 def _flow_values() -> dict[Any, Any]:
