@@ -93,8 +93,7 @@ def update_atoms(count: int, with_flow: bool) -> str:
 
 def atom_params(names: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The parameters of :func:`update_atoms` and :func:`insert_flow_and_atoms`:
-    ``n<i>`` and ``v<i>_<column>``
-    from the ``v_<column>`` values of each row."""
+    ``n<i>`` and ``v<i>_<column>`` from the ``v_<column>`` values of each row."""
     params: dict[str, Any] = {}
     for i, (name, row) in enumerate(zip(names, rows)):
         params[f"n{i}"] = name

@@ -37,16 +37,17 @@ one). ``take_over(..., attempt=n)`` moves the logbook forward to attempt
 logbook's current attempt, resolved by a subquery inside their own
 statement. Earlier attempts are kept: ``attempts()`` lists them all.
 
-How it fails: each public call is one transaction (or one-statement write) on
-a pooled connection of its own (thread-safe), retried on transient errors (``_db.is_transient``) with
-``jobboard.retry.database_retry``, every database wait bounded (see ``_db``);
-a database that stays down raises ``LogbookUnavailable``, a missing or older
-schema ``LogbookSchemaError``, any other database error ``LogbookError``. A
-call that returned has committed; the writes are idempotent upserts, so a
-retry after an ambiguous commit is harmless. Pooled connections are not
-pinged before use (no round trip per checkout): one that died fails its
-first statement as a disconnect, and the retry runs on a fresh one. ``check()`` tells those apart in
-one bounded round trip, without retries, for readiness probes.
+How it fails: each public call is one transaction (or one-statement write)
+on a pooled connection of its own (thread-safe), retried on transient errors
+(``_db.is_transient``) with ``jobboard.retry.database_retry``, every database
+wait bounded (see ``_db``); a database that stays down raises
+``LogbookUnavailable``, a missing or older schema ``LogbookSchemaError``, any
+other database error ``LogbookError``. A call that returned has committed;
+the writes are idempotent upserts, so a retry after an ambiguous commit is
+harmless. Pooled connections are not pinged before use (no round trip per
+checkout): one that died fails its first statement as a disconnect, and the
+retry runs on a fresh one. ``check()`` tells those apart in one bounded round
+trip, without retries, for readiness probes.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ from datetime import datetime, timedelta, timezone
 from collections.abc import Sequence
 from typing import Any, Callable, NoReturn, TypeVar
 
-from sqlalchemy import (Connection, Dialect, Engine, bindparam, case, delete, exc as sa_exc, insert,
-                        literal_column, null, select, update)
+from sqlalchemy import (Connection, Dialect, Engine, bindparam, case, delete, exc as sa_exc,
+                        insert, literal_column, null, select, update)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.pool import NullPool
@@ -347,6 +348,7 @@ class Logbook:
         if not unique:
             return
         rows = [_atom_values(atom) for atom in unique]
+
         def in_one(driver: Any) -> Any:
             return self._update_atoms_in_one(driver, job_id, unique, rows, token)
 
@@ -562,8 +564,8 @@ class Logbook:
         """The take-over's upsert, then (a logbook that existed) the read of
         its current flow. Once the take-over has committed, an older token's
         write is refused, so the read misses none of them; the read is of
-        the logbook held by ``token``, so a newer holder come meanwhile is
-        not mistaken for ours (the transaction then says StaleOwner)."""
+        the logbook held by ``token``, so a newer holder that came meanwhile
+        is not mistaken for ours (the transaction then says StaleOwner)."""
         params = {"j": job_id, "t": token, "o": owner, "v_now": _now(), "a": attempt,
                   "n": name}
         dialect = self._engine.dialect
