@@ -338,6 +338,21 @@ def _stalled(logbook: Logbook, table: str, when: str) -> Iterator[Callable[[], N
             conn.execute(text("DROP FUNCTION stall()"))
 
 
+def _held_off(logbook: Logbook, table: str, when: str, first: threading.Thread,
+              second: threading.Thread, done: threading.Event) -> bool:
+    """Start ``first`` and stall it inside its statement (:func:`_stalled`),
+    then start ``second``: True when ``second`` did not get through
+    (``done`` unset) while ``first`` was held. Both are joined."""
+    with _stalled(logbook, table, when) as stalled:
+        first.start()
+        stalled()
+        second.start()
+        blocked = not done.wait(_BLOCKED_WINDOW)
+    first.join(30)
+    second.join(30)
+    return blocked
+
+
 @pytest.mark.parametrize("logbook_url", ["postgresql"], indirect=True)
 def test_a_take_over_waits_for_a_one_statement_write_in_flight(logbook_url, logbook):
     """PostgreSQL's one-statement atom write, stopped after its fence and
@@ -360,13 +375,7 @@ def test_a_take_over_waits_for_a_one_statement_write_in_flight(logbook_url, logb
     writer = threading.Thread(target=logbook.save_atom, daemon=True,
                               args=("job", replace(atom, state=AtomState.SUCCESS)),
                               kwargs={"token": 1})
-    with _stalled(logbook, "atomdetails", "NEW.state = 'SUCCESS'") as stalled:
-        writer.start()
-        stalled()
-        taker.start()
-        blocked = not taken.wait(_BLOCKED_WINDOW)
-    writer.join(30)
-    taker.join(30)
+    blocked = _held_off(logbook, "atomdetails", "NEW.state = 'SUCCESS'", writer, taker, taken)
     other.close()
     assert blocked, "the take-over got through a write in flight"
     assert taken.is_set() and seen["a"] is AtomState.SUCCESS
@@ -397,13 +406,7 @@ def test_a_one_statement_write_waiting_on_a_take_over_is_refused(logbook_url, lo
 
     taker = threading.Thread(target=other.take_over, args=("job", 2, "new"), daemon=True)
     writer = threading.Thread(target=write, daemon=True)
-    with _stalled(logbook, "logbooks", "NEW.token = 2") as stalled:
-        taker.start()
-        stalled()
-        writer.start()
-        blocked = not written.wait(_BLOCKED_WINDOW)
-    taker.join(30)
-    writer.join(30)
+    blocked = _held_off(logbook, "logbooks", "NEW.token = 2", taker, writer, written)
     after = other.load_flow("job").atoms["a"]
     other.close()
     assert blocked, "the old owner's write got through an open take-over"
