@@ -14,12 +14,13 @@ import pytest
 
 from executor_flows import (SIGKILL, Echo, Exit, FileJournal, Hang, Noop, Pid, RaiseBase,
                             ReturnsUnpicklable, Unpicklable, Wait)
-from flows_for_tests import RecordingLocker
-from jobboard.engine import SerialExecutor, Task, ThreadExecutor
+from flows_for_tests import Journal, RecordingLocker, Step, make_engine
+from jobboard.engine import SerialExecutor, Task, ThreadExecutor, flows
 from jobboard.engine.locking import LockedTask
 from jobboard.engine.processes import ProcessExecutor
 from jobboard.errors import (InvalidArgument, LockTimeout, NotPicklable, TaskInterrupted,
                              WorkerDied)
+from jobboard.states import FlowState
 from jobboard.testing.waiting import wait_until
 
 
@@ -332,3 +333,39 @@ def test_a_task_lock_timeout_fails_the_call_with_it_and_keeps_the_worker(board):
         assert executor.pids == [pid]
         assert executor.execute(LockedTask(Pid("free"), locker, ["volume/v1"]),
                                 {}).result(30) == pid
+
+
+class _OldStyleExecutor(SerialExecutor):
+    """An executor from before observers: ``execute`` takes no ``observer``."""
+
+    def execute(self, task, arguments):
+        return super().execute(task, arguments)
+
+
+class _UnhashableCall:
+    """A callable object that cannot be hashed (it defines ``__eq__``)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _UnhashableCall) and other.inner == self.inner
+
+    def __call__(self, task, arguments, *, observer=None):
+        return self.inner(task, arguments, observer=observer)
+
+
+@pytest.mark.parametrize("kind", ["old-style", "unhashable execute"])
+def test_the_engine_runs_tasks_on_any_executors_execute(book, kind):
+    """Whether ``execute`` takes ``observer=`` is read once per method; an
+    executor from before observers, or whose ``execute`` is a callable object
+    that cannot be hashed, still runs every task."""
+    executor = _OldStyleExecutor() if kind == "old-style" else SerialExecutor()
+    if kind == "unhashable execute":
+        executor.execute = _UnhashableCall(executor.execute)
+    journal = Journal()
+    flow = flows.linear("f", Step("a", journal), Step("b", journal))
+    for job in ("job-1", "job-2"):
+        assert make_engine(flow, book, job_id=job, executor=executor).run().state \
+            is FlowState.SUCCESS
+    assert journal.count("execute:a") == 2 and journal.count("execute:b") == 2

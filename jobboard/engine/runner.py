@@ -423,7 +423,7 @@ class Engine:
         """Hand one call to the executor, listed in ``self._calls``."""
         call = self._calls.new(name, phase, self._timeout_of(name))
         method = executor.execute if phase == "execute" else executor.revert
-        if _takes_observer(getattr(executor.execute, "__func__", executor.execute)):
+        if _takes_observer(executor.execute):
             future = method(task, *args, observer=call)
         else:                              # an executor from before observers
             call.started()
@@ -662,10 +662,24 @@ class Engine:
                        reverted=state == FlowState.CANCELLED)
 
 
-@lru_cache(maxsize=64)
 def _takes_observer(execute: Callable[..., Any]) -> bool:
     """Whether an executor's ``execute`` takes ``observer=`` (executors
-    written before observers do not); asked once per executor class."""
+    written before observers do not); a method's is read once per function."""
+    function = getattr(execute, "__func__", None)
+    if function is None:                    # not a method: read each time
+        return _accepts_observer(execute)
+    try:
+        return _method_accepts_observer(function)
+    except TypeError:                       # not hashable
+        return _accepts_observer(execute)
+
+
+@lru_cache(maxsize=64)
+def _method_accepts_observer(function: Callable[..., Any]) -> bool:
+    return _accepts_observer(function)
+
+
+def _accepts_observer(execute: Callable[..., Any]) -> bool:
     try:
         params = inspect.signature(execute).parameters
     except (TypeError, ValueError):

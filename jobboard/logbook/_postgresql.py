@@ -49,6 +49,8 @@ __all__ = ["MAX_ATOMS", "atom_params", "autocommit", "insert_flow_and_atoms", "u
 #: with the count: 11 parameters per atom, one text cached per count).
 MAX_ATOMS = 32
 
+# The columns' types without their lengths: an explicit cast to varchar(n)
+# would cut a longer value, where the column refuses it.
 _TYPES = {"kind": "varchar", "state": "varchar", "result": "bytea", "failure": "bytea",
           "revert_failure": "bytea", "attempts": "integer", "meta": "bytea",
           "version": "varchar", "started_at": "timestamptz", "finished_at": "timestamptz"}
