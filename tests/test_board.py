@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import subprocess
 import sys
 import threading
@@ -283,6 +284,33 @@ def test_two_processes_race_to_claim_one_job(zk_hosts, board):
         outputs = [proc.communicate(timeout=30)[0].strip() for proc in procs]
         assert sorted(outputs) == ["lost", "won"]
         assert board.get(job.uuid).claims == 1
+
+
+def test_watch_claim_answers_later_and_fires_when_the_claim_goes(zk_hosts, board):
+    """watch_claim does not wait: its answer says whether this session holds
+    the claim (None when it could not ask), and its watch fires on deletion."""
+    mine, theirs = board.post(FACTORY), board.post(FACTORY)
+    holder = second_board(zk_hosts)
+    closed = second_board(zk_hosts)
+    closed.close()
+    try:
+        board.claim(mine, "me")
+        holder.claim(theirs, "other")
+        answers: dict[str, queue.Queue] = {"mine": queue.Queue(), "theirs": queue.Queue(),
+                                           "closed": queue.Queue()}
+        events: queue.Queue = queue.Queue()
+        board.watch_claim(mine.uuid, events.put, answers["mine"].put)
+        board.watch_claim(theirs.uuid, lambda event: None, answers["theirs"].put)
+        closed.watch_claim(mine.uuid, lambda event: None, answers["closed"].put)
+        assert answers["mine"].get(timeout=10) is True
+        assert answers["theirs"].get(timeout=10) is False     # another session's claim
+        assert answers["closed"].get(timeout=10) is None      # could not ask
+        board.abandon(mine.uuid, "me")
+        assert events.get(timeout=10).type == "DELETED"
+        board.watch_claim(mine.uuid, lambda event: None, answers["mine"].put)
+        assert answers["mine"].get(timeout=10) is False       # no claim at all
+    finally:
+        holder.close()
 
 
 def test_claim_vanishes_with_a_closed_session(zk_hosts, board):

@@ -376,3 +376,65 @@ def test_a_conductor_claims_again_after_its_session_expired(board, fleet, zk_hos
     later = board.post(FIVE, args={"journal": str(tmp_path / "j3")})
     assert board.wait(later.uuid, timeout=30).ok
     assert board.wait(delayed.uuid, timeout=30).ok
+
+
+def test_a_job_finishing_on_the_board_leaves_its_slot_to_the_next(board, zk_hosts,
+                                                                   logbook_url):
+    """A slot is a running flow: while one job's consume waits on ZooKeeper,
+    the next job's flow runs already, and no more flows than slots run."""
+    first, second = (board.post("jobboard.testing.flows:noop") for _ in range(2))
+    own = Board.connect(zk_hosts, root="/fleet", session_timeout=2.0)
+    release, consumed = threading.Event(), []
+    consume = own.consume
+
+    def held_consume(job, *args, **kwargs):
+        consumed.append((job.uuid, conductor.busy, conductor.in_flight))
+        if len(consumed) == 1:
+            assert release.wait(30), "the first consume was never released"
+        return consume(job, *args, **kwargs)
+
+    own.consume = held_consume
+    conductor = Conductor(own, Logbook(logbook_url), name="one-slot", concurrency=1,
+                          allow=ALLOW)
+    thread = threading.Thread(target=conductor.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(consumed) == 2, timeout=30,
+                   what="the second job's flow to end while the first is consumed")
+        assert {uuid for uuid, _, _ in consumed} == {first.uuid, second.uuid}
+        # Both jobs held at once, the second's flow over: its slot is free.
+        assert consumed[1][1:] == (0, 2)
+        release.set()
+        for job in (first, second):
+            assert board.wait(job.uuid, timeout=30).ok
+    finally:
+        release.set()
+        conductor.stop(graceful=False)
+        assert conductor.wait(30)
+        own.close()
+        conductor.logbook.close()
+
+
+def test_a_run_whose_claim_check_got_no_answer_asks_again_before_its_next_task(
+        board, zk_hosts, logbook_url):
+    """The claim watch is set without waiting. When ZooKeeper's answer is
+    lost (None), the gate asks again before the next task and sets the watch
+    then; an answer that the claim is not ours stops the run."""
+    from jobboard.conductor.run import JobRun
+    own = Board.connect(zk_hosts, root="/fleet", session_timeout=2.0)
+    conductor = Conductor(own, Logbook(logbook_url), name="me", allow=ALLOW)
+    try:
+        unsure = JobRun(conductor._run_context, own.claim(board.post(FIVE), "me"))
+        unsure._on_claim_answer(None)
+        unsure._gate()                          # asks, and sets the watch
+        assert not unsure.claim_lost.is_set()
+        own.abandon(unsure.job, "me")           # the watch the gate set fires
+        assert unsure.claim_lost.wait(10)
+
+        gone = JobRun(conductor._run_context, own.claim(board.post(FIVE), "me"))
+        gone._on_claim_answer(False)
+        assert gone.claim_lost.is_set()
+    finally:
+        conductor.session.close()
+        own.close()
+        conductor.logbook.close()

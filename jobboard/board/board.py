@@ -389,6 +389,12 @@ class Board:
         """Whether this board's session holds the job's claim node."""
         return self.ownership.holds_claim(job_id, watch=watch)
 
+    def watch_claim(self, job_id: str, watch: Callable[[Any], None],
+                    answer: Callable[[bool | None], None]) -> None:
+        """Set ``watch`` on the job's claim node without waiting for the
+        answer (see :meth:`Ownership.watch_claim`)."""
+        self.ownership.watch_claim(job_id, watch, answer)
+
     def claim_owner(self, job_id: str) -> str | None:
         """Who holds the claim on a job now (None when nobody)."""
         return self.ownership.claim_owner(check_job_id(job_id))

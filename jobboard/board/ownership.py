@@ -194,6 +194,26 @@ class Ownership:
             stat = self.client.retry(self.client.exists, self.paths.claim(job_id), watch=watch)
         return stat is not None and stat.ephemeralOwner == self.session_id
 
+    def watch_claim(self, job_id: str, watch: Callable[[Any], None],
+                    answer: Callable[[bool | None], None]) -> None:
+        """Set ``watch`` on the job's claim node without waiting: ``answer``
+        is called later, on kazoo's thread, with whether this session holds
+        the claim (:meth:`holds_claim`'s answer), or None when the check
+        failed (the connection dropped first; the watch may not be set).
+        Neither call may block."""
+        def done(result: Any) -> None:
+            try:
+                stat = result.get_nowait()
+            except Exception:  # noqa: BLE001 - told to the caller as unknown
+                answer(None)
+                return
+            answer(stat is not None and stat.ephemeralOwner == self.session_id)
+
+        try:
+            self.client.exists_async(self.paths.claim(job_id), watch=watch).rawlink(done)
+        except Exception:  # noqa: BLE001 - not connected: unknown, as above
+            answer(None)
+
     def claim_owner(self, job_id: str) -> str | None:
         """Who holds the claim on a job now (None when nobody).
 

@@ -169,6 +169,9 @@ class Conductor:
         # By (job, claim token): a job given back and claimed again while its
         # old run still stops is two runs for a moment.
         self.runs: dict[tuple[str, int], JobRun] = {}
+        # The runs whose flow has not ended: each holds one of the
+        # ``concurrency`` slots (a run finishing its job on the board does not).
+        self._flows: set[tuple[str, int]] = set()
         self._unreleased: dict[str, Job] = {}   # claims a run could not give back
         self._runs_lock = threading.Lock()
         self._job_threads = ThreadCache("job")       # a run's thread, reused
@@ -200,7 +203,7 @@ class Conductor:
             allow=self.allow, factory_timeout=factory_timeout, task_timeout=task_timeout,
             stop_timeout=stop_timeout,
             avoid=lambda job_id: self.claimer.avoid(job_id, self.refusal_backoff),
-            requests=self._requested)
+            requests=self._requested, flow_ended=self._flow_ended)
         # Admin requests (cancel, suspend) by job id, from two directory watches.
         self._cancels: frozenset[str] = frozenset()
         self._suspends: frozenset[str] = frozenset()
@@ -287,6 +290,12 @@ class Conductor:
         with self._runs_lock:
             return len(self.runs)
 
+    @property
+    def busy(self) -> int:
+        """Slots taken: the jobs whose flow is running or about to."""
+        with self._runs_lock:
+            return len(self._flows)
+
     def _loop(self) -> None:
         failures = 0
         while not self._stopping.is_set():
@@ -299,11 +308,11 @@ class Conductor:
                 if not self.readiness.ready:
                     self._stopping.wait(min(1.0, self.readiness.recover()))
                     continue
-                if self.in_flight >= self.concurrency:
+                if self.busy >= self.concurrency:
                     self._capacity.wait(1.0)
                     self._capacity.clear()
                     continue
-                jobs = self.claimer.claim_batch(self.concurrency - self.in_flight)
+                jobs = self.claimer.claim_batch(self.concurrency - self.busy)
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - a bug must not stop the daemon silently
                 failures += 1
@@ -327,6 +336,7 @@ class Conductor:
         run = JobRun(self._run_context, job)
         with self._runs_lock:
             self.runs[run.key] = run
+            self._flows.add(run.key)
         self._in_flight_changed()
         self._job_threads.submit(self._run_job, run)
 
@@ -337,8 +347,14 @@ class Conductor:
         finally:
             with self._runs_lock:
                 self.runs.pop(run.key, None)
+                self._flows.discard(run.key)
             self._in_flight_changed()
             self._capacity.set()
+
+    def _flow_ended(self, key: tuple[str, int]) -> None:
+        with self._runs_lock:
+            self._flows.discard(key)
+        self._capacity.set()
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + (0 if self._hard_stop.is_set() else self.grace)

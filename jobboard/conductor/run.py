@@ -84,6 +84,9 @@ class RunContext:
             conductor turns NOT READY.
         release_later: Called with a job the run could not give back (the
             conductor tries again from its loop).
+        flow_ended: Called with the run's key once its flow has stopped and
+            its executor is back, before the job is consumed: the conductor
+            may start its next job while this one is finished on the board.
         requests: ``requests(job_id) -> (cancel, suspend)``: whether an admin
             asked to cancel or suspend the job. The conductor watches the
             request directories (two watches for all its jobs) and tells
@@ -105,6 +108,7 @@ class RunContext:
     stop_timeout: float = 30.0
     avoid: Callable[[str], None] = lambda job_id: None   # a job given back: not again here
     requests: Callable[[str], tuple[bool, bool]] = lambda job_id: (False, False)
+    flow_ended: Callable[[tuple[str, int]], None] = lambda key: None
 
 
 def cannot_import(exc: EngineError, factory: str, allow: Sequence[str]) -> str | None:
@@ -144,6 +148,7 @@ class JobRun:
         # This run holds the job's working marker (set by the claim itself
         # for a job never claimed before, else by start_working).
         self._working = bool(job.claim and job.claim.working)
+        self._claim_unsure = False    # the claim watch's check got no answer
 
     # -- signals from outside (watch threads, shutdown) ---------------------------
 
@@ -186,6 +191,7 @@ class JobRun:
         try:
             self._watch_claim()
             outcome = self._run_flow()
+            self.context.flow_ended(self.key)
             if outcome is None:
                 return
             state, document = outcome
@@ -324,15 +330,19 @@ class JobRun:
             if not session.connected and self.engine is not None:
                 self.engine.flush()    # what finished is saved before we wait
             self.context.gate()
-            if not session.paused_since(self._pauses_seen):
+            unsure = self._claim_unsure
+            if not (unsure or session.paused_since(self._pauses_seen)):
                 return
             seen = session.pauses
             try:
-                held = self.context.board.holds_claim(self.job.uuid)
+                held = self.context.board.holds_claim(self.job.uuid,
+                                                      watch=self._on_claim if unsure else None)
             except BoardUnavailable:
                 self.shutting_down.wait(0.05)
                 continue
             self._pauses_seen = seen
+            if unsure:
+                self._claim_unsure = False
             if not held:
                 self.lose_claim()
             return
@@ -393,6 +403,17 @@ class JobRun:
         except BoardError as exc:    # left to retry, trash and the repair sweep
             log.warning("job %s: could not drop its suspend request: %s", self.job.uuid, exc)
 
+    def _on_claim(self, event: Any) -> None:
+        if event is not None and event.type == "DELETED" and not self.releasing.is_set():
+            log.warning("job %s: claim vanished", self.job.uuid)
+            self.lose_claim()
+
+    def _on_claim_answer(self, held: bool | None) -> None:
+        if held is None:         # unknown (connection lost): the gate asks again
+            self._claim_unsure = True
+        elif not held:
+            self.lose_claim()
+
     def _stopping(self) -> bool:
         return self.claim_lost.is_set() or self.shutting_down.is_set()
 
@@ -426,18 +447,12 @@ class JobRun:
             log.warning("job %s: could not abandon: %s", self.job.uuid, exc)
 
     def _watch_claim(self) -> None:
-        """Watch the claim (it fires on kazoo's thread, once); take in the
-        admin requests made before the run (later ones reach the run from the
-        conductor's watches)."""
+        """Watch the claim (it fires on kazoo's thread, once), without
+        waiting for ZooKeeper's answer: a claim already gone stops the engine
+        at its next task boundary. Take in the admin requests made before the
+        run (later ones reach the run from the conductor's watches)."""
         job_id = self.job.uuid
-
-        def on_claim(event: Any) -> None:
-            if event is not None and event.type == "DELETED" and not self.releasing.is_set():
-                log.warning("job %s: claim vanished", job_id)
-                self.lose_claim()
-
-        if not self.context.board.holds_claim(job_id, watch=on_claim):
-            self.lose_claim()
+        self.context.board.watch_claim(job_id, self._on_claim, self._on_claim_answer)
         cancel, suspend = self.context.requests(job_id)
         if cancel:
             self.request_cancel()
