@@ -104,7 +104,7 @@ def _live_conductors(board: Any) -> list[dict[str, Any]]:
 @click.command()
 @click.option("--name", default=None, help="Unique conductor name (default host-pid).")
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1),
-              help="Jobs run at once.")
+              help="Flows run at once (a job is consumed outside its slot).")
 @click.option("--metrics-port", default=None, type=click.IntRange(0, 65535),
               help="Serve Prometheus metrics on this port.")
 @click.option("--allow", "allow", multiple=True, metavar="PREFIX",

@@ -1,9 +1,10 @@
 """The conductor daemon: claim jobs, run them, consume them.
 
 Shaped as initialize / loop / shutdown. The loop claims while it has capacity
-(``concurrency`` jobs at once), from the queues it serves (in their order),
-best job first, and otherwise sleeps until a
-watch says claimable work may have appeared. Each job runs in its own thread
+(``concurrency`` flows at once; a job whose flow has ended is consumed
+outside its slot, while the next one is claimed), from the queues it serves
+(in their order), best job first, and otherwise sleeps until a watch says
+claimable work may have appeared. Each job runs in its own thread
 (:class:`~jobboard.conductor.run.JobRun`). A job whose factory this
 conductor cannot import is given back and left alone for
 ``refusal_backoff`` seconds, for a conductor that can.
@@ -77,7 +78,8 @@ class Conductor:
         board: the board (its client is the conductor's ZooKeeper session).
         logbook: the shared logbook.
         name: unique among live conductors; claims carry it.
-        concurrency: jobs run at once.
+        concurrency: flows run at once (a job whose flow has ended is
+            consumed on the board outside its slot).
         allow: module prefixes flow factories may be imported from.
         grace: seconds a graceful stop lets running jobs finish.
         task_width: threads per job for tasks that may run in parallel.
