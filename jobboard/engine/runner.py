@@ -68,7 +68,6 @@ leaving the journal as it was for another conductor to resume.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 from collections import ChainMap
@@ -77,7 +76,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import lru_cache
 from typing import Any
 
 from jobboard.engine.calls import Call, Inflight
@@ -88,7 +86,7 @@ from jobboard.engine.forward import Forward
 from jobboard.engine.journal import AtomDetail, Failure, FlowDetail, Journal
 from jobboard.engine.locking import LockedTask, Locker, render_locks
 from jobboard.engine.revert import TO_REVERT, Reverter
-from jobboard.engine.tasks import Task
+from jobboard.engine.tasks import Task, call_parameters
 from jobboard.engine.versions import reconcile_versions
 from jobboard.errors import EngineError, FlowInvalid, StaleOwner
 from jobboard.events import EventKind, Notifier
@@ -664,24 +662,9 @@ class Engine:
 
 def _takes_observer(execute: Callable[..., Any]) -> bool:
     """Whether an executor's ``execute`` takes ``observer=`` (executors
-    written before observers do not); a method's is read once per function."""
-    function = getattr(execute, "__func__", None)
-    if function is None:                    # not a method: read each time
-        return _accepts_observer(execute)
+    written before observers do not)."""
     try:
-        return _method_accepts_observer(function)
-    except TypeError:                       # not hashable
-        return _accepts_observer(execute)
-
-
-@lru_cache(maxsize=64)
-def _method_accepts_observer(function: Callable[..., Any]) -> bool:
-    return _accepts_observer(function)
-
-
-def _accepts_observer(execute: Callable[..., Any]) -> bool:
-    try:
-        params = inspect.signature(execute).parameters
+        parameters = call_parameters(execute)
     except (TypeError, ValueError):
         return False
-    return "observer" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return any(p.name == "observer" or p.kind is p.VAR_KEYWORD for p in parameters)

@@ -39,30 +39,38 @@ __all__ = ["Task", "FunctionTask", "task", "call_execute", "call_revert",
 VERSION_POLICIES = ("rerun", "keep", "fail")
 
 
-def _signature(func: Callable[..., Any]) -> tuple[dict[str, bool], bool]:
-    """(param -> has_default, accepts **kwargs) for ``func``'s keyword-passable
-    params; a method's is read once per function (a flow factory builds the
-    same tasks for every job)."""
+def call_parameters(func: Callable[..., Any]) -> tuple[inspect.Parameter, ...]:
+    """The parameters ``func`` is called with (a bound method's without its
+    ``self``); a method's are read once per function, for a flow factory
+    builds the same tasks, and a conductor uses the same executors, for every
+    job.
+
+    Raises:
+        TypeError, ValueError: as ``inspect.signature``.
+    """
     function = getattr(func, "__func__", None)
-    if function is None:
-        return _parameters(func, bound=False)
-    try:
-        params, var_kw = _method_parameters(function)
-    except TypeError:           # not hashable
-        return _parameters(func, bound=False)
-    return dict(params), var_kw
+    if function is not None:
+        try:
+            return _method_parameters(function)
+        except TypeError:           # not hashable (or no signature: raised again below)
+            pass
+    return tuple(inspect.signature(func).parameters.values())
 
 
 @lru_cache(maxsize=1024)
-def _method_parameters(function: Callable[..., Any]) -> tuple[dict[str, bool], bool]:
-    return _parameters(function, bound=True)
+def _method_parameters(function: Callable[..., Any]) -> tuple[inspect.Parameter, ...]:
+    parameters = tuple(inspect.signature(function).parameters.values())
+    if parameters and parameters[0].kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                             inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        return parameters[1:]       # self, bound
+    return parameters
 
 
-def _parameters(func: Callable[..., Any], *, bound: bool) -> tuple[dict[str, bool], bool]:
+def _signature(func: Callable[..., Any]) -> tuple[dict[str, bool], bool]:
+    """(param -> has_default, accepts **kwargs) for ``func``'s keyword-passable params."""
     params: dict[str, bool] = {}
     var_kw = False
-    parameters = list(inspect.signature(func).parameters.values())
-    for p in parameters[1:] if bound else parameters:
+    for p in call_parameters(func):
         if p.kind is p.VAR_KEYWORD:
             var_kw = True
         elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
