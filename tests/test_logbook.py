@@ -11,8 +11,8 @@ from sqlalchemy import event, exc as sa_exc, text, update
 
 from driver_log import logged_logbook
 import jobboard.logbook as logbook_pkg
-from jobboard.errors import (LogbookError, LogbookNotFound, LogbookSchemaError,
-                             LogbookUnavailable, MalformedData, StaleOwner)
+from jobboard.errors import (InvalidArgument, LogbookError, LogbookNotFound,
+                             LogbookSchemaError, LogbookUnavailable, MalformedData, StaleOwner)
 from jobboard.logbook import AtomDetail, Failure, FlowDetail, Logbook, LogBookInfo
 from jobboard.logbook._db import VERSION_TABLE, is_transient, translate
 from jobboard.logbook.models import Base, LogBookRow
@@ -156,6 +156,41 @@ def test_take_over_returns_the_saved_flow_and_none_for_a_new_logbook(logbook):
     for token, owner in ((1, "a"), (2, "b")):
         flow = logbook.take_over("job-9", token, owner)
         assert flow is not None and flow.state is FlowState.RUNNING and list(flow.atoms) == ["t"]
+
+
+@pytest.mark.parametrize("count", [2, 37], ids=["few-atoms", "more-than-one-statement-takes"])
+def test_take_over_starts_a_new_flow_in_the_same_transaction(logbook, count):
+    """With ``start``, a take-over that finds no flow for the attempt saves
+    one with its atoms; one that finds a flow returns it and writes nothing
+    else; a stale token writes nothing at all. 37 atoms is more than one
+    PostgreSQL statement takes (MAX_ATOMS): the transaction does it."""
+    atoms = [AtomDetail(name=f"t{n}", state=AtomState.RUNNING if n == 0 else
+                        AtomState.PENDING) for n in range(count)]
+    assert logbook.take_over("job-1", 5, "a", name="f", start=FlowState.RUNNING,
+                             atoms=atoms) is None
+    assert all(atom.created_at is not None for atom in atoms)
+    flow = logbook.load_flow("job-1")
+    assert flow.name == "f" and flow.state is FlowState.RUNNING
+    assert [(n, a.state) for n, a in flow.atoms.items()] == [
+        (atom.name, atom.state) for atom in atoms]
+    assert logbook.get_logbook("job-1").token == 5
+
+    other = [AtomDetail(name="other")]
+    found = logbook.take_over("job-1", 6, "b", name="f", start=FlowState.RUNNING, atoms=other)
+    assert found is not None and list(found.atoms) == [atom.name for atom in atoms]
+    assert other[0].created_at is None and "other" not in logbook.load_flow("job-1").atoms
+    with pytest.raises(StaleOwner):
+        logbook.take_over("job-1", 4, "c", name="f", start=FlowState.RUNNING, atoms=other)
+    assert (logbook.get_logbook("job-1").owner, list(logbook.load_flow("job-1").atoms)) == (
+        "b", [atom.name for atom in atoms])
+
+    # A later attempt starts afresh, with its own flow; the earlier is kept.
+    assert logbook.take_over("job-1", 7, "c", name="f", attempt=2, start=FlowState.RUNNING,
+                             atoms=[AtomDetail(name="again")]) is None
+    assert list(logbook.load_flow("job-1").atoms) == ["again"]
+    assert list(logbook.load_flow("job-1", attempt=1).atoms) == [atom.name for atom in atoms]
+    with pytest.raises(InvalidArgument):     # a start takes new atoms only
+        logbook.take_over("job-2", 1, "a", start=FlowState.RUNNING, atoms=atoms)
 
 
 def test_save_flow_updates_in_place(logbook):
@@ -457,7 +492,7 @@ def test_postgresql_atom_update_finds_the_atom_by_its_whole_key(logbook):
 
 @pytest.mark.parametrize("count", [1, 3])
 @pytest.mark.parametrize("name", ["update_atoms", "update_flow_and_atoms",
-                                  "insert_flow_and_atoms"])
+                                  "insert_flow_and_atoms", "take_over_and_start"])
 def test_postgresql_one_statement_writes_find_rows_by_their_keys(logbook, name, count):
     """The same for the one-statement writes (``_postgresql``): under a
     generic plan on a nearly empty logbook, no table is scanned and every
@@ -472,6 +507,7 @@ def test_postgresql_one_statement_writes_find_rows_by_their_keys(logbook, name, 
     for n in range(count):
         logbook.save_atom("job-1", AtomDetail(name=f"a{n}"), token=10)
     sql = _postgresql.insert_flow_and_atoms(count) if name == "insert_flow_and_atoms" \
+        else _postgresql.take_over_and_start(count, True) if name == "take_over_and_start" \
         else _postgresql.update_atoms(count, name == "update_flow_and_atoms")
     params = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
     numbered = re.sub(r"%\((\w+)\)s", lambda m: f"${params.index(m.group(1)) + 1}", sql)
@@ -485,7 +521,7 @@ def test_postgresql_one_statement_writes_find_rows_by_their_keys(logbook, name, 
             f"EXPLAIN EXECUTE one({arguments})"))
         conn.rollback()
     assert "Seq Scan" not in plan, plan
-    if name != "insert_flow_and_atoms":
+    if name.startswith("update"):
         lookups = [line for line in plan.splitlines() if "Index Cond: (" in line
                    and "flow_id" in line]
         assert len(lookups) == 2 * count, plan          # every EXISTS and UPDATE
@@ -502,6 +538,9 @@ def test_postgresql_usual_writes_are_one_statement_in_autocommit(logbook_url):
     with book:
         writes = {
             "take-over": lambda: book.take_over("job", 1, "c", name="f"),
+            "take-over starting a new flow": lambda: book.take_over(
+                "started", 1, "c", name="f", start=FlowState.RUNNING,
+                atoms=[AtomDetail(name="a", state=AtomState.RUNNING), AtomDetail(name="b")]),
             "new flow with its atoms": lambda: book.save_flow(
                 "job", "f", FlowState.RUNNING, token=1, atoms=[a, b]),
             "atoms saved before": lambda: book.save_atoms(
@@ -520,6 +559,11 @@ def test_postgresql_usual_writes_are_one_statement_in_autocommit(logbook_url):
         log.clear()
         book.take_over("job", 2, "d", name="f")         # resumed: the flow is read after it
         assert log.statements == [("INSERT", True), ("SELECT", True)]
+        log.clear()
+        resumed = book.take_over("started", 2, "d", name="f", start=FlowState.RUNNING,
+                                 atoms=[AtomDetail(name="x")])
+        assert log.statements == [("WITH", True), ("SELECT", True)]
+        assert list(resumed.atoms) == ["a", "b"]
         flow = book.load_flow("job")
     assert flow.state is FlowState.SUCCESS
     assert [(n, x.state) for n, x in flow.atoms.items()] == [

@@ -112,11 +112,15 @@ class Journal(Protocol):
     """
 
     def take_over(self, job_id: str, token: int, owner: str, *, name: str = "",
-                  attempt: int = 1) -> FlowDetail | None:
+                  attempt: int = 1, start: FlowState | None = None,
+                  atoms: Sequence[AtomDetail] = ()) -> FlowDetail | None:
         """Become the job's writer with ``token`` (creating its journal when
         absent; an ``attempt`` above the current one starts that attempt
         afresh) and return the current attempt's flow with its atoms, or None
-        when it saved none yet.
+        when it saved none yet. With ``start``, an attempt without a flow
+        gets one named ``name`` in that state, with ``atoms`` (all new), in
+        the same transaction; an attempt with a flow is returned as it is,
+        and nothing else is written.
 
         Raises:
             StaleOwner: a newer token took the job over.

@@ -3,7 +3,8 @@
 The journal (:class:`~jobboard.engine.journal.Journal`; the conductor's is
 the SQL logbook) is where every transition is saved before it is acted on.
 ``Engine.run()`` compiles the flow to a DAG, takes the journal over (which
-returns what it already knows about the job) and then:
+returns what it already knows about the job: see the journal writes below)
+and then:
 
 1. on resume applies each changed task's ``on_version_change``
    (:mod:`.versions`);
@@ -25,16 +26,19 @@ The phases use the engine's recording helpers (``_save_atoms``, ``_defer``,
 ``_emit``, ``_arguments``, ``_submit``...): they are parts of one engine run,
 split only to keep each module readable.
 
-Journal writes (one transaction per task boundary): the take-over returns
-the flow as saved; the flow's ``RUNNING`` state, the ``PENDING`` rows of a
-new flow and the first tasks' ``RUNNING`` go together; then a finished
-task's ``SUCCESS`` and the ``RUNNING`` of every task starting next, saved
-before those tasks are handed to the executor; the last tasks' ``SUCCESS``
-goes with the flow's final state. So a flow of T linear tasks costs T + 2
-transactions. What waits for the next write waits only while the engine
-prepares the next starts (the gate, flow locks) or is about to end: before
-it waits for running tasks or sleeps for a retry it saves what is left on
-its own, and a gate about to block calls :meth:`Engine.flush` first. Events
+Journal writes (one transaction per task boundary): the take-over, the
+flow's ``RUNNING`` state, the ``PENDING`` rows of a new flow and the first
+tasks' ``RUNNING`` go together (the engine prepares the start of a new flow,
+gate and locks included, and the journal saves it only if it holds no flow
+for the attempt; when it does, it returns it, nothing is written, and the
+run starts again from what it returned); then a finished task's ``SUCCESS``
+and the ``RUNNING`` of every task starting next, saved before those tasks
+are handed to the executor; the last tasks' ``SUCCESS`` goes with the flow's
+final state. So a new flow of T linear tasks costs T + 1 transactions.
+What waits for the next write waits only while the engine prepares the next
+starts (the gate, flow locks) or is about to end: before it waits for
+running tasks or sleeps for a retry it saves what is left on its own, and a
+gate about to block calls :meth:`Engine.flush` first. Events
 (``FLOW_STARTED``, ``TASK_SUCCEEDED``) are emitted once what they report is
 saved.
 
@@ -98,6 +102,17 @@ log = logging.getLogger(__name__)
 
 _KILL_SETTLE = 1.0   # seconds to let killed calls report their end before run() returns
 _FINISHED = (FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE, FlowState.CANCELLED)
+
+
+class _Known(Exception):
+    """The take-over found a flow saved for the attempt: the run starts
+    again from it. Nothing of the new flow's start was written or handed
+    over, and what it prepared goes: every atom is made again from the
+    flow, and the writes waiting were taken by the take-over."""
+
+    def __init__(self, detail: FlowDetail) -> None:
+        super().__init__(detail.job_id)
+        self.detail = detail
 
 
 @dataclass
@@ -227,6 +242,7 @@ class Engine:
         # it (an atom None: only the call), and the flow state to save with it.
         self._pending: list[tuple[AtomDetail | None, Callable[[], None] | None]] = []
         self._pending_flow: FlowState | None = None
+        self._taking_over = False      # the next write is the take-over (see _save_atoms)
 
     # -- public ----------------------------------------------------------------
 
@@ -312,7 +328,14 @@ class Engine:
         pending, self._pending = self._pending, []
         flow, self._pending_flow = self._pending_flow, None
         batch = [atom for atom, _ in pending if atom is not None] + atoms
-        if flow is not None:
+        if self._taking_over:
+            self._taking_over = False
+            detail = self.journal.take_over(self.job_id, self.token, self.owner,
+                                            name=self.flow.name, attempt=self.attempt,
+                                            start=flow or FlowState.RUNNING, atoms=batch)
+            if detail is not None:
+                raise _Known(detail)
+        elif flow is not None:
             self.journal.save_flow(self.job_id, self.flow.name, flow, token=self.token,
                                    atoms=batch)
         elif batch:
@@ -522,8 +545,17 @@ class Engine:
     # -- the run ---------------------------------------------------------------
 
     def _run(self, executor: Executor, locks: ExitStack) -> Outcome:
-        detail = self.journal.take_over(self.job_id, self.token, self.owner,
-                                        name=self.flow.name, attempt=self.attempt)
+        held: set[int] = set()
+        if isinstance(self.flow, Flow):
+            self._enter_locks_of(self.flow, locks, held)
+        self._taking_over = True        # as a new flow: with its first write
+        try:
+            return self._run_from(None, executor, locks, held)
+        except _Known as known:
+            return self._run_from(known.detail, executor, locks, held)
+
+    def _run_from(self, detail: FlowDetail | None, executor: Executor, locks: ExitStack,
+                  held: set[int]) -> Outcome:
         if detail is not None and detail.state in _FINISHED:
             return self._finished_outcome(detail)
         resumed = detail is not None
@@ -532,9 +564,6 @@ class Engine:
             log.warning("job %s: task %r in the journal is not in flow %s any more; ignored",
                         self.job_id, name, self.flow.name)
         reverting = detail is not None and detail.state == FlowState.REVERTING
-        held: set[int] = set()
-        if isinstance(self.flow, Flow):
-            self._enter_locks_of(self.flow, locks, held)
         # Saved with the first write: the PENDING rows and the first RUNNING.
         self._save_flow(FlowState.REVERTING if reverting else FlowState.RUNNING, defer=True,
                         after=lambda: self._emit(EventKind.FLOW_STARTED, resumed=resumed,

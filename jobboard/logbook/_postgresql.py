@@ -13,7 +13,10 @@ is safe:
   being found);
 - :func:`insert_flow_and_atoms` inserts the atoms only with the flow it
   inserts, and inserts no flow when the attempt has one
-  (``ON CONFLICT DO NOTHING``).
+  (``ON CONFLICT DO NOTHING``);
+- :func:`take_over_and_start` does the same under the take-over's upsert
+  in place of the fence: a newer token's logbook is left alone, and the
+  flow and atoms are inserted for the attempt the upsert returns.
 
 A statement that wrote nothing says so (no row, or fewer rows than atoms) and
 the store runs its full transaction instead, which also tells a stale token,
@@ -43,7 +46,8 @@ from sqlalchemy import Engine, exc as sa_exc
 
 from jobboard.logbook.models import VALUE_COLUMNS
 
-__all__ = ["MAX_ATOMS", "atom_params", "autocommit", "insert_flow_and_atoms", "update_atoms"]
+__all__ = ["MAX_ATOMS", "atom_params", "autocommit", "insert_flow_and_atoms", "take_over_and_start",
+           "update_atoms"]
 
 #: A write of more atoms than this takes the transaction (the statements grow
 #: with the count: 11 parameters per atom, one text cached per count).
@@ -104,32 +108,61 @@ def atom_params(names: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[st
     return params
 
 
-@lru_cache(maxsize=MAX_ATOMS)
-def insert_flow_and_atoms(count: int) -> str:
-    """Insert the current attempt's flow with ``count`` new atoms (parameters
-    of :func:`atom_params`), in the order given; nothing when the attempt
-    has a flow: returns the flow's (id, attempt, atoms inserted), or no
-    row."""
+def _new_flow_and_atoms(count: int, fence: str) -> str:
+    """The CTEs inserting the current attempt's flow (its attempt read from
+    the CTE ``fence``) and, with it, ``count`` new atoms in the order given;
+    no flow, and so no atom, when the attempt has a flow."""
     rows = ", ".join(
         "(" + ", ".join([str(i), f"%(n{i})s::varchar"]
                         + [f"%(v{i}_{c})s::{_TYPES[c]}" for c in VALUE_COLUMNS]) + ")"
         for i in range(count))
     columns = ", ".join(VALUE_COLUMNS)
-    return f"""WITH {_FENCE},
+    atoms = f"""atoms AS (
+    INSERT INTO atomdetails (flow_id, name, {columns}, created_at, updated_at)
+    SELECT flow.id, new.name, {", ".join(f"new.{c}" for c in VALUE_COLUMNS)},
+        %(v_now)s, %(v_now)s
+    FROM flow, (VALUES {rows}) AS new(position, name, {columns})
+    ORDER BY new.position
+    RETURNING 1)""" if count else "atoms AS (SELECT WHERE false)"
+    return f"""{fence},
 flow AS (
     INSERT INTO flowdetails (job_id, attempt, name, state, meta, created_at, updated_at)
     SELECT %(j)s, fence.attempt, %(f_name)s, %(f_state)s, %(f_meta)s, %(v_now)s, %(v_now)s
     FROM fence
     ON CONFLICT (job_id, attempt) DO NOTHING
     RETURNING id, attempt),
-atoms AS (
-    INSERT INTO atomdetails (flow_id, name, {columns}, created_at, updated_at)
-    SELECT flow.id, new.name, {", ".join(f"new.{c}" for c in VALUE_COLUMNS)},
-        %(v_now)s, %(v_now)s
-    FROM flow, (VALUES {rows}) AS new(position, name, {columns})
-    ORDER BY new.position
-    RETURNING 1)
+{atoms}"""
+
+
+@lru_cache(maxsize=MAX_ATOMS)
+def insert_flow_and_atoms(count: int) -> str:
+    """Insert the current attempt's flow with ``count`` new atoms (parameters
+    of :func:`atom_params`), in the order given; nothing when the attempt
+    has a flow: returns the flow's (id, attempt, atoms inserted), or no
+    row."""
+    return f"""WITH {_new_flow_and_atoms(count, _FENCE)}
 SELECT id, attempt, (SELECT count(*) FROM atoms) FROM flow"""
+
+
+@lru_cache(maxsize=2 * (MAX_ATOMS + 1))
+def take_over_and_start(count: int, named: bool) -> str:
+    """The take-over's upsert (the logbook created, or taken from an older
+    token; the attempt only moves forward; ``named``: the name too) and,
+    when the current attempt has no flow, the flow with ``count`` new atoms,
+    all in one statement. Returns (flows inserted, atoms inserted), or no
+    row when a newer token holds the logbook."""
+    name = ", name = excluded.name" if named else ""
+    fence = f"""fence AS (
+    INSERT INTO logbooks (job_id, name, owner, token, attempt, created_at, updated_at)
+    VALUES (%(j)s, %(n)s, %(o)s, %(t)s, %(a)s, %(v_now)s, %(v_now)s)
+    ON CONFLICT (job_id) DO UPDATE SET token = excluded.token, owner = excluded.owner,
+        updated_at = excluded.updated_at{name},
+        attempt = CASE WHEN logbooks.attempt < excluded.attempt THEN excluded.attempt
+            ELSE logbooks.attempt END
+    WHERE logbooks.token IS NULL OR logbooks.token <= excluded.token
+    RETURNING attempt)"""
+    return f"""WITH {_new_flow_and_atoms(count, fence)}
+SELECT (SELECT count(*) FROM flow), (SELECT count(*) FROM atoms) FROM fence"""
 
 
 @contextmanager

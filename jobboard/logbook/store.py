@@ -247,12 +247,18 @@ class Logbook:
     # -- writes --------------------------------------------------------------
 
     def take_over(self, job_id: str, token: int, owner: str, *, name: str = "",
-                  attempt: int = 1) -> FlowDetail | None:
+                  attempt: int = 1, start: FlowState | None = None,
+                  atoms: Sequence[AtomDetail] = ()) -> FlowDetail | None:
         """Become the logbook's writer: create it if absent and record
         ``(token, owner)`` unless a newer token already holds it. Returns the
         flow of the current attempt with its atoms (None when it saved none),
         read once the take-over holds: every write of an older holder is in
         it, and none lands after it.
+
+        With ``start``, a current attempt without a flow gets one in that
+        state, with ``atoms`` (all new), in the same transaction (as
+        :meth:`save_flow` would; it returns None). An attempt with a flow is
+        returned as it is, and nothing else is written.
 
         An ``attempt`` above the logbook's current one moves the logbook to
         it: later writes go to that attempt's flow, which starts empty
@@ -267,16 +273,35 @@ class Logbook:
             raise InvalidArgument(f"attempt must be an integer >= 1, not {attempt!r}",
                                   argument="attempt")
 
-        def step(conn: Connection) -> FlowDetail | None:
-            if self._take_over(conn, job_id, token, owner, name, attempt):
-                return None       # created here: nothing saved yet
-            flows = _flows_from_rows(job_id, conn.execute(_CURRENT_FLOW_QUERY,
-                                                          {"j": job_id}).all())
-            return flows[0] if flows else None
+        first = _unique(atoms) if start is not None else []
+        if start is not None and any(atom.created_at is not None for atom in first):
+            raise InvalidArgument("take_over starts a flow with new atoms only",
+                                  argument="atoms")
+        state = None if start is None else FlowState(start)
+        rows = [_atom_values(atom) for atom in first]
+        packed = serialization.dumps({})
 
-        def fast(driver: Any) -> Any:
+        def step(conn: Connection) -> FlowDetail | None:
+            if not self._take_over(conn, job_id, token, owner, name, attempt):
+                flows = _flows_from_rows(job_id, conn.execute(_CURRENT_FLOW_QUERY,
+                                                              {"j": job_id}).all())
+                if flows:
+                    return flows[0]
+            if state is not None:     # nothing saved yet: the flow starts here
+                _, created = self._save_flow(conn, job_id, name, state, token, packed, {})
+                if first:
+                    self._save_atoms(conn, job_id, first, rows, token, new_flow=created)
+            return None
+
+        def take_over_in_one(driver: Any) -> Any:
             return self._take_over_in_one(driver, job_id, token, owner, name, attempt)
 
+        def start_in_one(driver: Any) -> Any:
+            return self._take_over_and_start_in_one(driver, job_id, token, owner, name,
+                                                    attempt, state, packed, first, rows)
+
+        fast = take_over_in_one if state is None \
+            else start_in_one if len(first) <= _postgresql.MAX_ATOMS else None
         return self._write("take_over", job_id, token, step, retry_if=_take_over_retryable,
                            fast=fast)
 
@@ -581,6 +606,30 @@ class Logbook:
             return _MISSED            # taken over again since
         flows = _flows_from_rows(job_id, [row for row in rows if row[0] is not None])
         return flows[0] if flows else None
+
+    def _take_over_and_start_in_one(self, driver: Any, job_id: str, token: int, owner: str,
+                                    name: str, attempt: int, state: FlowState,
+                                    packed_meta: bytes, atoms: list[AtomDetail],
+                                    rows: list[dict[str, Any]]) -> Any:
+        """The take-over's upsert and, when the current attempt has no flow,
+        its flow in ``state`` with ``atoms``, in one statement; an attempt
+        that has a flow is read as :meth:`_take_over_in_one` does."""
+        now = _now()
+        params = {"j": job_id, "t": token, "o": owner, "v_now": now, "a": attempt, "n": name,
+                  "f_name": name, "f_state": state.value, "f_meta": packed_meta,
+                  **_postgresql.atom_params([atom.name for atom in atoms], rows)}
+        row = driver.execute(_postgresql.take_over_and_start(len(atoms), bool(name)),
+                             params).fetchone()
+        if row is None:
+            return _MISSED            # a newer holder: the transaction says which
+        if row[0] != 1:               # the attempt has a flow: read it
+            held = driver.execute(_driver_sql(_HELD_FLOW_QUERY, self._engine.dialect),
+                                  {"j": job_id, "t": token}).fetchall()
+            flows = _flows_from_rows(job_id, [found for found in held if found[0] is not None])
+            return flows[0] if flows else _MISSED    # taken over, or deleted, since
+        for atom in atoms:
+            atom.created_at = atom.updated_at = now
+        return None
 
     @staticmethod
     def _update_atoms_in_one(driver: Any, job_id: str, atoms: list[AtomDetail],
