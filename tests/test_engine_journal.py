@@ -41,7 +41,7 @@ def test_linear_flow_saves_each_boundary_in_one_transaction(logbook_url):
     flow = flows.linear("f", *[Step(f"s{i}", j, provides=f"o{i}") for i in range(n)])
     logbook, log = logged_logbook(logbook_url)
     with logbook:
-        outcome = make_engine(flow, logbook).run()
+        outcome = make_engine(flow, logbook, new=True).run()
         # take_over with flow RUNNING + PENDING rows + RUNNING s0, n-1 x
         # (SUCCESS + next RUNNING), the last SUCCESS + flow SUCCESS.
         assert log.transactions == n + 1, log.statements
@@ -52,8 +52,9 @@ def test_linear_flow_saves_each_boundary_in_one_transaction(logbook_url):
 
 
 def test_a_resumed_run_drops_the_start_it_prepared_for_a_new_flow(logbook_url):
-    """The engine prepares a new flow's start to save it with the take-over;
-    the journal holds the flow of a run that died in s1, so the take-over
+    """The engine told the job is new prepares a new flow's start to save it
+    with the take-over; the journal holds the flow of a run that died in s1,
+    so the take-over
     returns it instead: nothing of that start is saved or run, s0 is not run
     again and s1 runs as its second attempt."""
     j = Journal()
@@ -70,7 +71,7 @@ def test_a_resumed_run_drops_the_start_it_prepared_for_a_new_flow(logbook_url):
         with pytest.raises(Crash):
             make_engine(flow, logbook, notifier=dying).run()
         log.clear()
-        outcome = make_engine(flow, logbook, token=2).run()
+        outcome = make_engine(flow, logbook, token=2, new=True).run()
         # the take-over (returning the flow: on PostgreSQL a second statement
         # in autocommit reads it), flow RUNNING + RUNNING s1, SUCCESS s1 +
         # RUNNING s2, SUCCESS s2 + flow SUCCESS.

@@ -278,7 +278,8 @@ def test_logbook_write_events_time_writes_and_count_fencing(registry, notifier):
 def test_a_real_logbook_tells_its_writes(registry, notifier, tmp_path):
     with Logbook(f"sqlite:///{tmp_path}/logbook.db", notifier=notifier) as book:
         journal = Journal()
-        outcome = make_engine(flows.linear("w", Step("a", journal)), book, token=5).run()
+        outcome = make_engine(flows.linear("w", Step("a", journal)), book, token=5,
+                              new=True).run()
         assert outcome.state is FlowState.SUCCESS
         # The take-over with the flow and the task's RUNNING; the task's
         # SUCCESS with the flow's.

@@ -26,15 +26,17 @@ The phases use the engine's recording helpers (``_save_atoms``, ``_defer``,
 ``_emit``, ``_arguments``, ``_submit``...): they are parts of one engine run,
 split only to keep each module readable.
 
-Journal writes (one transaction per task boundary): the take-over, the
-flow's ``RUNNING`` state, the ``PENDING`` rows of a new flow and the first
-tasks' ``RUNNING`` go together (the engine prepares the start of a new flow,
-gate and locks included, and the journal saves it only if it holds no flow
-for the attempt; when it does, it returns it, nothing is written, and the
-run starts again from what it returned); then a finished task's ``SUCCESS``
-and the ``RUNNING`` of every task starting next, saved before those tasks
-are handed to the executor; the last tasks' ``SUCCESS`` goes with the flow's
-final state. So a new flow of T linear tasks costs T + 1 transactions.
+Journal writes (one transaction per task boundary): the take-over returns
+the flow as saved; the flow's ``RUNNING`` state, the ``PENDING`` rows of a
+new flow and the first tasks' ``RUNNING`` go together. For a job that has
+not run before (``new``), the take-over goes with them: the engine prepares
+the start of a new flow, gate and locks included, and the journal saves it
+only if it holds no flow for the attempt; when it does, it returns it,
+nothing is written, and the run starts again from what it returned. Then a
+finished task's ``SUCCESS`` and the ``RUNNING`` of every task starting
+next, saved before those tasks are handed to the executor; the last tasks'
+``SUCCESS`` goes with the flow's final state. So a new flow of T linear
+tasks costs T + 1 transactions (T + 2 when the take-over goes alone).
 What waits for the next write waits only while the engine prepares the next
 starts (the gate, flow locks) or is about to end: before it waits for
 running tasks or sleeps for a retry it saves what is left on its own, and a
@@ -107,8 +109,9 @@ _FINISHED = (FlowState.SUCCESS, FlowState.REVERTED, FlowState.FAILURE, FlowState
 class _Known(Exception):
     """The take-over found a flow saved for the attempt: the run starts
     again from it. Nothing of the new flow's start was written or handed
-    over, and what it prepared goes: every atom is made again from the
-    flow, and the writes waiting were taken by the take-over."""
+    over, and what it prepared goes (the caller drops the failures, e.g. of
+    a decider, and results; every atom is made again from the flow; the
+    writes waiting were taken by the take-over)."""
 
     def __init__(self, detail: FlowDetail) -> None:
         super().__init__(detail.job_id)
@@ -197,6 +200,9 @@ class Engine:
             and waiting no more.
         heartbeat_interval: Minimum seconds between two heartbeat saves of
             one call.
+        new: The job has not run before (its first claim): the journal is
+            expected to hold no flow for the attempt, and the take-over goes
+            with the first write. A flow found there all the same is resumed.
 
     Raises:
         FlowInvalid: A cycle, a duplicate name, or an input that neither the
@@ -209,7 +215,7 @@ class Engine:
                  notifier: Notifier | None = None, locker: Locker | None = None,
                  owner: str = "", gate: Callable[[], None] | None = None,
                  task_timeout: float | None = None, stop_timeout: float = 30.0,
-                 heartbeat_interval: float = 2.0, attempt: int = 1) -> None:
+                 heartbeat_interval: float = 2.0, attempt: int = 1, new: bool = False) -> None:
         if task_timeout is not None and task_timeout <= 0:
             raise ValueError("task_timeout must be positive (or None)")
         if stop_timeout < 0 or heartbeat_interval < 0:
@@ -242,6 +248,7 @@ class Engine:
         # it (an atom None: only the call), and the flow state to save with it.
         self._pending: list[tuple[AtomDetail | None, Callable[[], None] | None]] = []
         self._pending_flow: FlowState | None = None
+        self._new = new
         self._taking_over = False      # the next write is the take-over (see _save_atoms)
 
     # -- public ----------------------------------------------------------------
@@ -545,13 +552,20 @@ class Engine:
     # -- the run ---------------------------------------------------------------
 
     def _run(self, executor: Executor, locks: ExitStack) -> Outcome:
+        detail = None
+        if not self._new:
+            detail = self.journal.take_over(self.job_id, self.token, self.owner,
+                                            name=self.flow.name, attempt=self.attempt)
+            if detail is not None and detail.state in _FINISHED:
+                return self._finished_outcome(detail)
         held: set[int] = set()
         if isinstance(self.flow, Flow):
             self._enter_locks_of(self.flow, locks, held)
-        self._taking_over = True        # as a new flow: with its first write
+        self._taking_over = self._new   # a new flow's take-over: with its first write
         try:
-            return self._run_from(None, executor, locks, held)
+            return self._run_from(detail, executor, locks, held)
         except _Known as known:
+            self._failures, self._provided, self._seq = {}, {}, 0
             return self._run_from(known.detail, executor, locks, held)
 
     def _run_from(self, detail: FlowDetail | None, executor: Executor, locks: ExitStack,
