@@ -150,3 +150,35 @@ def test_kill_9_mid_branch_keeps_the_skipped_branch_skipped(logbook, logbook_url
     atoms = logbook.load_flow("killed").atoms
     assert atoms["c1"].state == atoms["c2"].state == AtomState.IGNORE
     assert atoms["b2"].state == AtomState.SUCCESS
+
+
+def test_a_decider_failing_in_a_dropped_start_leaves_nothing_in_the_resumed_run(logbook):
+    """An engine told the job is new prepares a new flow's start, where a
+    decider whose link has nothing before it is asked at once. The journal
+    holds a flow all the same (b succeeded, c was running): the start is
+    dropped, and so is the failure of that decider (it raises only then);
+    the run resumes, b stays done and c runs."""
+    j = Journal()
+    calls: list = []
+
+    def decider(history):
+        calls.append(history)
+        if len(calls) == 2:
+            raise ZeroDivisionError("asked in the dropped start")
+        return True
+
+    g = flows.graph("g", flows.linear("nothing"), Step("b", j), Step("c", j))
+    g.link("nothing", "b", decider=decider)
+    g.link("b", "c")
+    dying = Notifier()
+
+    def die_in_c(event) -> None:
+        if event.kind == EventKind.TASK_STARTED and event.task == "c":
+            raise Crash("died in c")
+    dying.subscribe(die_in_c)
+    with pytest.raises(Crash):
+        make_engine(g, logbook, new=True, notifier=dying).run()
+    outcome = make_engine(g, logbook, token=2, new=True).run()
+    assert len(calls) == 2                      # the second call raised
+    assert outcome.state == FlowState.SUCCESS, outcome.failure
+    assert j.entries == ["execute:b", "execute:c"]
