@@ -148,7 +148,6 @@ class JobRun:
         # This run holds the job's working marker (set by the claim itself
         # for a job never claimed before, else by start_working).
         self._working = bool(job.claim and job.claim.working)
-        self._first_claim = self._working     # no run of it before: its journal is new
         self._claim_unsure = False    # the claim watch's check got no answer
 
     # -- signals from outside (watch threads, shutdown) ---------------------------
@@ -267,7 +266,7 @@ class JobRun:
                     notifier=context.board.notifier, locker=context.locker,
                     owner=context.owner, gate=self._gate,
                     task_timeout=context.task_timeout, stop_timeout=context.stop_timeout,
-                    new=self._first_claim)
+                    new=job.claim.working)    # its first claim: no journal yet
             except EngineError as exc:
                 return self._broken(exc)
             if self.claim_lost.is_set() or self.shutting_down.is_set():

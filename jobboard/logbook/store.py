@@ -600,7 +600,12 @@ class Logbook:
             return _MISSED            # a newer holder: the transaction says which
         if row[1]:
             return None               # created here: nothing saved yet
-        rows = driver.execute(_driver_sql(_HELD_FLOW_QUERY, dialect),
+        return self._held_flow(driver, job_id, token)
+
+    def _held_flow(self, driver: Any, job_id: str, token: int) -> Any:
+        """The current attempt's flow of the logbook ``token`` holds (None:
+        it has none yet), or _MISSED when ``token`` no longer holds it."""
+        rows = driver.execute(_driver_sql(_HELD_FLOW_QUERY, self._engine.dialect),
                               {"j": job_id, "t": token}).fetchall()
         if not rows:
             return _MISSED            # taken over again since
@@ -623,10 +628,8 @@ class Logbook:
         if row is None:
             return _MISSED            # a newer holder: the transaction says which
         if row[0] != 1:               # the attempt has a flow: read it
-            held = driver.execute(_driver_sql(_HELD_FLOW_QUERY, self._engine.dialect),
-                                  {"j": job_id, "t": token}).fetchall()
-            flows = _flows_from_rows(job_id, [found for found in held if found[0] is not None])
-            return flows[0] if flows else _MISSED    # taken over, or deleted, since
+            flow = self._held_flow(driver, job_id, token)
+            return _MISSED if flow is None else flow    # None: deleted since
         for atom in atoms:
             atom.created_at = atom.updated_at = now
         return None
