@@ -191,6 +191,9 @@ def test_take_over_starts_a_new_flow_in_the_same_transaction(logbook, count):
     assert list(logbook.load_flow("job-1", attempt=1).atoms) == [atom.name for atom in atoms]
     with pytest.raises(InvalidArgument):     # a start takes new atoms only
         logbook.take_over("job-2", 1, "a", start=FlowState.RUNNING, atoms=atoms)
+    with pytest.raises(InvalidArgument, match="start="):    # atoms without a start
+        logbook.take_over("job-2", 1, "a", atoms=[AtomDetail(name="lost")])
+    assert logbook.load_flow("job-2") is None
 
 
 def test_save_flow_updates_in_place(logbook):

@@ -273,8 +273,11 @@ class Logbook:
             raise InvalidArgument(f"attempt must be an integer >= 1, not {attempt!r}",
                                   argument="attempt")
 
-        first = _unique(atoms) if start is not None else []
-        if start is not None and any(atom.created_at is not None for atom in first):
+        if start is None and atoms:
+            raise InvalidArgument("take_over saves atoms only with the flow it starts "
+                                  "(start=)", argument="atoms")
+        first = _unique(atoms)
+        if any(atom.created_at is not None for atom in first):
             raise InvalidArgument("take_over starts a flow with new atoms only",
                                   argument="atoms")
         state = None if start is None else FlowState(start)
