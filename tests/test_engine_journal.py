@@ -169,3 +169,24 @@ def test_a_gate_about_to_block_saves_what_finished_first(logbook):
     engine.append(make_engine(flow, logbook, gate=gate))
     assert engine[0].run().ok
     assert seen and seen[0]["s0"] is AtomState.SUCCESS
+
+
+def test_a_run_not_told_new_knows_a_finished_flow_before_taking_its_locks(book):
+    """A resumed job (the conductor's engine for a job claimed before) takes
+    the journal over first: a flow finished already ends there, without
+    waiting for its locks (held elsewhere, say). Told new, the engine takes
+    the locks before the take-over that finds the flow."""
+    j = Journal()
+    flow = flows.linear("f", Step("a", j), locks=["shared"])
+    taken: list = []
+
+    def busy_locker(names):
+        taken.append(list(names))
+        raise TimeoutError("held elsewhere")
+
+    assert make_engine(flow, book).run().state is FlowState.SUCCESS
+    outcome = make_engine(flow, book, token=2, locker=busy_locker).run()
+    assert outcome.state is FlowState.SUCCESS and taken == [] and j.count("execute:a") == 1
+    with pytest.raises(TimeoutError):
+        make_engine(flow, book, token=3, locker=busy_locker, new=True).run()
+    assert taken == [["shared"]]
